@@ -1,0 +1,48 @@
+//! Backends execute a [`Plan`] on a batch and return one result per input, in input
+//! order. The CPU backend is the reference; the CUDA backend must agree with it.
+
+pub mod cpu;
+pub mod cuda;
+
+use crate::plan::{Plan, SampleResult};
+use crate::Result;
+
+/// Numeric precision of activations and weights (accumulation is always f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+impl Precision {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(Precision::F32),
+            "f16" => Some(Precision::F16),
+            _ => None,
+        }
+    }
+}
+
+pub trait Backend {
+    /// Short human-readable name, e.g. `cpu (2 threads)` or `cuda (NVIDIA H200, sm_90, f16)`.
+    fn name(&self) -> String;
+
+    /// Run `n` images (`n × 3 × 32 × 32` floats, normalised, NCHW) through `plan`,
+    /// exiting samples at gates per their thresholds. Returns `n` results in input order.
+    fn run(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<SampleResult>>;
+}
+
+/// Checks the common preconditions of [`Backend::run`].
+pub fn check_batch(images: &[f32], n: usize) -> Result<()> {
+    let per = 3 * 32 * 32;
+    if images.len() != n * per {
+        return Err(crate::Error::Input(format!(
+            "expected {n} images of 3×32×32 = {} floats, got {}",
+            n * per,
+            images.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! data (in progress)
