@@ -8,9 +8,11 @@
 
 pub mod backend;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod plan;
 pub mod weights;
+pub mod zoo;
 
 pub use error::{Error, Result};

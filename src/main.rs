@@ -1,1 +1,338 @@
-fn main() {}
+//! `dgate-rt`: the command line over the library. Flags are parsed and validated here
+//! once; all work is the library's; errors become one line on stderr and exit code 1.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use dgate_rt::backend::Precision;
+use dgate_rt::data::{parse_thresholds, Dataset};
+use dgate_rt::engine::{BackendChoice, Engine, Summary};
+use dgate_rt::model::{Model, Normalize};
+use dgate_rt::weights::Weights;
+
+#[derive(Parser)]
+#[command(name = "dgate-rt", version, about = "Early-exit CNN inference with decision gates (CIFAR ResNets and DenseNets)",
+    long_about = "Early-exit CNN inference with decision gates.\n\n\
+A decision gate is a linear layer after an early stage; a sample whose gate is confident \
+enough exits there, the rest run deeper. dgate-rt loads a PyTorch state_dict saved with \
+safetensors, infers the architecture, and runs it on the CPU or on CUDA.\n\n\
+Examples:\n  dgate-rt run --weights resnet56.safetensors --data test_batch.bin\n  \
+dgate-rt run --weights gated.safetensors --thresholds 1.0,2.0 --json\n  \
+dgate-rt info --weights resnet101.safetensors")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Classify images, exiting samples early at gates; prints accuracy, exits, FLOPs, throughput.
+    Run(RunArgs),
+    /// Describe a model: architecture, stages, gates, FLOPs and parameters.
+    Info(ModelArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// PyTorch state_dict in safetensors (names as PyTorch wrote them; `module.` is stripped).
+    /// Without it, a seeded randomly initialised network (see --random) is used.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Architecture to initialise randomly when no --weights is given
+    /// (resnet18/34/50/101/152, resnet20/32/44/56/110, densenet121/169/201/161).
+    #[arg(long, value_name = "ARCH", default_value = "resnet101")]
+    random: String,
+    /// Seed for --random.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Per-channel mean on the 0..1 scale, overriding the file's `normalize_mean` (e.g. 0.4914,0.4822,0.4465).
+    #[arg(long, value_name = "R,G,B")]
+    mean: Option<String>,
+    /// Per-channel std on the 0..1 scale, overriding the file's `normalize_std`.
+    #[arg(long, value_name = "R,G,B")]
+    std: Option<String>,
+    /// Gate thresholds, one per gate, overriding the file's `thresholds` (`inf`: never exit, `-inf`: always).
+    #[arg(long, value_name = "T1,T2,..", allow_hyphen_values = true)]
+    thresholds: Option<String>,
+    /// Print one JSON document instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// CIFAR-10 binary batch file(s) (official layout, 3073-byte records). Default: the
+    /// test batch under $DGATE_DATA or ../shared/data, else seeded random images.
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Use at most N images.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// auto: CUDA when a GPU, driver and NVRTC are present, else CPU (with a notice).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    backend: String,
+    /// Storage precision on CUDA (accumulation is f32); the CPU computes in f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    precision: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    batch: usize,
+    /// Also report every input (index, class, exit gate, score, logits), in input order.
+    #[arg(long)]
+    per_sample: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse3(s: &str, what: &str) -> Result<[f32; 3]> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().with_context(|| format!("--{what}: `{x}` is not a number")))
+        .collect::<Result<_>>()?;
+    if v.len() != 3 {
+        bail!("--{what} needs 3 comma-separated values (R,G,B), got {}", v.len());
+    }
+    Ok([v[0], v[1], v[2]])
+}
+
+fn load_model(a: &ModelArgs) -> Result<(Model, bool)> {
+    let (mut model, random) = match &a.weights {
+        Some(p) => (Model::load(p)?, false),
+        None => (Model::from_weights(&dgate_rt::zoo::random(&a.random, a.seed)?)?, true),
+    };
+    if a.mean.is_some() || a.std.is_some() {
+        let mean = a.mean.as_deref().map(|s| parse3(s, "mean")).transpose()?.unwrap_or(model.normalize.mean);
+        let std = a.std.as_deref().map(|s| parse3(s, "std")).transpose()?.unwrap_or(model.normalize.std);
+        if std.iter().any(|&x| x <= 0.0 || !x.is_finite()) {
+            bail!("--std values must be positive");
+        }
+        model.normalize = Normalize { mean, std };
+        model.normalize_source = "command line".into();
+    }
+    if let Some(t) = &a.thresholds {
+        let t = parse_thresholds(t).map_err(|e| anyhow::anyhow!("--thresholds: {e}"))?;
+        model.plan.set_thresholds(&t).context("--thresholds")?;
+    }
+    Ok((model, random))
+}
+
+fn default_data() -> Option<PathBuf> {
+    let base = std::env::var_os("DGATE_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/data"));
+    let p = base.join("cifar10/test_batch.bin");
+    p.exists().then_some(p)
+}
+
+fn info(a: &ModelArgs) -> Result<()> {
+    let (model, random) = load_model(a)?;
+    let plan = &model.plan;
+    let mut cum = 0u64;
+    let stages: Vec<serde_json::Value> = plan
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            cum += s.flops;
+            serde_json::json!({"stage": i + 1, "name": s.name, "gflops": s.flops as f64 / 1e9,
+                "cumulative_gflops": cum as f64 / 1e9, "params": s.params,
+                "output": [s.output.channels, s.out_h, s.out_w]})
+        })
+        .collect();
+    let gates: Vec<serde_json::Value> = plan
+        .gates
+        .iter()
+        .enumerate()
+        .map(|(k, g)| {
+            serde_json::json!({"gate": k + 1, "after_stage": g.after_stage + 1, "features": g.input.channels,
+                "threshold": json_f32(g.threshold), "loss": g.rule.as_str(),
+                "gflops_if_exit": plan.flops_for_exit(Some(k)) as f64 / 1e9})
+        })
+        .collect();
+    if a.json {
+        let doc = serde_json::json!({"file": model.file, "arch": plan.arch, "untrained": random, "classes": plan.classes,
+            "params": model.params, "gflops": plan.backbone_flops() as f64 / 1e9, "stages": stages, "gates": gates,
+            "normalize": model.normalize, "normalize_source": model.normalize_source});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    println!("file        {}", model.file);
+    println!("arch        {}{}", plan.arch, if random { "  [randomly initialised, untrained]" } else { "" });
+    println!("classes     {}", plan.classes);
+    println!("params      {:.2} M ({})", model.params as f64 / 1e6, model.params);
+    println!("GFLOPs      {:.3} per image (2 x MACs of conv and linear layers)", plan.backbone_flops() as f64 / 1e9);
+    println!(
+        "normalize   mean {:?} std {:?} ({})",
+        model.normalize.mean, model.normalize.std, model.normalize_source
+    );
+    println!();
+    println!("stage  name              output          GFLOPs   cumulative   params");
+    cum = 0;
+    for (i, s) in plan.stages.iter().enumerate() {
+        cum += s.flops;
+        println!(
+            "{:>5}  {:<16}  {:>4}x{:>2}x{:<2}      {:>7.3}   {:>10.3}   {:>7.2} M",
+            i + 1,
+            s.name,
+            s.output.channels,
+            s.out_h,
+            s.out_w,
+            s.flops as f64 / 1e9,
+            cum as f64 / 1e9,
+            s.params as f64 / 1e6
+        );
+    }
+    println!("{:>5}  {:<16}  {:>4} classes     {:>7.6}", "head", "pool+linear", plan.classes, plan.head_flops() as f64 / 1e9);
+    println!();
+    if plan.gates.is_empty() {
+        println!("gates       none (add gates with `dgate-rt train-gates`)");
+    }
+    for (k, g) in plan.gates.iter().enumerate() {
+        println!(
+            "gate {}      after stage {}, {} features, {} loss, threshold {}, {:.3} GFLOPs for a sample that exits here",
+            k + 1,
+            g.after_stage + 1,
+            g.input.channels,
+            g.rule.as_str(),
+            g.threshold,
+            plan.flops_for_exit(Some(k)) as f64 / 1e9
+        );
+    }
+    Ok(())
+}
+
+fn json_f32(x: f32) -> serde_json::Value {
+    if x.is_finite() {
+        serde_json::json!(x)
+    } else {
+        serde_json::json!(x.to_string())
+    }
+}
+
+fn run(a: &RunArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let (model, random) = load_model(&a.model)?;
+    let choice = BackendChoice::parse(&a.backend).context("--backend")?;
+    let precision = Precision::parse(&a.precision).context("--precision")?;
+    let precision = if choice == BackendChoice::Auto && precision == Precision::F16 { precision } else { precision };
+    let mut engine = Engine::new(model, choice, precision)?;
+    if let Some(n) = &engine.fallback_notice {
+        eprintln!("notice: {n}");
+    }
+    if random {
+        eprintln!(
+            "notice: no --weights given: running a randomly initialised, untrained {} (seed {}); its predictions are meaningless",
+            a.model.random, a.model.seed
+        );
+    }
+    let data: Vec<PathBuf> = if a.data.is_empty() { default_data().into_iter().collect() } else { a.data.clone() };
+    let (ds, data_desc, labelled) = if data.is_empty() {
+        let n = a.limit.unwrap_or(256);
+        let mut rng = dgate_rt::zoo::Rng::new(a.model.seed);
+        let pixels = (0..n * dgate_rt::data::IMAGE).map(|_| (rng.next_u64() & 0xff) as u8).collect();
+        eprintln!("notice: no --data given and no CIFAR-10 test batch found: using {n} seeded random images (no labels)");
+        (Dataset { pixels, labels: vec![0; n] }, format!("{n} random images"), false)
+    } else {
+        let ds = Dataset::load_cifar(&data, a.limit)?;
+        let names: Vec<String> = data.iter().map(|p| p.display().to_string()).collect();
+        (ds, names.join(", "), true)
+    };
+    let n = ds.len();
+    let mut results = Vec::with_capacity(n);
+    let progress = !a.quiet && std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut start = 0;
+    while start < n {
+        let m = a.batch.min(n - start);
+        let x = ds.normalized(start, m, &engine.model.normalize);
+        results.extend(engine.run(&x, m)?);
+        start += m;
+        if progress {
+            eprint!("\r{start}/{n} images, {:.1} s", t0.elapsed().as_secs_f64());
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if progress {
+        eprintln!();
+    }
+    let plan = &engine.model.plan;
+    let summary = Summary::new(plan, &results, labelled.then_some(&ds.labels[..]));
+    if a.model.json {
+        let mut doc = serde_json::json!({
+            "model": {"file": engine.model.file, "arch": plan.arch, "untrained": random},
+            "backend": engine.backend_name(), "data": data_desc,
+            "thresholds": plan.gates.iter().map(|g| json_f32(g.threshold)).collect::<Vec<_>>(),
+            "summary": summary, "seconds": secs, "images_per_second": n as f64 / secs,
+        });
+        if a.per_sample {
+            doc["per_sample"] = results
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    serde_json::json!({"index": i, "class": r.class, "exit_gate": r.exit.map(|g| g + 1),
+                        "score": json_f32(r.score), "logits": r.logits, "label": labelled.then(|| ds.labels[i])})
+                })
+                .collect();
+        }
+        println!("{}", serde_json::to_string(&doc)?);
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "model       {}{}", plan.arch, if random { " [random, untrained]" } else { "" })?;
+    writeln!(out, "backend     {}", engine.backend_name())?;
+    writeln!(out, "data        {data_desc}: {n} images")?;
+    if plan.gates.is_empty() {
+        writeln!(out, "gates       none")?;
+    } else {
+        let t: Vec<String> = plan.gates.iter().map(|g| format!("{}", g.threshold)).collect();
+        writeln!(out, "thresholds  {} ({} gates)", t.join(","), plan.gates[0].rule.as_str())?;
+    }
+    if let (Some(acc), Some(c)) = (summary.accuracy_pct, summary.correct) {
+        writeln!(out, "accuracy    {acc:.2}% ({c}/{n})")?;
+    }
+    if !plan.gates.is_empty() {
+        let mut parts: Vec<String> =
+            summary.exit_fraction.iter().enumerate().map(|(k, f)| format!("gate {}: {:.2}%", k + 1, 100.0 * f)).collect();
+        parts.push(format!("head: {:.2}%", 100.0 * summary.head_fraction));
+        writeln!(out, "exits       {}", parts.join("  "))?;
+    }
+    writeln!(
+        out,
+        "GFLOPs      {:.4} per image on average, full network {:.4} ({:.1}%)",
+        summary.avg_gflops,
+        summary.full_gflops,
+        100.0 * summary.avg_gflops / summary.full_gflops
+    )?;
+    writeln!(out, "throughput  {:.1} images/s ({secs:.3} s, batch {})", n as f64 / secs, a.batch)?;
+    if a.per_sample {
+        writeln!(out, "\nindex  class  exit  score      logits")?;
+        for (i, r) in results.iter().enumerate() {
+            let l: Vec<String> = r.logits.iter().map(|x| format!("{x:.4}")).collect();
+            let exit = r.exit.map_or("head".to_string(), |g| format!("g{}", g + 1));
+            writeln!(out, "{i:>5}  {:>5}  {exit:>4}  {:>9.4}  {}", r.class, r.score, l.join(" "))?;
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match &cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Info(a) => info(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+#[allow(dead_code)]
+fn _unused(_: &Path, _: &Weights) {}

@@ -229,7 +229,6 @@ struct ConvSpec {
     input: View,
     output: View,
     hw: (usize, usize),
-    kernel: usize,
     stride: usize,
     pre: Option<PreAct>,
     residual: Option<View>,
@@ -314,7 +313,7 @@ impl<'a> Builder<'a> {
         let mut weight = wt.to_vec();
         let mut bias = vec![0.0; out];
         let bias_name = name.replace(".weight", ".bias");
-        if let Some(t) = self.w.tensors.get(&bias_name) {
+        if self.w.contains(&bias_name) {
             let t = self.w.shaped(&bias_name, &[out])?;
             self.params += out as u64;
             bias.copy_from_slice(&t.data);
@@ -389,7 +388,7 @@ impl<'a> Builder<'a> {
         let (op, fl) = Self::conv_op(
             f,
             k,
-            ConvSpec { input, output: x, hw: (32, 32), kernel: k, stride: 1, pre: None, residual: None, relu: true },
+            ConvSpec { input, output: x, hw: (32, 32), stride: 1, pre: None, residual: None, relu: true },
         );
         ops.push(op);
         flops += fl;
@@ -416,7 +415,7 @@ impl<'a> Builder<'a> {
                     let last = j + 1 == convs.len();
                     let outv = self.view(out, nh, nw, &live);
                     live.push(outv.buf);
-                    pending.push((f, k, ConvSpec { input: cur, output: outv, hw: cur_hw, kernel: k, stride: s, pre: None, residual: None, relu: true }, last));
+                    pending.push((f, k, ConvSpec { input: cur, output: outv, hw: cur_hw, stride: s, pre: None, residual: None, relu: true }, last));
                     cur = outv;
                     cur_hw = (nh, nw);
                 }
@@ -441,7 +440,7 @@ impl<'a> Builder<'a> {
                     }
                     let sc = self.view(cout, oh, ow, &live);
                     live.push(sc.buf);
-                    let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: x, output: sc, hw: (h, w), kernel: 1, stride, pre: None, residual: None, relu: false });
+                    let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: x, output: sc, hw: (h, w), stride, pre: None, residual: None, relu: false });
                     ops.push(op);
                     flops += fl;
                     sc
@@ -582,7 +581,7 @@ impl<'a> Builder<'a> {
         let mut ops = Vec::new();
         let mut flops = 0u64;
         let stem_out = in_view(0, &specs[0]);
-        let (op, fl) = Self::conv_op(stem_f, k0, ConvSpec { input, output: stem_out, hw: (32, 32), kernel: k0, stride: 1, pre: None, residual: None, relu: false });
+        let (op, fl) = Self::conv_op(stem_f, k0, ConvSpec { input, output: stem_out, hw: (32, 32), stride: 1, pre: None, residual: None, relu: false });
         ops.push(op);
         flops += fl;
         for (di, s) in specs.iter().enumerate() {
@@ -597,7 +596,7 @@ impl<'a> Builder<'a> {
                     let (s1, t1) = self.bn(&format!("dense{d}.{i}.bn1"), c)?;
                     let (f1, mid, k1) = self.conv_bn(&format!("dense{d}.{i}.conv1.weight"), Some(&format!("dense{d}.{i}.bn2")), c)?;
                     let tmp = self.view(mid, h, w, &block_bufs);
-                    let (op, fl) = Self::conv_op(f1, k1, ConvSpec { input: read, output: tmp, hw: (h, w), kernel: k1, stride: 1, pre: Some(PreAct { scale: s1, shift: t1, relu: true }), residual: None, relu: true });
+                    let (op, fl) = Self::conv_op(f1, k1, ConvSpec { input: read, output: tmp, hw: (h, w), stride: 1, pre: Some(PreAct { scale: s1, shift: t1, relu: true }), residual: None, relu: true });
                     ops.push(op);
                     flops += fl;
                     let name = format!("dense{d}.{i}.conv2.weight");
@@ -605,7 +604,7 @@ impl<'a> Builder<'a> {
                     if g != s.growth {
                         return Err(Error::Tensor { file: self.w.file.clone(), tensor: name, msg: format!("has {g} output channels, expected the growth rate {}", s.growth) });
                     }
-                    let (op, fl) = Self::conv_op(f2, k2, ConvSpec { input: tmp, output: write, hw: (h, w), kernel: k2, stride: 1, pre: None, residual: None, relu: false });
+                    let (op, fl) = Self::conv_op(f2, k2, ConvSpec { input: tmp, output: write, hw: (h, w), stride: 1, pre: None, residual: None, relu: false });
                     ops.push(op);
                     flops += fl;
                 } else {
@@ -615,7 +614,7 @@ impl<'a> Builder<'a> {
                         return Err(Error::Tensor { file: self.w.file.clone(), tensor: name, msg: format!("has {g} output channels, expected the growth rate {}", s.growth) });
                     }
                     let pre = PreAct { scale: vec![1.0; c], shift: vec![0.0; c], relu: true };
-                    let (op, fl) = Self::conv_op(f, k, ConvSpec { input: read, output: write, hw: (h, w), kernel: k, stride: 1, pre: Some(pre), residual: None, relu: false });
+                    let (op, fl) = Self::conv_op(f, k, ConvSpec { input: read, output: write, hw: (h, w), stride: 1, pre: Some(pre), residual: None, relu: false });
                     ops.push(op);
                     flops += fl;
                 }
@@ -641,7 +640,7 @@ impl<'a> Builder<'a> {
                 return Err(Error::Tensor { file: self.w.file.clone(), tensor: conv_name, msg: "expected a 1x1 transition convolution".into() });
             }
             let next = in_view(di + 1, &specs[di + 1]);
-            let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: pooled, output: next, hw: (h / 2, w / 2), kernel: 1, stride: 1, pre: None, residual: None, relu: false });
+            let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: pooled, output: next, hw: (h / 2, w / 2), stride: 1, pre: None, residual: None, relu: false });
             ops.push(op);
             // Counted at the definition's (pre-pool) resolution, as PyTorch would.
             flops += 4 * fl;

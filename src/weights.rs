@@ -77,6 +77,16 @@ fn to_f32(file: &str, name: &str, view: &TensorView<'_>) -> Result<Option<Vec<f3
 }
 
 impl Weights {
+    /// No tensors, no metadata.
+    pub fn empty() -> Self {
+        Weights {
+            file: String::new(),
+            tensors: HashMap::new(),
+            metadata: BTreeMap::new(),
+            raw: BTreeMap::new(),
+        }
+    }
+
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

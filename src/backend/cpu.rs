@@ -191,26 +191,26 @@ impl CpuBackend {
         let (ihw, ohw) = (c.in_h * c.in_w, c.out_h * c.out_w);
         let (cin, cout, k) = (c.input.channels, c.output.channels, c.kernel);
         let rows = cin * k * k;
-        let mut out = std::mem::take(&mut self.acts[c.output.buf]);
-        // The input planes of this conv, with the pre-activation applied if any.
+        // The input planes of this conv, with the pre-activation applied if any. A DenseNet
+        // layer reads and writes disjoint channel windows of one buffer: copy its input.
         let in_plane = n * ihw;
-        let src: &[f32] = {
+        let materialize = c.pre.is_some() || c.input.buf == c.output.buf;
+        if materialize {
             let inp = &self.acts[c.input.buf];
             let window = &inp[c.input.offset * in_plane..(c.input.offset + cin) * in_plane];
-            match &c.pre {
-                None => window,
-                Some(p) => {
-                    self.pre.resize(cin * in_plane, 0.0);
-                    self.pre.par_chunks_mut(in_plane).zip(window.par_chunks(in_plane)).enumerate().for_each(
-                        |(ch, (d, s))| {
-                            for (d, &x) in d.iter_mut().zip(s) {
-                                *d = act(Some(p), ch, x);
-                            }
-                        },
-                    );
-                    &self.pre
+            self.pre.resize(cin * in_plane, 0.0);
+            let pre = c.pre.as_ref();
+            self.pre.par_chunks_mut(in_plane).zip(window.par_chunks(in_plane)).enumerate().for_each(|(ch, (d, s))| {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = act(pre, ch, x);
                 }
-            }
+            });
+        }
+        let mut out = std::mem::take(&mut self.acts[c.output.buf]);
+        let src: &[f32] = if materialize {
+            &self.pre[..cin * in_plane]
+        } else {
+            &self.acts[c.input.buf][c.input.offset * in_plane..(c.input.offset + cin) * in_plane]
         };
         let ldc = n * ohw;
         let out_rows = &mut out[c.output.offset * ldc..(c.output.offset + cout) * ldc];

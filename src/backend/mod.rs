@@ -25,7 +25,7 @@ impl Precision {
     }
 }
 
-pub trait Backend {
+pub trait Backend: Send {
     /// Short human-readable name, e.g. `cpu (2 threads)` or `cuda (NVIDIA H200, sm_90, f16)`.
     fn name(&self) -> String;
 
