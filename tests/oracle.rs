@@ -28,24 +28,44 @@ fn oracle_deviation(name: &str) -> f32 {
     worst
 }
 
+/// Top-1 on all 10,000 test images must equal the figure in `../shared/data/README.md`.
+fn full_test_accuracy(name: &str, expected_correct: usize) {
+    let model = Model::load(common::weights(&format!("{name}.safetensors"))).unwrap();
+    let ds = Dataset::load_cifar(&[common::test_batch()], None).unwrap();
+    assert_eq!(ds.len(), 10_000);
+    let mut cpu = CpuBackend::new();
+    let mut correct = 0;
+    for start in (0..10_000).step_by(500) {
+        let x = ds.normalized(start, 500, &model.normalize);
+        let res = cpu.run(&model.plan, &x, 500).unwrap();
+        correct += res.iter().zip(&ds.labels[start..start + 500]).filter(|(r, &y)| r.class == y as usize).count();
+    }
+    println!("{name}: {correct}/10000 = {:.2}% top-1", correct as f64 / 100.0);
+    assert_eq!(correct, expected_correct);
+}
+
 #[test]
-fn resnet20_matches_oracle() {
+fn resnet20_oracle_and_accuracy() {
     assert!(oracle_deviation("resnet20") <= 1e-4);
+    full_test_accuracy("resnet20", 9173);
 }
 
 #[test]
-fn resnet32_matches_oracle() {
+fn resnet32_oracle_and_accuracy() {
     assert!(oracle_deviation("resnet32") <= 1e-4);
+    full_test_accuracy("resnet32", 9263);
 }
 
 #[test]
-fn resnet44_matches_oracle() {
+fn resnet44_oracle_and_accuracy() {
     assert!(oracle_deviation("resnet44") <= 1e-4);
+    full_test_accuracy("resnet44", 9310);
 }
 
 #[test]
-fn resnet56_matches_oracle() {
+fn resnet56_oracle_and_accuracy() {
     assert!(oracle_deviation("resnet56") <= 1e-4);
+    full_test_accuracy("resnet56", 9339);
 }
 
 #[test]

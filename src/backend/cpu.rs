@@ -14,7 +14,7 @@ use crate::plan::{decide, Conv, ExitRule, Op, Plan, PreAct, SampleResult, View};
 use crate::Result;
 
 /// Largest im2col buffer, in floats (32 MiB).
-const IM2COL_FLOATS: usize = 8 << 20;
+const IM2COL_FLOATS: usize = 1 << 20;
 /// GEMMs below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 1 << 20;
 
