@@ -37,8 +37,13 @@ impl Dataset {
         Ok(ds)
     }
 
-    pub fn append_cifar_bytes(&mut self, bytes: &[u8], name: &str, limit: Option<usize>) -> Result<()> {
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    pub fn append_cifar_bytes(
+        &mut self,
+        bytes: &[u8],
+        name: &str,
+        limit: Option<usize>,
+    ) -> Result<()> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
             return Err(Error::Data {
                 path: name.into(),
                 msg: format!(
@@ -89,7 +94,9 @@ pub fn parse_thresholds(s: &str) -> std::result::Result<Vec<f32>, String> {
             let v = match x {
                 "inf" | "+inf" | "infinity" => f32::INFINITY,
                 "-inf" | "-infinity" => f32::NEG_INFINITY,
-                _ => x.parse::<f32>().map_err(|_| format!("`{x}` is not a number, inf or -inf"))?,
+                _ => x
+                    .parse::<f32>()
+                    .map_err(|_| format!("`{x}` is not a number, inf or -inf"))?,
             };
             if v.is_nan() {
                 return Err("NaN is not a threshold".into());

@@ -38,17 +38,26 @@ impl Engine {
         let (backend, fallback_notice): (Box<dyn Backend>, _) = match choice {
             BackendChoice::Cpu => {
                 if precision != Precision::F32 {
-                    return Err(Error::Config("the CPU backend computes in f32 only; use --precision f32".into()));
+                    return Err(Error::Config(
+                        "the CPU backend computes in f32 only; use --precision f32".into(),
+                    ));
                 }
                 (Box::new(CpuBackend::new()), None)
             }
             BackendChoice::Cuda => (Box::new(CudaBackend::new(precision)?), None),
             BackendChoice::Auto => match CudaBackend::new(precision) {
                 Ok(b) => (Box::new(b), None),
-                Err(e) => (Box::new(CpuBackend::new()), Some(format!("{e}; running on the CPU"))),
+                Err(e) => (
+                    Box::new(CpuBackend::new()),
+                    Some(format!("{e}; running on the CPU")),
+                ),
             },
         };
-        Ok(Engine { model, backend, fallback_notice })
+        Ok(Engine {
+            model,
+            backend,
+            fallback_notice,
+        })
     }
 
     pub fn backend_name(&self) -> String {
@@ -68,7 +77,10 @@ impl Engine {
     /// Runs raw CIFAR-style `n × 3 × 32 × 32` u8 planes with the model's normalisation.
     pub fn run_u8(&mut self, pixels: &[u8], n: usize) -> Result<Vec<SampleResult>> {
         if pixels.len() != n * IMAGE {
-            return Err(Error::Input(format!("expected {n} images of {IMAGE} bytes, got {} bytes", pixels.len())));
+            return Err(Error::Input(format!(
+                "expected {n} images of {IMAGE} bytes, got {} bytes",
+                pixels.len()
+            )));
         }
         let x = normalize_u8(pixels, &self.model.normalize);
         self.run(&x, n)
@@ -92,7 +104,11 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn new(plan: &crate::plan::Plan, results: &[SampleResult], labels: Option<&[u8]>) -> Summary {
+    pub fn new(
+        plan: &crate::plan::Plan,
+        results: &[SampleResult],
+        labels: Option<&[u8]>,
+    ) -> Summary {
         let n = results.len().max(1) as f64;
         let mut exits = vec![0usize; plan.gates.len()];
         let mut flops = 0f64;
@@ -102,7 +118,13 @@ impl Summary {
             }
             flops += plan.flops_for_exit(r.exit) as f64;
         }
-        let correct = labels.map(|l| results.iter().zip(l).filter(|(r, &y)| r.class == y as usize).count());
+        let correct = labels.map(|l| {
+            results
+                .iter()
+                .zip(l)
+                .filter(|(r, &y)| r.class == y as usize)
+                .count()
+        });
         let head = results.iter().filter(|r| r.exit.is_none()).count();
         Summary {
             images: results.len(),

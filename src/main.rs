@@ -2,7 +2,7 @@
 //! once; all work is the library's; errors become one line on stderr and exit code 1.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -12,17 +12,20 @@ use dgate_rt::backend::Precision;
 use dgate_rt::data::{parse_thresholds, Dataset};
 use dgate_rt::engine::{BackendChoice, Engine, Summary};
 use dgate_rt::model::{Model, Normalize};
-use dgate_rt::weights::Weights;
 
 #[derive(Parser)]
-#[command(name = "dgate-rt", version, about = "Early-exit CNN inference with decision gates (CIFAR ResNets and DenseNets)",
+#[command(
+    name = "dgate-rt",
+    version,
+    about = "Early-exit CNN inference with decision gates (CIFAR ResNets and DenseNets)",
     long_about = "Early-exit CNN inference with decision gates.\n\n\
 A decision gate is a linear layer after an early stage; a sample whose gate is confident \
 enough exits there, the rest run deeper. dgate-rt loads a PyTorch state_dict saved with \
 safetensors, infers the architecture, and runs it on the CPU or on CUDA.\n\n\
 Examples:\n  dgate-rt run --weights resnet56.safetensors --data test_batch.bin\n  \
 dgate-rt run --weights gated.safetensors --thresholds 1.0,2.0 --json\n  \
-dgate-rt info --weights resnet101.safetensors")]
+dgate-rt info --weights resnet101.safetensors"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -94,10 +97,17 @@ struct RunArgs {
 fn parse3(s: &str, what: &str) -> Result<[f32; 3]> {
     let v: Vec<f32> = s
         .split(',')
-        .map(|x| x.trim().parse::<f32>().with_context(|| format!("--{what}: `{x}` is not a number")))
+        .map(|x| {
+            x.trim()
+                .parse::<f32>()
+                .with_context(|| format!("--{what}: `{x}` is not a number"))
+        })
         .collect::<Result<_>>()?;
     if v.len() != 3 {
-        bail!("--{what} needs 3 comma-separated values (R,G,B), got {}", v.len());
+        bail!(
+            "--{what} needs 3 comma-separated values (R,G,B), got {}",
+            v.len()
+        );
     }
     Ok([v[0], v[1], v[2]])
 }
@@ -105,11 +115,24 @@ fn parse3(s: &str, what: &str) -> Result<[f32; 3]> {
 fn load_model(a: &ModelArgs) -> Result<(Model, bool)> {
     let (mut model, random) = match &a.weights {
         Some(p) => (Model::load(p)?, false),
-        None => (Model::from_weights(&dgate_rt::zoo::random(&a.random, a.seed)?)?, true),
+        None => (
+            Model::from_weights(&dgate_rt::zoo::random(&a.random, a.seed)?)?,
+            true,
+        ),
     };
     if a.mean.is_some() || a.std.is_some() {
-        let mean = a.mean.as_deref().map(|s| parse3(s, "mean")).transpose()?.unwrap_or(model.normalize.mean);
-        let std = a.std.as_deref().map(|s| parse3(s, "std")).transpose()?.unwrap_or(model.normalize.std);
+        let mean = a
+            .mean
+            .as_deref()
+            .map(|s| parse3(s, "mean"))
+            .transpose()?
+            .unwrap_or(model.normalize.mean);
+        let std = a
+            .std
+            .as_deref()
+            .map(|s| parse3(s, "std"))
+            .transpose()?
+            .unwrap_or(model.normalize.std);
         if std.iter().any(|&x| x <= 0.0 || !x.is_finite()) {
             bail!("--std values must be positive");
         }
@@ -124,7 +147,9 @@ fn load_model(a: &ModelArgs) -> Result<(Model, bool)> {
 }
 
 fn default_data() -> Option<PathBuf> {
-    let base = std::env::var_os("DGATE_DATA").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("../shared/data"));
+    let base = std::env::var_os("DGATE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"));
     let p = base.join("cifar10/test_batch.bin");
     p.exists().then_some(p)
 }
@@ -162,10 +187,25 @@ fn info(a: &ModelArgs) -> Result<()> {
         return Ok(());
     }
     println!("file        {}", model.file);
-    println!("arch        {}{}", plan.arch, if random { "  [randomly initialised, untrained]" } else { "" });
+    println!(
+        "arch        {}{}",
+        plan.arch,
+        if random {
+            "  [randomly initialised, untrained]"
+        } else {
+            ""
+        }
+    );
     println!("classes     {}", plan.classes);
-    println!("params      {:.2} M ({})", model.params as f64 / 1e6, model.params);
-    println!("GFLOPs      {:.3} per image (2 x MACs of conv and linear layers)", plan.backbone_flops() as f64 / 1e9);
+    println!(
+        "params      {:.2} M ({})",
+        model.params as f64 / 1e6,
+        model.params
+    );
+    println!(
+        "GFLOPs      {:.3} per image (2 x MACs of conv and linear layers)",
+        plan.backbone_flops() as f64 / 1e9
+    );
     println!(
         "normalize   mean {:?} std {:?} ({})",
         model.normalize.mean, model.normalize.std, model.normalize_source
@@ -187,7 +227,13 @@ fn info(a: &ModelArgs) -> Result<()> {
             s.params as f64 / 1e6
         );
     }
-    println!("{:>5}  {:<16}  {:>4} classes     {:>7.6}", "head", "pool+linear", plan.classes, plan.head_flops() as f64 / 1e9);
+    println!(
+        "{:>5}  {:<16}  {:>4} classes     {:>7.6}",
+        "head",
+        "pool+linear",
+        plan.classes,
+        plan.head_flops() as f64 / 1e9
+    );
     println!();
     if plan.gates.is_empty() {
         println!("gates       none (add gates with `dgate-rt train-gates`)");
@@ -221,7 +267,6 @@ fn run(a: &RunArgs) -> Result<()> {
     let (model, random) = load_model(&a.model)?;
     let choice = BackendChoice::parse(&a.backend).context("--backend")?;
     let precision = Precision::parse(&a.precision).context("--precision")?;
-    let precision = if choice == BackendChoice::Auto && precision == Precision::F16 { precision } else { precision };
     let mut engine = Engine::new(model, choice, precision)?;
     if let Some(n) = &engine.fallback_notice {
         eprintln!("notice: {n}");
@@ -232,13 +277,26 @@ fn run(a: &RunArgs) -> Result<()> {
             a.model.random, a.model.seed
         );
     }
-    let data: Vec<PathBuf> = if a.data.is_empty() { default_data().into_iter().collect() } else { a.data.clone() };
+    let data: Vec<PathBuf> = if a.data.is_empty() {
+        default_data().into_iter().collect()
+    } else {
+        a.data.clone()
+    };
     let (ds, data_desc, labelled) = if data.is_empty() {
         let n = a.limit.unwrap_or(256);
         let mut rng = dgate_rt::zoo::Rng::new(a.model.seed);
-        let pixels = (0..n * dgate_rt::data::IMAGE).map(|_| (rng.next_u64() & 0xff) as u8).collect();
+        let pixels = (0..n * dgate_rt::data::IMAGE)
+            .map(|_| (rng.next_u64() & 0xff) as u8)
+            .collect();
         eprintln!("notice: no --data given and no CIFAR-10 test batch found: using {n} seeded random images (no labels)");
-        (Dataset { pixels, labels: vec![0; n] }, format!("{n} random images"), false)
+        (
+            Dataset {
+                pixels,
+                labels: vec![0; n],
+            },
+            format!("{n} random images"),
+            false,
+        )
     } else {
         let ds = Dataset::load_cifar(&data, a.limit)?;
         let names: Vec<String> = data.iter().map(|p| p.display().to_string()).collect();
@@ -285,21 +343,39 @@ fn run(a: &RunArgs) -> Result<()> {
         return Ok(());
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "model       {}{}", plan.arch, if random { " [random, untrained]" } else { "" })?;
+    writeln!(
+        out,
+        "model       {}{}",
+        plan.arch,
+        if random { " [random, untrained]" } else { "" }
+    )?;
     writeln!(out, "backend     {}", engine.backend_name())?;
     writeln!(out, "data        {data_desc}: {n} images")?;
     if plan.gates.is_empty() {
         writeln!(out, "gates       none")?;
     } else {
-        let t: Vec<String> = plan.gates.iter().map(|g| format!("{}", g.threshold)).collect();
-        writeln!(out, "thresholds  {} ({} gates)", t.join(","), plan.gates[0].rule.as_str())?;
+        let t: Vec<String> = plan
+            .gates
+            .iter()
+            .map(|g| format!("{}", g.threshold))
+            .collect();
+        writeln!(
+            out,
+            "thresholds  {} ({} gates)",
+            t.join(","),
+            plan.gates[0].rule.as_str()
+        )?;
     }
     if let (Some(acc), Some(c)) = (summary.accuracy_pct, summary.correct) {
         writeln!(out, "accuracy    {acc:.2}% ({c}/{n})")?;
     }
     if !plan.gates.is_empty() {
-        let mut parts: Vec<String> =
-            summary.exit_fraction.iter().enumerate().map(|(k, f)| format!("gate {}: {:.2}%", k + 1, 100.0 * f)).collect();
+        let mut parts: Vec<String> = summary
+            .exit_fraction
+            .iter()
+            .enumerate()
+            .map(|(k, f)| format!("gate {}: {:.2}%", k + 1, 100.0 * f))
+            .collect();
         parts.push(format!("head: {:.2}%", 100.0 * summary.head_fraction));
         writeln!(out, "exits       {}", parts.join("  "))?;
     }
@@ -310,13 +386,24 @@ fn run(a: &RunArgs) -> Result<()> {
         summary.full_gflops,
         100.0 * summary.avg_gflops / summary.full_gflops
     )?;
-    writeln!(out, "throughput  {:.1} images/s ({secs:.3} s, batch {})", n as f64 / secs, a.batch)?;
+    writeln!(
+        out,
+        "throughput  {:.1} images/s ({secs:.3} s, batch {})",
+        n as f64 / secs,
+        a.batch
+    )?;
     if a.per_sample {
         writeln!(out, "\nindex  class  exit  score      logits")?;
         for (i, r) in results.iter().enumerate() {
             let l: Vec<String> = r.logits.iter().map(|x| format!("{x:.4}")).collect();
             let exit = r.exit.map_or("head".to_string(), |g| format!("g{}", g + 1));
-            writeln!(out, "{i:>5}  {:>5}  {exit:>4}  {:>9.4}  {}", r.class, r.score, l.join(" "))?;
+            writeln!(
+                out,
+                "{i:>5}  {:>5}  {exit:>4}  {:>9.4}  {}",
+                r.class,
+                r.score,
+                l.join(" ")
+            )?;
         }
     }
     Ok(())
@@ -333,6 +420,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-
-#[allow(dead_code)]
-fn _unused(_: &Path, _: &Weights) {}

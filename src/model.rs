@@ -61,7 +61,8 @@ impl Model {
             buffers: Vec::new(),
             params: 0,
         };
-        let (mut plan, raw_input) = if w.contains("conv1.weight") && w.contains("layer1.0.conv1.weight")
+        let (mut plan, raw_input) = if w.contains("conv1.weight")
+            && w.contains("layer1.0.conv1.weight")
         {
             (b.resnet()?, false)
         } else if w.contains("conv1.weight") && w.contains("dense1.0.conv1.weight") {
@@ -108,7 +109,10 @@ fn parse_list<T: std::str::FromStr>(file: &str, key: &str, s: &str) -> Result<Ve
 }
 
 fn read_normalize(w: &Weights, raw_input: bool) -> Result<(Normalize, String)> {
-    match (w.metadata.get("normalize_mean"), w.metadata.get("normalize_std")) {
+    match (
+        w.metadata.get("normalize_mean"),
+        w.metadata.get("normalize_std"),
+    ) {
         (Some(m), Some(s)) => {
             let m: Vec<f32> = parse_list(&w.file, "normalize_mean", m)?;
             let s: Vec<f32> = parse_list(&w.file, "normalize_std", s)?;
@@ -140,8 +144,15 @@ fn read_normalize(w: &Weights, raw_input: bool) -> Result<(Normalize, String)> {
 /// Gates `gates.K.{weight,bias}` with metadata `gate_after` (1-based stage numbers),
 /// `thresholds` and `gate_loss`.
 fn attach_gates(w: &Weights, plan: &mut Plan) -> Result<()> {
-    let count = (0..).take_while(|k| w.contains(&format!("gates.{k}.weight"))).count();
-    let meta = |k: &str| w.metadata.get(k).map(|s| s.trim()).filter(|s| !s.is_empty());
+    let count = (0..)
+        .take_while(|k| w.contains(&format!("gates.{k}.weight")))
+        .count();
+    let meta = |k: &str| {
+        w.metadata
+            .get(k)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+    };
     if count == 0 {
         if let Some(s) = meta("gate_after") {
             return Err(Error::Tensor {
@@ -159,7 +170,10 @@ fn attach_gates(w: &Weights, plan: &mut Plan) -> Result<()> {
     if after.len() != count {
         return Err(Error::Architecture {
             file: w.file.clone(),
-            msg: format!("metadata gate_after lists {} stages but the file has {count} gates", after.len()),
+            msg: format!(
+                "metadata gate_after lists {} stages but the file has {count} gates",
+                after.len()
+            ),
         });
     }
     let thresholds: Vec<f32> = match meta("thresholds") {
@@ -172,7 +186,10 @@ fn attach_gates(w: &Weights, plan: &mut Plan) -> Result<()> {
     if thresholds.len() != count {
         return Err(Error::Architecture {
             file: w.file.clone(),
-            msg: format!("metadata thresholds lists {} values but the file has {count} gates", thresholds.len()),
+            msg: format!(
+                "metadata thresholds lists {} values but the file has {count} gates",
+                thresholds.len()
+            ),
         });
     }
     let rule = match meta("gate_loss") {
@@ -301,7 +318,12 @@ impl<'a> Builder<'a> {
     }
 
     /// Conv `name` followed by batch norm `bn` (if any), folded.
-    fn conv_bn(&mut self, name: &str, bn: Option<&str>, in_c: usize) -> Result<(Folded, usize, usize)> {
+    fn conv_bn(
+        &mut self,
+        name: &str,
+        bn: Option<&str>,
+        in_c: usize,
+    ) -> Result<(Folded, usize, usize)> {
         let (wt, out, inn, k) = self.conv_weight(name)?;
         if inn != in_c {
             return Err(Error::Tensor {
@@ -388,7 +410,15 @@ impl<'a> Builder<'a> {
         let (op, fl) = Self::conv_op(
             f,
             k,
-            ConvSpec { input, output: x, hw: (32, 32), stride: 1, pre: None, residual: None, relu: true },
+            ConvSpec {
+                input,
+                output: x,
+                hw: (32, 32),
+                stride: 1,
+                pre: None,
+                residual: None,
+                relu: true,
+            },
         );
         ops.push(op);
         flops += fl;
@@ -403,19 +433,44 @@ impl<'a> Builder<'a> {
                 let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
                 let cin = x.channels;
                 // Main path.
-                let convs: Vec<usize> = if bottleneck { vec![1, 2, 3] } else { vec![1, 2] };
+                let convs: Vec<usize> = if bottleneck {
+                    vec![1, 2, 3]
+                } else {
+                    vec![1, 2]
+                };
                 let mut cur = x;
                 let mut cur_hw = (h, w);
                 let mut live = vec![x.buf];
                 let mut pending = Vec::new();
                 for (j, &c) in convs.iter().enumerate() {
-                    let (f, out, k) = self.conv_bn(&format!("{p}.conv{c}.weight"), Some(&format!("{p}.bn{c}")), cur.channels)?;
-                    let s = if (bottleneck && c == 2) || (!bottleneck && c == 1) { stride } else { 1 };
+                    let (f, out, k) = self.conv_bn(
+                        &format!("{p}.conv{c}.weight"),
+                        Some(&format!("{p}.bn{c}")),
+                        cur.channels,
+                    )?;
+                    let s = if (bottleneck && c == 2) || (!bottleneck && c == 1) {
+                        stride
+                    } else {
+                        1
+                    };
                     let (nh, nw) = ((cur_hw.0 - 1) / s + 1, (cur_hw.1 - 1) / s + 1);
                     let last = j + 1 == convs.len();
                     let outv = self.view(out, nh, nw, &live);
                     live.push(outv.buf);
-                    pending.push((f, k, ConvSpec { input: cur, output: outv, hw: cur_hw, stride: s, pre: None, residual: None, relu: true }, last));
+                    pending.push((
+                        f,
+                        k,
+                        ConvSpec {
+                            input: cur,
+                            output: outv,
+                            hw: cur_hw,
+                            stride: s,
+                            pre: None,
+                            residual: None,
+                            relu: true,
+                        },
+                        last,
+                    ));
                     cur = outv;
                     cur_hw = (nh, nw);
                 }
@@ -426,11 +481,17 @@ impl<'a> Builder<'a> {
                 // Shortcut.
                 let residual = if stride == 1 && cin == cout {
                     if self.w.contains(&format!("{p}.shortcut.0.weight")) {
-                        return Err(self.arch_err(format!("{p}.shortcut.0.weight present on a block whose shape does not change")));
+                        return Err(self.arch_err(format!(
+                            "{p}.shortcut.0.weight present on a block whose shape does not change"
+                        )));
                     }
                     x
                 } else if self.w.contains(&format!("{p}.shortcut.0.weight")) {
-                    let (f, out, k) = self.conv_bn(&format!("{p}.shortcut.0.weight"), Some(&format!("{p}.shortcut.1")), cin)?;
+                    let (f, out, k) = self.conv_bn(
+                        &format!("{p}.shortcut.0.weight"),
+                        Some(&format!("{p}.shortcut.1")),
+                        cin,
+                    )?;
                     if out != cout || k != 1 {
                         return Err(Error::Tensor {
                             file: self.w.file.clone(),
@@ -440,21 +501,42 @@ impl<'a> Builder<'a> {
                     }
                     let sc = self.view(cout, oh, ow, &live);
                     live.push(sc.buf);
-                    let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: x, output: sc, hw: (h, w), stride, pre: None, residual: None, relu: false });
+                    let (op, fl) = Self::conv_op(
+                        f,
+                        1,
+                        ConvSpec {
+                            input: x,
+                            output: sc,
+                            hw: (h, w),
+                            stride,
+                            pre: None,
+                            residual: None,
+                            relu: false,
+                        },
+                    );
                     ops.push(op);
                     flops += fl;
                     sc
                 } else {
-                    if cout < cin || (cout - cin) % 2 != 0 {
+                    if cout < cin || !(cout - cin).is_multiple_of(2) {
                         return Err(Error::Tensor {
                             file: self.w.file.clone(),
                             tensor: format!("{p}.shortcut.0.weight"),
-                            msg: format!("missing: an option-A shortcut cannot map {cin} channels to {cout}"),
+                            msg: format!(
+                                "missing: an option-A shortcut cannot map {cin} channels to {cout}"
+                            ),
                         });
                     }
                     let sc = self.view(cout, oh, ow, &live);
                     live.push(sc.buf);
-                    ops.push(Op::ShortcutA { input: x, output: sc, in_h: h, in_w: w, stride, pad_before: (cout - cin) / 2 });
+                    ops.push(Op::ShortcutA {
+                        input: x,
+                        output: sc,
+                        in_h: h,
+                        in_w: w,
+                        stride,
+                        pad_before: (cout - cin) / 2,
+                    });
                     sc
                 };
                 let n = pending.len();
@@ -484,15 +566,23 @@ impl<'a> Builder<'a> {
         if layers == 0 {
             return Err(self.arch_err("no layer1 blocks".into()));
         }
-        let head_name = if self.w.contains("linear.weight") { "linear" } else { "fc" };
+        let head_name = if self.w.contains("linear.weight") {
+            "linear"
+        } else {
+            "fc"
+        };
         let (weight, bias, classes) = self.linear(head_name, x.channels)?;
         if let Some(last) = stages.last_mut() {
-            last.params = self.params - params0 + last.params;
+            last.params += self.params - params0;
         }
         let arch = format!(
             "ResNet-{} ({}, {} stages, {}-ch stem)",
             self.resnet_depth(bottleneck, layers),
-            if bottleneck { "Bottleneck" } else { "BasicBlock" },
+            if bottleneck {
+                "Bottleneck"
+            } else {
+                "BasicBlock"
+            },
             layers,
             c0
         );
@@ -503,12 +593,21 @@ impl<'a> Builder<'a> {
             input,
             stages,
             gates: Vec::new(),
-            head: Head { input: x, h, w, pre: None, weight, bias },
+            head: Head {
+                input: x,
+                h,
+                w,
+                pre: None,
+                weight,
+                bias,
+            },
         })
     }
 
     fn resnet_depth(&self, bottleneck: bool, layers: usize) -> usize {
-        let blocks: usize = (1..=layers).map(|l| self.count(|i| format!("layer{l}.{i}.conv1.weight"))).sum();
+        let blocks: usize = (1..=layers)
+            .map(|l| self.count(|i| format!("layer{l}.{i}.conv1.weight")))
+            .sum();
         blocks * if bottleneck { 3 } else { 2 } + 2
     }
 
@@ -535,7 +634,11 @@ impl<'a> Builder<'a> {
             return Err(self.arch_err("no dense blocks".into()));
         }
         let input = self.view(3, 32, 32, &[]);
-        let (stem, stem_bn) = if bc { ("conv1.weight", None) } else { ("conv0.weight", Some("bn0")) };
+        let (stem, stem_bn) = if bc {
+            ("conv1.weight", None)
+        } else {
+            ("conv0.weight", Some("bn0"))
+        };
         let (stem_f, c0, k0) = self.conv_bn(stem, stem_bn, 3)?;
         let mut params0 = 0u64;
 
@@ -552,15 +655,27 @@ impl<'a> Builder<'a> {
         let mut hw = 32usize;
         for d in 1..=blocks {
             let layers = self.count(|i| layer_name(d, i));
-            let gname = if bc { format!("dense{d}.0.conv2.weight") } else { layer_name(d, 0) };
+            let gname = if bc {
+                format!("dense{d}.0.conv2.weight")
+            } else {
+                layer_name(d, 0)
+            };
             let growth = self.w.ranked(&gname, 4)?.shape[0];
             let ctot = cin + layers * growth;
-            specs.push(BlockSpec { layers, growth, cin, ctot, hw });
+            specs.push(BlockSpec {
+                layers,
+                growth,
+                cin,
+                ctot,
+                hw,
+            });
             if d < blocks {
                 let t = self.w.ranked(&format!("trans{d}.conv.weight"), 4)?;
                 cin = t.shape[0];
                 if hw < 2 {
-                    return Err(self.arch_err(format!("trans{d}: nothing left to pool at {hw}x{hw}")));
+                    return Err(
+                        self.arch_err(format!("trans{d}: nothing left to pool at {hw}x{hw}"))
+                    );
                 }
                 hw /= 2;
             }
@@ -581,7 +696,19 @@ impl<'a> Builder<'a> {
         let mut ops = Vec::new();
         let mut flops = 0u64;
         let stem_out = in_view(0, &specs[0]);
-        let (op, fl) = Self::conv_op(stem_f, k0, ConvSpec { input, output: stem_out, hw: (32, 32), stride: 1, pre: None, residual: None, relu: false });
+        let (op, fl) = Self::conv_op(
+            stem_f,
+            k0,
+            ConvSpec {
+                input,
+                output: stem_out,
+                hw: (32, 32),
+                stride: 1,
+                pre: None,
+                residual: None,
+                relu: false,
+            },
+        );
         ops.push(op);
         flops += fl;
         for (di, s) in specs.iter().enumerate() {
@@ -590,71 +717,201 @@ impl<'a> Builder<'a> {
             let (h, w) = (s.hw, s.hw);
             for i in 0..s.layers {
                 let c = s.cin + i * s.growth;
-                let read = View { buf: block, offset: if bc { s.ctot - c } else { 0 }, channels: c };
-                let write = View { buf: block, offset: if bc { s.ctot - c - s.growth } else { c }, channels: s.growth };
+                let read = View {
+                    buf: block,
+                    offset: if bc { s.ctot - c } else { 0 },
+                    channels: c,
+                };
+                let write = View {
+                    buf: block,
+                    offset: if bc { s.ctot - c - s.growth } else { c },
+                    channels: s.growth,
+                };
                 if bc {
                     let (s1, t1) = self.bn(&format!("dense{d}.{i}.bn1"), c)?;
-                    let (f1, mid, k1) = self.conv_bn(&format!("dense{d}.{i}.conv1.weight"), Some(&format!("dense{d}.{i}.bn2")), c)?;
+                    let (f1, mid, k1) = self.conv_bn(
+                        &format!("dense{d}.{i}.conv1.weight"),
+                        Some(&format!("dense{d}.{i}.bn2")),
+                        c,
+                    )?;
                     let tmp = self.view(mid, h, w, &block_bufs);
-                    let (op, fl) = Self::conv_op(f1, k1, ConvSpec { input: read, output: tmp, hw: (h, w), stride: 1, pre: Some(PreAct { scale: s1, shift: t1, relu: true }), residual: None, relu: true });
+                    let (op, fl) = Self::conv_op(
+                        f1,
+                        k1,
+                        ConvSpec {
+                            input: read,
+                            output: tmp,
+                            hw: (h, w),
+                            stride: 1,
+                            pre: Some(PreAct {
+                                scale: s1,
+                                shift: t1,
+                                relu: true,
+                            }),
+                            residual: None,
+                            relu: true,
+                        },
+                    );
                     ops.push(op);
                     flops += fl;
                     let name = format!("dense{d}.{i}.conv2.weight");
                     let (f2, g, k2) = self.conv_bn(&name, None, mid)?;
                     if g != s.growth {
-                        return Err(Error::Tensor { file: self.w.file.clone(), tensor: name, msg: format!("has {g} output channels, expected the growth rate {}", s.growth) });
+                        return Err(Error::Tensor {
+                            file: self.w.file.clone(),
+                            tensor: name,
+                            msg: format!(
+                                "has {g} output channels, expected the growth rate {}",
+                                s.growth
+                            ),
+                        });
                     }
-                    let (op, fl) = Self::conv_op(f2, k2, ConvSpec { input: tmp, output: write, hw: (h, w), stride: 1, pre: None, residual: None, relu: false });
+                    let (op, fl) = Self::conv_op(
+                        f2,
+                        k2,
+                        ConvSpec {
+                            input: tmp,
+                            output: write,
+                            hw: (h, w),
+                            stride: 1,
+                            pre: None,
+                            residual: None,
+                            relu: false,
+                        },
+                    );
                     ops.push(op);
                     flops += fl;
                 } else {
                     let name = layer_name(d, i);
                     let (f, g, k) = self.conv_bn(&name, None, c)?;
                     if g != s.growth {
-                        return Err(Error::Tensor { file: self.w.file.clone(), tensor: name, msg: format!("has {g} output channels, expected the growth rate {}", s.growth) });
+                        return Err(Error::Tensor {
+                            file: self.w.file.clone(),
+                            tensor: name,
+                            msg: format!(
+                                "has {g} output channels, expected the growth rate {}",
+                                s.growth
+                            ),
+                        });
                     }
-                    let pre = PreAct { scale: vec![1.0; c], shift: vec![0.0; c], relu: true };
-                    let (op, fl) = Self::conv_op(f, k, ConvSpec { input: read, output: write, hw: (h, w), stride: 1, pre: Some(pre), residual: None, relu: false });
+                    let pre = PreAct {
+                        scale: vec![1.0; c],
+                        shift: vec![0.0; c],
+                        relu: true,
+                    };
+                    let (op, fl) = Self::conv_op(
+                        f,
+                        k,
+                        ConvSpec {
+                            input: read,
+                            output: write,
+                            hw: (h, w),
+                            stride: 1,
+                            pre: Some(pre),
+                            residual: None,
+                            relu: false,
+                        },
+                    );
                     ops.push(op);
                     flops += fl;
                 }
             }
-            let full = View { buf: block, offset: 0, channels: s.ctot };
+            let full = View {
+                buf: block,
+                offset: 0,
+                channels: s.ctot,
+            };
             if d == blocks {
-                stages.push(Stage { name: format!("dense{d}"), ops: std::mem::take(&mut ops), output: full, out_h: h, out_w: w, flops: std::mem::take(&mut flops), params: 0 });
+                stages.push(Stage {
+                    name: format!("dense{d}"),
+                    ops: std::mem::take(&mut ops),
+                    output: full,
+                    out_h: h,
+                    out_w: w,
+                    flops: std::mem::take(&mut flops),
+                    params: 0,
+                });
                 break;
             }
             // Transition: (BN-ReLU) -> 1x1 conv -> 2x2 avg pool (-> BN for Fast). The 1x1
             // conv is linear, so pooling first is exact and does a quarter of the work.
             let (pool_pre, post_bn) = if bc {
                 let (sc, sh) = self.bn(&format!("trans{d}.bn"), s.ctot)?;
-                (Some(PreAct { scale: sc, shift: sh, relu: true }), None)
+                (
+                    Some(PreAct {
+                        scale: sc,
+                        shift: sh,
+                        relu: true,
+                    }),
+                    None,
+                )
             } else {
                 (None, Some(format!("trans{d}.bn")))
             };
             let pooled = self.view(s.ctot, h / 2, w / 2, &block_bufs);
-            ops.push(Op::AvgPool2 { input: full, output: pooled, in_h: h, in_w: w, pre: pool_pre });
+            ops.push(Op::AvgPool2 {
+                input: full,
+                output: pooled,
+                in_h: h,
+                in_w: w,
+                pre: pool_pre,
+            });
             let conv_name = format!("trans{d}.conv.weight");
             let (f, _, k) = self.conv_bn(&conv_name, post_bn.as_deref(), s.ctot)?;
             if k != 1 {
-                return Err(Error::Tensor { file: self.w.file.clone(), tensor: conv_name, msg: "expected a 1x1 transition convolution".into() });
+                return Err(Error::Tensor {
+                    file: self.w.file.clone(),
+                    tensor: conv_name,
+                    msg: "expected a 1x1 transition convolution".into(),
+                });
             }
             let next = in_view(di + 1, &specs[di + 1]);
-            let (op, fl) = Self::conv_op(f, 1, ConvSpec { input: pooled, output: next, hw: (h / 2, w / 2), stride: 1, pre: None, residual: None, relu: false });
+            let (op, fl) = Self::conv_op(
+                f,
+                1,
+                ConvSpec {
+                    input: pooled,
+                    output: next,
+                    hw: (h / 2, w / 2),
+                    stride: 1,
+                    pre: None,
+                    residual: None,
+                    relu: false,
+                },
+            );
             ops.push(op);
             // Counted at the definition's (pre-pool) resolution, as PyTorch would.
             flops += 4 * fl;
-            stages.push(Stage { name: format!("dense{d}+trans{d}"), ops: std::mem::take(&mut ops), output: next, out_h: h / 2, out_w: w / 2, flops: std::mem::take(&mut flops), params: self.params - params0 });
+            stages.push(Stage {
+                name: format!("dense{d}+trans{d}"),
+                ops: std::mem::take(&mut ops),
+                output: next,
+                out_h: h / 2,
+                out_w: w / 2,
+                flops: std::mem::take(&mut flops),
+                params: self.params - params0,
+            });
             params0 = self.params;
         }
-        let last = *stages.last().map(|s: &Stage| &s.output).ok_or_else(|| self.arch_err("no stages".into()))?;
+        let last = *stages
+            .last()
+            .map(|s: &Stage| &s.output)
+            .ok_or_else(|| self.arch_err("no stages".into()))?;
         let (h, w) = (specs[blocks - 1].hw, specs[blocks - 1].hw);
         let c = last.channels;
         let pre = if bc {
             let (sc, sh) = self.bn("bn", c)?;
-            PreAct { scale: sc, shift: sh, relu: true }
+            PreAct {
+                scale: sc,
+                shift: sh,
+                relu: true,
+            }
         } else {
-            PreAct { scale: vec![1.0; c], shift: vec![0.0; c], relu: true }
+            PreAct {
+                scale: vec![1.0; c],
+                shift: vec![0.0; c],
+                relu: true,
+            }
         };
         let head_name = if bc { "linear" } else { "fc" };
         let (weight, bias, classes) = self.linear(head_name, c)?;
@@ -664,11 +921,32 @@ impl<'a> Builder<'a> {
         let total_layers: usize = specs.iter().map(|s| s.layers).sum();
         let depth = total_layers * if bc { 2 } else { 1 } + blocks + usize::from(bc);
         let arch = if bc {
-            format!("DenseNet-BC-{depth} (k={}, {blocks} blocks)", specs[0].growth)
+            format!(
+                "DenseNet-BC-{depth} (k={}, {blocks} blocks)",
+                specs[0].growth
+            )
         } else {
-            format!("DenseNet-Fast-{depth} (k={}, {blocks} blocks, no bottleneck)", specs[0].growth)
+            format!(
+                "DenseNet-Fast-{depth} (k={}, {blocks} blocks, no bottleneck)",
+                specs[0].growth
+            )
         };
-        Ok(Plan { arch, classes, buffers: Vec::new(), input, stages, gates: Vec::new(), head: Head { input: last, h, w, pre: Some(pre), weight, bias } })
+        Ok(Plan {
+            arch,
+            classes,
+            buffers: Vec::new(),
+            input,
+            stages,
+            gates: Vec::new(),
+            head: Head {
+                input: last,
+                h,
+                w,
+                pre: Some(pre),
+                weight,
+                bias,
+            },
+        })
     }
 }
 

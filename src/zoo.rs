@@ -33,8 +33,20 @@ impl Rng {
 
 /// The architectures `random` knows.
 pub const NAMES: &[&str] = &[
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32", "resnet44", "resnet56",
-    "resnet110", "densenet121", "densenet169", "densenet201", "densenet161",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "densenet161",
 ];
 
 struct Gen {
@@ -45,11 +57,16 @@ struct Gen {
 impl Gen {
     fn conv(&mut self, name: &str, out: usize, inp: usize, k: usize) {
         let std = (2.0 / (inp * k * k) as f32).sqrt();
-        let data = (0..out * inp * k * k).map(|_| self.rng.normal() * std).collect();
-        self.w.insert(&format!("{name}.weight"), vec![out, inp, k, k], data);
+        let data = (0..out * inp * k * k)
+            .map(|_| self.rng.normal() * std)
+            .collect();
+        self.w
+            .insert(&format!("{name}.weight"), vec![out, inp, k, k], data);
     }
     fn bn(&mut self, name: &str, c: usize, gamma: f32) {
-        let g = (0..c).map(|_| gamma * (1.0 + 0.1 * self.rng.normal())).collect();
+        let g = (0..c)
+            .map(|_| gamma * (1.0 + 0.1 * self.rng.normal()))
+            .collect();
         let b = (0..c).map(|_| 0.1 * self.rng.normal()).collect();
         let m = (0..c).map(|_| 0.1 * self.rng.normal()).collect();
         let v = (0..c).map(|_| 0.5 + self.rng.uniform()).collect();
@@ -72,8 +89,14 @@ impl Gen {
 pub fn random(name: &str, seed: u64) -> Result<Weights> {
     let mut w = Weights::empty();
     w.file = format!("<random {name}, seed {seed}>");
-    let mut g = Gen { w, rng: Rng::new(seed) };
-    g.w.metadata.insert("arch".into(), format!("{name} (random init, seed {seed}, untrained)"));
+    let mut g = Gen {
+        w,
+        rng: Rng::new(seed),
+    };
+    g.w.metadata.insert(
+        "arch".into(),
+        format!("{name} (random init, seed {seed}, untrained)"),
+    );
     let classes = 10;
     match name {
         "resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152" => {
@@ -116,7 +139,9 @@ pub fn random(name: &str, seed: u64) -> Result<Weights> {
             g.linear("linear", classes, cin);
         }
         "resnet20" | "resnet32" | "resnet44" | "resnet56" | "resnet110" => {
-            let depth: usize = name[6..].parse().map_err(|_| Error::Config(format!("bad name {name}")))?;
+            let depth: usize = name[6..]
+                .parse()
+                .map_err(|_| Error::Config(format!("bad name {name}")))?;
             let n = (depth - 2) / 6;
             g.conv("conv1", 16, 3, 3);
             g.bn("bn1", 16, 1.0);
@@ -163,7 +188,10 @@ pub fn random(name: &str, seed: u64) -> Result<Weights> {
             g.linear("linear", classes, c);
         }
         _ => {
-            return Err(Error::Config(format!("unknown architecture `{name}`; known: {}", NAMES.join(", "))));
+            return Err(Error::Config(format!(
+                "unknown architecture `{name}`; known: {}",
+                NAMES.join(", ")
+            )));
         }
     }
     Ok(g.w)

@@ -38,7 +38,10 @@ fn missing_tensor_is_named() {
     w.remove_prefix("layer2.1.bn1.running_var");
     let e = Model::from_weights(&w).unwrap_err();
     let s = e.to_string();
-    assert!(s.contains("layer2.1.bn1.running_var") && s.contains("missing"), "{s}");
+    assert!(
+        s.contains("layer2.1.bn1.running_var") && s.contains("missing"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -46,12 +49,22 @@ fn misshaped_tensor_is_named_with_expected_shape() {
     let mut w = good();
     w.insert("layer1.1.bn2.weight", vec![15], vec![1.0; 15]);
     let s = Model::from_weights(&w).unwrap_err().to_string();
-    assert!(s.contains("layer1.1.bn2.weight") && s.contains("[15]") && s.contains("[16]"), "{s}");
+    assert!(
+        s.contains("layer1.1.bn2.weight") && s.contains("[15]") && s.contains("[16]"),
+        "{s}"
+    );
 
     let mut w = good();
-    w.insert("layer2.0.conv2.weight", vec![32, 31, 3, 3], vec![0.1; 32 * 31 * 9]);
+    w.insert(
+        "layer2.0.conv2.weight",
+        vec![32, 31, 3, 3],
+        vec![0.1; 32 * 31 * 9],
+    );
     let s = Model::from_weights(&w).unwrap_err().to_string();
-    assert!(s.contains("layer2.0.conv2.weight") && s.contains("31"), "{s}");
+    assert!(
+        s.contains("layer2.0.conv2.weight") && s.contains("31"),
+        "{s}"
+    );
 
     let mut w = good();
     w.insert("linear.weight", vec![10, 63], vec![0.1; 630]);
@@ -79,16 +92,24 @@ fn nan_and_infinite_weights_are_rejected() {
         w.insert("layer3.2.conv1.weight", t.shape.clone(), data);
         let bytes = w.to_bytes().unwrap();
         let s = load_bytes(&bytes).unwrap_err().to_string();
-        assert!(s.contains("layer3.2.conv1.weight") && s.contains("element 7"), "{s}");
+        assert!(
+            s.contains("layer3.2.conv1.weight") && s.contains("element 7"),
+            "{s}"
+        );
     }
 }
 
 #[test]
 fn data_file_of_partial_records_is_an_error() {
     let mut ds = Dataset::default();
-    let e = ds.append_cifar_bytes(&vec![0u8; 3073 * 2 + 5], "short.bin", None).unwrap_err();
+    let e = ds
+        .append_cifar_bytes(&vec![0u8; 3073 * 2 + 5], "short.bin", None)
+        .unwrap_err();
     let s = e.to_string();
-    assert!(s.contains("short.bin") && s.contains("6151") && s.contains("3073"), "{s}");
+    assert!(
+        s.contains("short.bin") && s.contains("6151") && s.contains("3073"),
+        "{s}"
+    );
     let e = ds.append_cifar_bytes(&[], "empty.bin", None).unwrap_err();
     assert!(e.to_string().contains("empty.bin"));
     let mut rec = vec![0u8; 3073];
@@ -109,16 +130,26 @@ fn thresholds_of_wrong_length_are_rejected() {
     let model = Model::from_weights(&w).unwrap();
     for (k, s) in [(0usize, 0usize), (1, 1)] {
         let c = model.plan.stages[s].output.channels;
-        w.insert(&format!("gates.{k}.weight"), vec![10, c], vec![0.01; 10 * c]);
+        w.insert(
+            &format!("gates.{k}.weight"),
+            vec![10, c],
+            vec![0.01; 10 * c],
+        );
         w.insert(&format!("gates.{k}.bias"), vec![10], vec![0.0; 10]);
     }
     w.metadata.insert("gate_after".into(), "1,2".into());
     let mut m = Model::from_weights(&w).unwrap();
     assert_eq!(m.plan.gates.len(), 2);
     let e = m.plan.set_thresholds(&[1.0]).unwrap_err();
-    assert!(e.to_string().contains("1 thresholds given but the model has 2 gate(s)"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("1 thresholds given but the model has 2 gate(s)"),
+        "{e}"
+    );
     assert!(m.plan.set_thresholds(&[1.0, 2.0, 3.0]).is_err());
-    m.plan.set_thresholds(&[f32::INFINITY, f32::NEG_INFINITY]).unwrap();
+    m.plan
+        .set_thresholds(&[f32::INFINITY, f32::NEG_INFINITY])
+        .unwrap();
     w.metadata.insert("thresholds".into(), "1.0".into());
     let e = Model::from_weights(&w).unwrap_err();
     assert!(e.to_string().contains("thresholds"), "{e}");
@@ -126,7 +157,10 @@ fn thresholds_of_wrong_length_are_rejected() {
 
 #[test]
 fn threshold_lists_parse_inf_and_reject_garbage() {
-    assert_eq!(parse_thresholds("1.5,inf,-inf").unwrap(), vec![1.5, f32::INFINITY, f32::NEG_INFINITY]);
+    assert_eq!(
+        parse_thresholds("1.5,inf,-inf").unwrap(),
+        vec![1.5, f32::INFINITY, f32::NEG_INFINITY]
+    );
     assert!(parse_thresholds("1.0,abc").unwrap_err().contains("abc"));
     assert!(parse_thresholds("nan").is_err());
 }
@@ -138,5 +172,8 @@ fn gate_of_wrong_width_is_named() {
     w.insert("gates.0.bias", vec![10], vec![0.0; 10]);
     w.metadata.insert("gate_after".into(), "1".into());
     let s = Model::from_weights(&w).unwrap_err().to_string();
-    assert!(s.contains("gates.0.weight") && s.contains("[10, 16]"), "{s}");
+    assert!(
+        s.contains("gates.0.weight") && s.contains("[10, 16]"),
+        "{s}"
+    );
 }

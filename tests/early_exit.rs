@@ -15,7 +15,9 @@ pub fn gated(arch: &str, gates: usize, rule: &str, seed: u64) -> Model {
     let mut rng = Rng::new(seed + 100);
     for k in 0..gates {
         let c = base.plan.stages[k].output.channels;
-        let wt = (0..10 * c).map(|_| rng.normal() / (c as f32).sqrt()).collect();
+        let wt = (0..10 * c)
+            .map(|_| rng.normal() / (c as f32).sqrt())
+            .collect();
         let b = (0..10).map(|_| 0.1 * rng.normal()).collect();
         w.insert(&format!("gates.{k}.weight"), vec![10, c], wt);
         w.insert(&format!("gates.{k}.bias"), vec![10], b);
@@ -55,7 +57,9 @@ fn reference(plan: &Plan, x: &[f32], n: usize) -> Vec<(Option<usize>, usize, Vec
 
 fn quantile_thresholds(plan: &Plan, x: &[f32], n: usize, q: &[f32]) -> Vec<f32> {
     let stages: Vec<usize> = plan.gates.iter().map(|g| g.after_stage).collect();
-    let f = CpuBackend::new().pooled_features(plan, x, n, &stages).unwrap();
+    let f = CpuBackend::new()
+        .pooled_features(plan, x, n, &stages)
+        .unwrap();
     plan.gates
         .iter()
         .enumerate()
@@ -82,7 +86,10 @@ fn check(arch: &str, rule: &str, n: usize, q: &[f32], seed: u64) {
         assert_eq!(g.exit, *exit, "sample {i}: exit");
         assert_eq!(g.class, *class, "sample {i}: class");
         for (a, b) in g.logits.iter().zip(scores) {
-            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "sample {i}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "sample {i}: {a} vs {b}"
+            );
         }
         exits[exit.unwrap_or(q.len())] += 1;
     }
@@ -113,10 +120,14 @@ fn infinite_thresholds_reproduce_backbone_and_minus_inf_exits_all_at_gate_1() {
     let mut plain = m.plan.clone();
     plain.gates.clear();
     let full = CpuBackend::new().run(&plain, &x, n).unwrap();
-    m.plan.set_thresholds(&[f32::INFINITY, f32::INFINITY]).unwrap();
+    m.plan
+        .set_thresholds(&[f32::INFINITY, f32::INFINITY])
+        .unwrap();
     let never = CpuBackend::new().run(&m.plan, &x, n).unwrap();
     assert_eq!(never, full);
-    m.plan.set_thresholds(&[f32::NEG_INFINITY, f32::INFINITY]).unwrap();
+    m.plan
+        .set_thresholds(&[f32::NEG_INFINITY, f32::INFINITY])
+        .unwrap();
     let all = CpuBackend::new().run(&m.plan, &x, n).unwrap();
     assert!(all.iter().all(|r| r.exit == Some(0)));
 }

@@ -20,7 +20,9 @@ fn oracle_deviation(name: &str) -> f32 {
         for j in 0..10 {
             let (a, b) = (r.logits[j], oracle[i * 10 + j]);
             // Relative to the row's scale, so logits near zero do not blow the measure up.
-            let scale = oracle[i * 10..i * 10 + 10].iter().fold(1f32, |m, x| m.max(x.abs()));
+            let scale = oracle[i * 10..i * 10 + 10]
+                .iter()
+                .fold(1f32, |m, x| m.max(x.abs()));
             worst = worst.max((a - b).abs() / scale);
         }
     }
@@ -38,9 +40,16 @@ fn full_test_accuracy(name: &str, expected_correct: usize) {
     for start in (0..10_000).step_by(500) {
         let x = ds.normalized(start, 500, &model.normalize);
         let res = cpu.run(&model.plan, &x, 500).unwrap();
-        correct += res.iter().zip(&ds.labels[start..start + 500]).filter(|(r, &y)| r.class == y as usize).count();
+        correct += res
+            .iter()
+            .zip(&ds.labels[start..start + 500])
+            .filter(|(r, &y)| r.class == y as usize)
+            .count();
     }
-    println!("{name}: {correct}/10000 = {:.2}% top-1", correct as f64 / 100.0);
+    println!(
+        "{name}: {correct}/10000 = {:.2}% top-1",
+        correct as f64 / 100.0
+    );
     assert_eq!(correct, expected_correct);
 }
 

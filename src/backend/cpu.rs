@@ -39,12 +39,25 @@ impl CpuBackend {
 
     /// Runs with gates disabled and returns, for each stage in `stages` (0-based), the
     /// global-average-pooled stage output of every sample (`n × channels`, input order).
-    pub fn pooled_features(&mut self, plan: &Plan, images: &[f32], n: usize, stages: &[usize]) -> Result<Forward> {
+    pub fn pooled_features(
+        &mut self,
+        plan: &Plan,
+        images: &[f32],
+        n: usize,
+        stages: &[usize],
+    ) -> Result<Forward> {
         check_batch(images, n)?;
         Ok(self.forward(plan, images, n, false, stages))
     }
 
-    fn forward(&mut self, plan: &Plan, images: &[f32], n0: usize, gates: bool, feature_stages: &[usize]) -> Forward {
+    fn forward(
+        &mut self,
+        plan: &Plan,
+        images: &[f32],
+        n0: usize,
+        gates: bool,
+        feature_stages: &[usize],
+    ) -> Forward {
         let mut results: Vec<Option<SampleResult>> = vec![None; n0];
         let mut features = vec![Vec::new(); feature_stages.len()];
         if self.acts.len() < plan.buffers.len() {
@@ -61,7 +74,8 @@ impl CpuBackend {
             for s in 0..n {
                 for c in 0..3 {
                     let dst = ((plan.input.offset + c) * n + s) * hw;
-                    inp[dst..dst + hw].copy_from_slice(&images[(s * 3 + c) * hw..(s * 3 + c + 1) * hw]);
+                    inp[dst..dst + hw]
+                        .copy_from_slice(&images[(s * 3 + c) * hw..(s * 3 + c + 1) * hw]);
                 }
             }
         }
@@ -74,9 +88,17 @@ impl CpuBackend {
                 let (v, hw) = (stage.output, stage.out_h * stage.out_w);
                 features[k] = pool(&self.acts[v.buf], v, n, hw, None);
             }
-            let Some(g) = plan.gate_after(si).filter(|_| gates) else { continue };
+            let Some(g) = plan.gate_after(si).filter(|_| gates) else {
+                continue;
+            };
             let gate = &plan.gates[g];
-            let pooled = pool(&self.acts[gate.input.buf], gate.input, n, gate.h * gate.w, None);
+            let pooled = pool(
+                &self.acts[gate.input.buf],
+                gate.input,
+                n,
+                gate.h * gate.w,
+                None,
+            );
             let scores = linear(&pooled, n, gate.input.channels, &gate.weight, &gate.bias);
             let classes = plan.classes;
             let mut keep = Vec::with_capacity(n);
@@ -84,7 +106,12 @@ impl CpuBackend {
                 let sc = &scores[s * classes..(s + 1) * classes];
                 let (class, conf) = decide(sc, gate.rule);
                 if conf >= gate.threshold {
-                    results[index[s]] = Some(SampleResult { class, exit: Some(g), score: conf, logits: sc.to_vec() });
+                    results[index[s]] = Some(SampleResult {
+                        class,
+                        exit: Some(g),
+                        score: conf,
+                        logits: sc.to_vec(),
+                    });
                 } else {
                     keep.push(s);
                 }
@@ -105,16 +132,33 @@ impl CpuBackend {
         }
         if n > 0 {
             let head = &plan.head;
-            let pooled = pool(&self.acts[head.input.buf], head.input, n, head.h * head.w, head.pre.as_ref());
+            let pooled = pool(
+                &self.acts[head.input.buf],
+                head.input,
+                n,
+                head.h * head.w,
+                head.pre.as_ref(),
+            );
             let logits = linear(&pooled, n, head.input.channels, &head.weight, &head.bias);
             let classes = plan.classes;
             for s in 0..n {
                 let l = &logits[s * classes..(s + 1) * classes];
                 let (class, score) = decide(l, ExitRule::Hinge);
-                results[index[s]] = Some(SampleResult { class, exit: None, score, logits: l.to_vec() });
+                results[index[s]] = Some(SampleResult {
+                    class,
+                    exit: None,
+                    score,
+                    logits: l.to_vec(),
+                });
             }
         }
-        Forward { results: results.into_iter().map(|r| r.unwrap_or_else(lost)).collect(), features }
+        Forward {
+            results: results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(lost))
+                .collect(),
+            features,
+        }
     }
 
     /// Keeps samples `keep` (ascending) of the buffer holding `v`; only `v`'s channels
@@ -137,7 +181,14 @@ impl CpuBackend {
     fn op(&mut self, plan: &Plan, op: &Op, n: usize) {
         match op {
             Op::Conv(c) => self.conv(plan, c, n),
-            Op::ShortcutA { input, output, in_h, in_w, stride, pad_before } => {
+            Op::ShortcutA {
+                input,
+                output,
+                in_h,
+                in_w,
+                stride,
+                pad_before,
+            } => {
                 let (oh, ow) = ((in_h - 1) / stride + 1, (in_w - 1) / stride + 1);
                 let mut out = std::mem::take(&mut self.acts[output.buf]);
                 let inp = &self.acts[input.buf];
@@ -159,7 +210,13 @@ impl CpuBackend {
                 }
                 self.acts[output.buf] = out;
             }
-            Op::AvgPool2 { input, output, in_h, in_w, pre } => {
+            Op::AvgPool2 {
+                input,
+                output,
+                in_h,
+                in_w,
+                pre,
+            } => {
                 let (oh, ow) = (in_h / 2, in_w / 2);
                 let mut out = std::mem::take(&mut self.acts[output.buf]);
                 let inp = &self.acts[input.buf];
@@ -170,14 +227,18 @@ impl CpuBackend {
                     .par_chunks_mut(out_plane)
                     .enumerate()
                     .for_each(|(c, o)| {
-                        let src = &inp[(input.offset + c) * in_plane..(input.offset + c + 1) * in_plane];
+                        let src =
+                            &inp[(input.offset + c) * in_plane..(input.offset + c + 1) * in_plane];
                         let f = |x: f32| act(pre.as_ref(), c, x);
                         for s in 0..n {
                             for y in 0..oh {
                                 for x in 0..ow {
                                     let p = s * ihw + 2 * y * in_w + 2 * x;
-                                    o[s * oh * ow + y * ow + x] =
-                                        0.25 * (f(src[p]) + f(src[p + 1]) + f(src[p + in_w]) + f(src[p + in_w + 1]));
+                                    o[s * oh * ow + y * ow + x] = 0.25
+                                        * (f(src[p])
+                                            + f(src[p + 1])
+                                            + f(src[p + in_w])
+                                            + f(src[p + in_w + 1]));
                                 }
                             }
                         }
@@ -200,11 +261,15 @@ impl CpuBackend {
             let window = &inp[c.input.offset * in_plane..(c.input.offset + cin) * in_plane];
             self.pre.resize(cin * in_plane, 0.0);
             let pre = c.pre.as_ref();
-            self.pre.par_chunks_mut(in_plane).zip(window.par_chunks(in_plane)).enumerate().for_each(|(ch, (d, s))| {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = act(pre, ch, x);
-                }
-            });
+            self.pre
+                .par_chunks_mut(in_plane)
+                .zip(window.par_chunks(in_plane))
+                .enumerate()
+                .for_each(|(ch, (d, s))| {
+                    for (d, &x) in d.iter_mut().zip(s) {
+                        *d = act(pre, ch, x);
+                    }
+                });
         }
         let mut out = std::mem::take(&mut self.acts[c.output.buf]);
         let src: &[f32] = if materialize {
@@ -224,34 +289,51 @@ impl CpuBackend {
                 let m = chunk.min(n - s0);
                 let cols = &mut self.cols[..rows * m * ohw];
                 im2col(src, n, c, s0, m, cols);
-                gemm(cout, rows, m * ohw, &c.weight, cols, m * ohw, &mut out_rows[s0 * ohw..], ldc);
+                gemm(
+                    cout,
+                    rows,
+                    m * ohw,
+                    &c.weight,
+                    cols,
+                    m * ohw,
+                    &mut out_rows[s0 * ohw..],
+                    ldc,
+                );
                 s0 += m;
             }
         }
         // Epilogue: bias, residual, ReLU.
         let res = c.residual.map(|r| (&self.acts[r.buf], r.offset));
-        out_rows.par_chunks_mut(ldc).enumerate().for_each(|(o, row)| {
-            let b = c.bias[o];
-            match res {
-                Some((r, off)) => {
-                    let rr = &r[(off + o) * ldc..(off + o + 1) * ldc];
-                    for (x, &y) in row.iter_mut().zip(rr) {
-                        *x += b + y;
+        out_rows
+            .par_chunks_mut(ldc)
+            .enumerate()
+            .for_each(|(o, row)| {
+                let b = c.bias[o];
+                match res {
+                    Some((r, off)) => {
+                        let rr = &r[(off + o) * ldc..(off + o + 1) * ldc];
+                        for (x, &y) in row.iter_mut().zip(rr) {
+                            *x += b + y;
+                        }
                     }
+                    None => row.iter_mut().for_each(|x| *x += b),
                 }
-                None => row.iter_mut().for_each(|x| *x += b),
-            }
-            if c.relu {
-                row.iter_mut().for_each(|x| *x = x.max(0.0));
-            }
-        });
+                if c.relu {
+                    row.iter_mut().for_each(|x| *x = x.max(0.0));
+                }
+            });
         self.acts[c.output.buf] = out;
     }
 }
 
 fn lost() -> SampleResult {
     // Unreachable by construction: every sample either exits at a gate or reaches the head.
-    SampleResult { class: 0, exit: None, score: f32::NAN, logits: Vec::new() }
+    SampleResult {
+        class: 0,
+        exit: None,
+        score: f32::NAN,
+        logits: Vec::new(),
+    }
 }
 
 #[inline]
@@ -274,28 +356,34 @@ fn im2col(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, cols: &mut [f32]
     let (k, st, pad) = (c.kernel, c.stride, c.pad as isize);
     let (ih, iw, oh, ow) = (c.in_h, c.in_w, c.out_h, c.out_w);
     let ohw = oh * ow;
-    cols.par_chunks_mut(m * ohw).enumerate().for_each(|(r, row)| {
-        let ci = r / (k * k);
-        let ky = (r / k % k) as isize;
-        let kx = (r % k) as isize;
-        for j in 0..m {
-            let plane = &src[(ci * n + s0 + j) * ih * iw..(ci * n + s0 + j + 1) * ih * iw];
-            let dst = &mut row[j * ohw..(j + 1) * ohw];
-            for oy in 0..oh {
-                let y = (oy * st) as isize + ky - pad;
-                let d = &mut dst[oy * ow..(oy + 1) * ow];
-                if y < 0 || y >= ih as isize {
-                    d.fill(0.0);
-                    continue;
-                }
-                let line = &plane[y as usize * iw..(y as usize + 1) * iw];
-                for (ox, v) in d.iter_mut().enumerate() {
-                    let x = (ox * st) as isize + kx - pad;
-                    *v = if x < 0 || x >= iw as isize { 0.0 } else { line[x as usize] };
+    cols.par_chunks_mut(m * ohw)
+        .enumerate()
+        .for_each(|(r, row)| {
+            let ci = r / (k * k);
+            let ky = (r / k % k) as isize;
+            let kx = (r % k) as isize;
+            for j in 0..m {
+                let plane = &src[(ci * n + s0 + j) * ih * iw..(ci * n + s0 + j + 1) * ih * iw];
+                let dst = &mut row[j * ohw..(j + 1) * ohw];
+                for oy in 0..oh {
+                    let y = (oy * st) as isize + ky - pad;
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    if y < 0 || y >= ih as isize {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[y as usize * iw..(y as usize + 1) * iw];
+                    for (ox, v) in d.iter_mut().enumerate() {
+                        let x = (ox * st) as isize + kx - pad;
+                        *v = if x < 0 || x >= iw as isize {
+                            0.0
+                        } else {
+                            line[x as usize]
+                        };
+                    }
                 }
             }
-        }
-    });
+        });
 }
 
 /// `C[m × n] = A[m × k] · B[k × n]`; A dense row-major, B and C with row strides.
@@ -306,18 +394,43 @@ fn gemm(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut 
         let m1 = m / 2;
         let (ct, cb) = c.split_at_mut(m1 * ldc);
         let (at, ab) = a.split_at(m1 * k);
-        rayon::join(|| gemm_one(m1, k, n, at, b, ldb, ct, ldc), || gemm_one(m - m1, k, n, ab, b, ldb, cb, ldc));
+        rayon::join(
+            || gemm_one(m1, k, n, at, b, ldb, ct, ldc),
+            || gemm_one(m - m1, k, n, ab, b, ldb, cb, ldc),
+        );
     } else {
         gemm_one(m, k, n, a, b, ldb, c, ldc);
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_one(m: usize, k: usize, n: usize, a: &[f32], b: &[f32], ldb: usize, c: &mut [f32], ldc: usize) {
+fn gemm_one(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+) {
     // SAFETY: the bounds asserted in `gemm` cover every element sgemm touches.
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, a.as_ptr(), k as isize, 1, b.as_ptr(), ldb as isize, 1, 0.0, c.as_mut_ptr(), ldc as isize, 1,
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            k as isize,
+            1,
+            b.as_ptr(),
+            ldb as isize,
+            1,
+            0.0,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
         );
     }
 }
