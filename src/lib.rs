@@ -7,6 +7,7 @@
 //! compaction of the batch at each gate.
 
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;

@@ -37,6 +37,48 @@ enum Cmd {
     Run(RunArgs),
     /// Describe a model: architecture, stages, gates, FLOPs and parameters.
     Info(ModelArgs),
+    /// Latency and throughput in the paper's Table 1 format, full network and with exits.
+    Bench(BenchArgs),
+    /// Write a seeded, randomly initialised network (optionally with random gates) to safetensors.
+    Init(InitArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes to time.
+    #[arg(long, default_value = "1,64,256", value_name = "N,..")]
+    batch: String,
+    /// Precisions to time (f16 needs CUDA).
+    #[arg(long, default_value = "f32", value_name = "f32,f16")]
+    precision: String,
+    #[arg(long, default_value = "auto", value_parser = ["auto", "cpu", "cuda"])]
+    backend: String,
+    /// Also time with gates, thresholds set so these fractions of the batch exit at each
+    /// gate (random networks get random gates after stages 1 and 2). Empty: full network only.
+    #[arg(long, default_value = "0.5,0.3", value_name = "F1,F2")]
+    exits: String,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Timed runs per row (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    /// resnet18/34/50/101/152, resnet20/32/44/56/110, densenet121/169/201/161.
+    #[arg(long, value_name = "ARCH")]
+    arch: String,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Add random gates after these 1-based stages (e.g. 1,2).
+    #[arg(long, value_name = "S1,S2")]
+    gates: Option<String>,
+    /// Output file.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -409,11 +451,126 @@ fn run(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| {
+            x.trim()
+                .parse::<T>()
+                .map_err(|_| anyhow::anyhow!("--{flag}: `{}` is not valid", x.trim()))
+        })
+        .collect()
+}
+
+fn init(a: &InitArgs) -> Result<()> {
+    let mut w = dgate_rt::zoo::random(&a.arch, a.seed)?;
+    if let Some(g) = &a.gates {
+        dgate_rt::zoo::add_random_gates(&mut w, &parse_list::<usize>(g, "gates")?, a.seed)?;
+    }
+    w.save(&a.out)?;
+    eprintln!(
+        "wrote {} ({}, seed {}, untrained)",
+        a.out.display(),
+        a.arch,
+        a.seed
+    );
+    Ok(())
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    let batches: Vec<usize> = parse_list(&a.batch, "batch")?;
+    let exits: Vec<f64> = parse_list(&a.exits, "exits")?;
+    if batches.is_empty() || batches.contains(&0) {
+        bail!("--batch needs positive sizes");
+    }
+    let mut weights = match &a.model.weights {
+        Some(p) => dgate_rt::weights::Weights::load(p)?,
+        None => dgate_rt::zoo::random(&a.model.random, a.model.seed)?,
+    };
+    if a.model.weights.is_none() && !exits.is_empty() {
+        let g: Vec<usize> = (1..=exits.len()).collect();
+        dgate_rt::zoo::add_random_gates(&mut weights, &g, a.model.seed)?;
+    }
+    let choice = BackendChoice::parse(&a.backend).context("--backend")?;
+    let mut rows = Vec::new();
+    let maxn = *batches.iter().max().unwrap_or(&1);
+    let mut rng = dgate_rt::zoo::Rng::new(a.model.seed + 1);
+    let x: Vec<f32> = (0..maxn * dgate_rt::data::IMAGE)
+        .map(|_| rng.normal())
+        .collect();
+    let mut backend_name = String::new();
+    for p in a.precision.split(',') {
+        let precision = Precision::parse(p.trim())
+            .with_context(|| format!("--precision: `{p}` is not f32 or f16"))?;
+        let model = Model::from_weights(&weights)?;
+        let mut engine = Engine::new(model, choice, precision)?;
+        if let Some(n) = &engine.fallback_notice {
+            eprintln!("notice: {n}");
+        }
+        backend_name = engine.backend_name();
+        let name = engine
+            .model
+            .plan
+            .arch
+            .split(' ')
+            .next()
+            .unwrap_or("model")
+            .to_string();
+        let gates = engine.model.plan.gates.len();
+        for &n in &batches {
+            let xb = &x[..n * dgate_rt::data::IMAGE];
+            engine.set_thresholds(&vec![f32::INFINITY; gates])?;
+            let cfg = format!("{name} {p} full");
+            if !a.model.json {
+                eprintln!("timing {cfg}, batch {n}");
+            }
+            rows.push(dgate_rt::bench::measure(
+                &mut engine,
+                &cfg,
+                xb,
+                n,
+                a.warmup,
+                a.runs,
+            )?);
+            if !exits.is_empty() && gates > 0 {
+                let t = dgate_rt::bench::thresholds_for_fractions(&mut engine, xb, n, &exits)?;
+                let pct: Vec<String> = exits.iter().map(|f| format!("{:.0}", 100.0 * f)).collect();
+                let cfg = format!("{name} {p} exits {}%", pct.join("/"));
+                if !a.model.json {
+                    eprintln!("timing {cfg}, batch {n} (thresholds {t:?})");
+                }
+                rows.push(dgate_rt::bench::measure(
+                    &mut engine,
+                    &cfg,
+                    xb,
+                    n,
+                    a.warmup,
+                    a.runs,
+                )?);
+            }
+        }
+    }
+    if a.model.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"backend": backend_name, "rows": rows})
+            )?
+        );
+    } else {
+        println!("backend: {backend_name}\n");
+        print!("{}", dgate_rt::bench::table(&rows));
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let r = match &cli.cmd {
         Cmd::Run(a) => run(a),
         Cmd::Info(a) => info(a),
+        Cmd::Bench(a) => bench(a),
+        Cmd::Init(a) => init(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -196,3 +196,30 @@ pub fn random(name: &str, seed: u64) -> Result<Weights> {
     }
     Ok(g.w)
 }
+
+/// Adds seeded random gates after the given 1-based stages (`gate_after` metadata,
+/// hinge rule, thresholds left unset); the widths are read from the model itself.
+pub fn add_random_gates(w: &mut Weights, after: &[usize], seed: u64) -> Result<()> {
+    let model = crate::model::Model::from_weights(w)?;
+    let mut rng = Rng::new(seed ^ 0x6A7E);
+    let classes = model.plan.classes;
+    for (k, &s) in after.iter().enumerate() {
+        let st = model.plan.stages.get(s.wrapping_sub(1)).ok_or_else(|| {
+            Error::Config(format!(
+                "no stage {s}: the model has {} stages",
+                model.plan.stages.len()
+            ))
+        })?;
+        let c = st.output.channels;
+        let wt = (0..classes * c)
+            .map(|_| rng.normal() / (c as f32).sqrt())
+            .collect();
+        let b = (0..classes).map(|_| 0.1 * rng.normal()).collect();
+        w.insert(&format!("gates.{k}.weight"), vec![classes, c], wt);
+        w.insert(&format!("gates.{k}.bias"), vec![classes], b);
+    }
+    let list: Vec<String> = after.iter().map(|s| s.to_string()).collect();
+    w.metadata.insert("gate_after".into(), list.join(","));
+    w.metadata.insert("gate_loss".into(), "hinge".into());
+    Ok(())
+}

@@ -10,7 +10,11 @@ fn bin() -> Command {
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let o = bin().args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
 }
 
 #[test]
@@ -18,8 +22,19 @@ fn json_run_reports_accuracy_and_per_sample_results_in_order() {
     let w = common::weights("resnet20.safetensors");
     let d = common::test_batch();
     let (code, out, err) = run(&[
-        "run", "--weights", w.to_str().unwrap(), "--data", d.to_str().unwrap(), "--limit", "7", "--batch", "3",
-        "--backend", "cpu", "--json", "--per-sample",
+        "run",
+        "--weights",
+        w.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--limit",
+        "7",
+        "--batch",
+        "3",
+        "--backend",
+        "cpu",
+        "--json",
+        "--per-sample",
     ]);
     assert_eq!(code, 0, "{err}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -41,16 +56,44 @@ fn json_run_reports_accuracy_and_per_sample_results_in_order() {
 #[test]
 fn text_run_prints_accuracy_with_two_decimals() {
     let w = common::weights("resnet20.safetensors");
-    let (code, out, err) = run(&["run", "--weights", w.to_str().unwrap(), "--limit", "20", "--backend", "cpu"]);
+    let (code, out, err) = run(&[
+        "run",
+        "--weights",
+        w.to_str().unwrap(),
+        "--limit",
+        "20",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(code, 0, "{err}");
     let line = out.lines().find(|l| l.starts_with("accuracy")).unwrap();
-    assert!(line.contains('%') && line.split_whitespace().nth(1).unwrap().split('.').nth(1).unwrap().len() == 3, "{line}");
+    assert!(
+        line.contains('%')
+            && line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .split('.')
+                .nth(1)
+                .unwrap()
+                .len()
+                == 3,
+        "{line}"
+    );
     assert!(out.contains("GFLOPs") && out.contains("throughput"));
 }
 
 #[test]
 fn no_weights_runs_a_random_network_and_says_so() {
-    let (code, out, err) = run(&["run", "--random", "resnet20", "--limit", "4", "--backend", "cpu"]);
+    let (code, out, err) = run(&[
+        "run",
+        "--random",
+        "resnet20",
+        "--limit",
+        "4",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("untrained"), "{err}");
     assert!(out.contains("[random, untrained]"));
@@ -62,12 +105,31 @@ fn cuda_backend_without_gpu_is_a_clear_error_and_auto_falls_back() {
         println!("skipped: a GPU is present, so --backend cuda does not fail here");
         return;
     }
-    let (code, _, err) = run(&["run", "--random", "resnet20", "--limit", "2", "--backend", "cuda"]);
+    let (code, _, err) = run(&[
+        "run",
+        "--random",
+        "resnet20",
+        "--limit",
+        "2",
+        "--backend",
+        "cuda",
+    ]);
     assert_eq!(code, 1);
     assert!(err.starts_with("error: CUDA unavailable"), "{err}");
-    let (code, _, err) = run(&["run", "--random", "resnet20", "--limit", "2", "--backend", "auto"]);
+    let (code, _, err) = run(&[
+        "run",
+        "--random",
+        "resnet20",
+        "--limit",
+        "2",
+        "--backend",
+        "auto",
+    ]);
     assert_eq!(code, 0);
-    assert!(err.contains("notice:") && err.contains("running on the CPU"), "{err}");
+    assert!(
+        err.contains("notice:") && err.contains("running on the CPU"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -78,17 +140,42 @@ fn bad_inputs_exit_non_zero_with_the_problem_named() {
     std::fs::write(&junk, b"not a safetensors file at all").unwrap();
     let (code, _, err) = run(&["info", "--weights", junk.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(err.contains("junk.safetensors") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("junk.safetensors") && !err.contains("panicked"),
+        "{err}"
+    );
 
     let short = dir.join("short.bin");
     std::fs::write(&short, vec![1u8; 3073 + 10]).unwrap();
-    let (code, _, err) = run(&["run", "--random", "resnet20", "--data", short.to_str().unwrap(), "--backend", "cpu"]);
+    let (code, _, err) = run(&[
+        "run",
+        "--random",
+        "resnet20",
+        "--data",
+        short.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("short.bin") && err.contains("whole number"), "{err}");
+    assert!(
+        err.contains("short.bin") && err.contains("whole number"),
+        "{err}"
+    );
 
-    let (code, _, err) = run(&["run", "--random", "resnet20", "--thresholds", "1,2", "--backend", "cpu"]);
+    let (code, _, err) = run(&[
+        "run",
+        "--random",
+        "resnet20",
+        "--thresholds",
+        "1,2",
+        "--backend",
+        "cpu",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("2 thresholds given but the model has 0 gate(s)"), "{err}");
+    assert!(
+        err.contains("2 thresholds given but the model has 0 gate(s)"),
+        "{err}"
+    );
 
     let (code, _, err) = run(&["run", "--random", "resnet99"]);
     assert_eq!(code, 1);
@@ -105,11 +192,17 @@ fn info_matches_design_flops() {
     assert_eq!(g(&d["gflops"]), "5.020");
     assert_eq!(g(&d["stages"][0]["cumulative_gflops"]), "0.440");
     assert_eq!(g(&d["stages"][1]["cumulative_gflops"]), "1.111");
-    assert_eq!(format!("{:.2}", d["params"].as_f64().unwrap() / 1e6), "42.51");
+    assert_eq!(
+        format!("{:.2}", d["params"].as_f64().unwrap() / 1e6),
+        "42.51"
+    );
     let (_, out, _) = run(&["info", "--random", "densenet201", "--json"]);
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(g(&d["gflops"]), "2.728");
     assert_eq!(g(&d["stages"][0]["cumulative_gflops"]), "0.750");
     assert_eq!(g(&d["stages"][1]["cumulative_gflops"]), "1.283");
-    assert_eq!(format!("{:.2}", d["params"].as_f64().unwrap() / 1e6), "18.10");
+    assert_eq!(
+        format!("{:.2}", d["params"].as_f64().unwrap() / 1e6),
+        "18.10"
+    );
 }

@@ -1,0 +1,126 @@
+//! Latency measurement shared by `dgate-rt bench` and `cargo bench`: warm-up, then the
+//! median of repeated whole-batch runs (each ends with the results on the host, so the
+//! device is synchronised before the clock is read), in the paper's Table 1 format.
+
+use std::time::Instant;
+
+use crate::engine::Engine;
+use crate::plan::decide;
+use crate::Result;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Row {
+    pub config: String,
+    pub batch: usize,
+    /// Average GFLOPs per sample actually spent (exits included).
+    pub gflops_per_sample: f64,
+    pub exit_fraction: Vec<f64>,
+    pub ms_per_batch: f64,
+    pub ms_per_sample: f64,
+    pub tflops: f64,
+    pub runs: usize,
+}
+
+/// Median wall time in ms of `runs` calls of `f` after `warmup` calls.
+pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t0 = Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// Thresholds that make `fractions[k]` of the batch leave at gate k (as nearly as ties
+/// allow), found with the engine itself: gate k's confidences are read by running with
+/// that gate at −∞ and the later ones at +∞.
+pub fn thresholds_for_fractions(
+    engine: &mut Engine,
+    x: &[f32],
+    n: usize,
+    fractions: &[f64],
+) -> Result<Vec<f32>> {
+    let g = engine.model.plan.gates.len();
+    let mut t = vec![f32::INFINITY; g];
+    let mut left = n;
+    for k in 0..g.min(fractions.len()) {
+        let mut probe = t.clone();
+        probe[k] = f32::NEG_INFINITY;
+        engine.set_thresholds(&probe)?;
+        let res = engine.run(x, n)?;
+        let rule = engine.model.plan.gates[k].rule;
+        let mut conf: Vec<f32> = res
+            .iter()
+            .filter(|r| r.exit == Some(k))
+            .map(|r| decide(&r.logits, rule).1)
+            .collect();
+        conf.sort_by(|a, b| b.total_cmp(a));
+        let want = ((fractions[k] * n as f64).round() as usize).min(left);
+        t[k] = if want == 0 {
+            f32::INFINITY
+        } else {
+            conf[want - 1]
+        };
+        left -= want;
+    }
+    engine.set_thresholds(&t)?;
+    Ok(t)
+}
+
+/// Times `engine` on the batch `x` of `n` images.
+pub fn measure(
+    engine: &mut Engine,
+    config: &str,
+    x: &[f32],
+    n: usize,
+    warmup: usize,
+    runs: usize,
+) -> Result<Row> {
+    let res = engine.run(x, n)?;
+    let s = crate::engine::Summary::new(&engine.model.plan, &res, None);
+    let ms = median_ms(warmup, runs, || engine.run(x, n).map(|_| ()))?;
+    Ok(Row {
+        config: config.into(),
+        batch: n,
+        gflops_per_sample: s.avg_gflops,
+        exit_fraction: s.exit_fraction,
+        ms_per_batch: ms,
+        ms_per_sample: ms / n as f64,
+        // GFLOP per batch over milliseconds is TFLOP/s.
+        tflops: s.avg_gflops * n as f64 / ms,
+        runs,
+    })
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| config | batch | GFLOPs/sample | exits | ms/batch | ms/sample | TFLOP/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        let ex: Vec<String> = r
+            .exit_fraction
+            .iter()
+            .map(|f| format!("{:.0}%", 100.0 * f))
+            .collect();
+        s += &format!(
+            "| {} | {} | {:.3} | {} | {:.3} | {:.4} | {:.2} |\n",
+            r.config,
+            r.batch,
+            r.gflops_per_sample,
+            if ex.is_empty() {
+                "-".into()
+            } else {
+                ex.join("/")
+            },
+            r.ms_per_batch,
+            r.ms_per_sample,
+            r.tflops
+        );
+    }
+    s
+}
