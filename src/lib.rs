@@ -11,6 +11,7 @@ pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod features;
 pub mod model;
 pub mod plan;
 pub mod weights;
