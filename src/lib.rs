@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod gates;
 pub mod model;
 pub mod plan;
 pub mod weights;
