@@ -1,8 +1,10 @@
 //! Gate training: the objectives' gradients against finite differences, convergence on
 //! separable data with both losses, determinism, speed, and errors instead of panics.
 
+use dgate_rt::gates::train::ETA0_CANDIDATES;
 use dgate_rt::gates::{
-    ce_objective, hinge_objective, train_gate, LinearGate, Loss, Objective, TrainConfig,
+    ce_objective, choose_eta0, hinge_objective, train_gate, LinearGate, Loss, Objective,
+    TrainConfig,
 };
 use dgate_rt::Error;
 use std::time::Instant;
@@ -263,6 +265,26 @@ fn gates_training_is_deterministic_per_seed() {
 }
 
 #[test]
+fn gates_eta0_is_chosen_from_the_candidates_deterministically() {
+    let (n, f, c) = (500, 6, 3);
+    let (x, y) = blobs(21, n, f, c);
+    let cfg = TrainConfig::default();
+    let a = choose_eta0(&x, &y, n, f, c, &cfg).unwrap();
+    assert!(ETA0_CANDIDATES.contains(&a));
+    assert_eq!(a, choose_eta0(&x, &y, n, f, c, &cfg).unwrap());
+    // Training with the chosen value spelled out is training with `None`.
+    let auto = train_gate(&x, &y, n, f, c, &cfg, &mut |_, _| {}).unwrap();
+    let fixed = TrainConfig {
+        eta0: Some(a),
+        ..cfg
+    };
+    assert_eq!(
+        auto,
+        train_gate(&x, &y, n, f, c, &fixed, &mut |_, _| {}).unwrap()
+    );
+}
+
+#[test]
 fn gates_constant_features_get_zero_weight() {
     let (n, f, c) = (200, 5, 2);
     let (mut x, y) = blobs(9, n, f, c);
@@ -337,7 +359,7 @@ fn gates_bad_input_is_an_error_not_a_panic() {
             ..cfg.clone()
         },
         TrainConfig {
-            eta0: -1.0,
+            eta0: Some(-1.0),
             ..cfg.clone()
         },
         TrainConfig {

@@ -26,5 +26,6 @@ pub use eval::{grid, pareto_front, simulate, sweep, Outcome, ScoreTable, SweepPo
 pub use plot::{plot_svg, PlotSeries};
 pub use report::{config_label, table_csv, table_json, table_text, ReportRow};
 pub use train::{
-    ce_objective, hinge_objective, train_gate, LinearGate, Loss, Objective, TrainConfig,
+    ce_objective, choose_eta0, hinge_objective, train_gate, LinearGate, Loss, Objective,
+    TrainConfig,
 };
