@@ -2,7 +2,8 @@
 
 use dgate_rt::gates::calibrate::threshold_candidates;
 use dgate_rt::gates::{
-    calibrate_flops_budget, calibrate_max_drop, grid, pareto_front, simulate, sweep, ScoreTable,
+    accuracy_at_flops, calibrate_flops_budget, calibrate_max_drop, frontier, grid, pareto_front,
+    simulate, sweep, ScoreTable,
 };
 use dgate_rt::plan::{decide, ExitRule};
 use dgate_rt::Error;
@@ -361,4 +362,45 @@ fn gates_bad_tables_and_thresholds_are_errors() {
     assert!(config(calibrate_max_drop(&good, -1.0)));
     assert!(config(calibrate_max_drop(&good, f64::NAN)));
     assert!(config(calibrate_flops_budget(&good, f64::NAN)));
+}
+
+#[test]
+fn gates_frontier_dominates_calibration_and_compares_at_equal_flops() {
+    let t = random_table(12, 2000, 2, 10, ExitRule::Hinge);
+    let front = frontier(&t, 100).unwrap();
+    assert!(front.len() > 5);
+    for w in front.windows(2) {
+        assert!(w[0].avg_flops < w[1].avg_flops && w[0].accuracy < w[1].accuracy);
+    }
+    // The most accurate point costs at most the full network and is at least as
+    // accurate as it ("no exits" is on the grid).
+    let top = front.last().unwrap();
+    assert!(top.accuracy >= t.backbone_accuracy().unwrap());
+    let budget = 0.5 * (t.flops_per_exit[0] + t.flops_per_exit[2]) as f64;
+    let acc = accuracy_at_flops(&front, budget).unwrap();
+    let exact = simulate(&t, &calibrate_flops_budget(&t, budget).unwrap()).unwrap();
+    // 200 candidates per gate in the calibration, 100 on this front.
+    assert!(exact.accuracy >= acc);
+    assert_eq!(
+        accuracy_at_flops(&front, t.flops_per_exit[0] as f64 - 1.0),
+        None
+    );
+}
+
+#[test]
+fn gates_calibration_on_a_test_set_sized_table_is_quick() {
+    for gates in [2, 3] {
+        let t = random_table(13, 10_000, gates, 10, ExitRule::Ce);
+        let start = std::time::Instant::now();
+        let th = calibrate_max_drop(&t, 1.0).unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let o = simulate(&t, &th).unwrap();
+        eprintln!(
+            "{gates} gates, 10,000 samples: calibrated in {secs:.2} s: {th:?}, accuracy {:.4} (backbone {:.4}), {:.3} GFLOPs",
+            o.accuracy,
+            t.backbone_accuracy().unwrap(),
+            o.avg_flops / 1e9
+        );
+        assert!(secs < 30.0);
+    }
 }

@@ -14,7 +14,7 @@
 //! table they were calibrated on. Ties go to the candidate listed first, i.e. to
 //! higher thresholds.
 
-use super::eval::{Prepared, ScoreTable, Tally};
+use super::eval::{grid, pareto_front, Prepared, ScoreTable, SweepPoint, Tally};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -75,6 +75,15 @@ pub fn calibrate_flops_budget(table: &ScoreTable, max_avg_flops: f64) -> Result<
 pub fn threshold_candidates(table: &ScoreTable, per_gate: usize) -> Result<Vec<Vec<f32>>> {
     let p = Prepared::new(table)?;
     Ok(candidates(&p, per_gate))
+}
+
+/// The accuracy/FLOPs trade-off curve of `table`: the Pareto front of every
+/// combination of up to `per_gate` candidate thresholds per gate (see
+/// [`threshold_candidates`]), sorted by FLOPs. Fails when there would be more than
+/// [`super::eval::MAX_GRID`] combinations.
+pub fn frontier(table: &ScoreTable, per_gate: usize) -> Result<Vec<SweepPoint>> {
+    let axes = threshold_candidates(table, per_gate)?;
+    Ok(pareto_front(&grid(table, &axes)?))
 }
 
 fn candidates(p: &Prepared, per_gate: usize) -> Vec<Vec<f32>> {

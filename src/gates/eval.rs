@@ -194,6 +194,17 @@ pub fn pareto_front(points: &[SweepPoint]) -> Vec<SweepPoint> {
     front
 }
 
+/// Best accuracy among `points` whose average FLOPs are at most `max_avg_flops`
+/// (`None` if none is that cheap): comparing two fronts at equal cost, e.g. hinge gates
+/// against cross-entropy gates.
+pub fn accuracy_at_flops(points: &[SweepPoint], max_avg_flops: f64) -> Option<f64> {
+    points
+        .iter()
+        .filter(|p| p.avg_flops <= max_avg_flops)
+        .map(|p| p.accuracy)
+        .max_by(f64::total_cmp)
+}
+
 /// A table reduced to what decisions need: per gate and sample the confidence, the
 /// class and whether it is right; per sample whether the head is right.
 pub(crate) struct Prepared {

@@ -21,8 +21,10 @@ pub mod plot;
 pub mod report;
 pub mod train;
 
-pub use calibrate::{calibrate_flops_budget, calibrate_max_drop, threshold_candidates};
-pub use eval::{grid, pareto_front, simulate, sweep, Outcome, ScoreTable, SweepPoint};
+pub use calibrate::{calibrate_flops_budget, calibrate_max_drop, frontier, threshold_candidates};
+pub use eval::{
+    accuracy_at_flops, grid, pareto_front, simulate, sweep, Outcome, ScoreTable, SweepPoint,
+};
 pub use plot::{plot_svg, PlotSeries};
 pub use report::{config_label, table_csv, table_json, table_text, ReportRow};
 pub use train::{

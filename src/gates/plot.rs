@@ -38,8 +38,8 @@ pub fn plot_svg(
     if all.is_empty() {
         return Err(Error::Input("nothing to plot: no finite points".into()));
     }
-    let (x0, x1) = span(all.iter().map(|p| p.0));
-    let (y0, y1) = span(all.iter().map(|p| p.1));
+    let (x0, x1) = pad(span(all.iter().map(|p| p.0)));
+    let (y0, y1) = pad(span(all.iter().map(|p| p.1)));
     let (xt, xstep) = ticks(x0, x1);
     let (yt, ystep) = ticks(y0, y1);
     // The axes run from the first to the last tick, so every point lies inside.
@@ -180,6 +180,12 @@ fn span(v: impl Iterator<Item = f64>) -> (f64, f64) {
         let d = (lo.abs() * 0.05).max(1e-3);
         (lo - d, hi + d)
     }
+}
+
+/// 3% of the range on each side, so that no marker sits on the frame.
+fn pad((lo, hi): (f64, f64)) -> (f64, f64) {
+    let d = 0.03 * (hi - lo);
+    (lo - d, hi + d)
 }
 
 /// About five "nice" ticks (1, 2, 2.5 or 5 × 10^k apart) covering `[lo, hi]`.
