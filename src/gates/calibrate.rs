@@ -5,11 +5,18 @@
 //! - [`calibrate_flops_budget`]: highest accuracy within an average-FLOPs budget.
 //!
 //! Candidate thresholds for a gate are `+∞` (never exit) followed by quantiles of the
-//! confidences observed at that gate, highest first ([`threshold_candidates`]). With
-//! up to [`EXHAUSTIVE_LIMIT`] combinations (two gates of 200 candidates each) every
-//! combination is evaluated; beyond that, coordinate descent (one gate at a time over
-//! all its candidates, until no move helps) from two starts, "no exits" and "every
-//! gate at its lowest candidate". Constraints are checked with exactly the arithmetic
+//! confidences observed at that gate, highest first ([`threshold_candidates`]).
+//! - One gate: every candidate ([`CANDIDATES_ONE_GATE`]) is tried.
+//! - Two gates: every pair of [`CANDIDATES_TWO_GATES`] candidates is tried, in
+//!   O(n + K²) rather than O(n·K²): each sample is binned by the candidate index at
+//!   which it starts to exit at each gate, and 2-D prefix sums of the bins give the
+//!   exit and correct counts of any pair in constant time.
+//! - More gates: up to [`EXHAUSTIVE_LIMIT`] combinations of [`CANDIDATES_PER_GATE`]
+//!   are tried one by one; beyond that, coordinate descent (one gate at a time over all
+//!   its candidates, until no move helps) from two starts, "no exits" and "every gate
+//!   at its lowest candidate".
+//!
+//! Constraints are checked with exactly the arithmetic
 //! [`super::simulate`] reports, so the returned thresholds never break them on the
 //! table they were calibrated on. Ties go to the candidate listed first, i.e. to
 //! higher thresholds.
@@ -18,8 +25,10 @@ use super::eval::{grid, pareto_front, Prepared, ScoreTable, SweepPoint, Tally};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
-/// Candidates per gate when there are two gates or more.
+/// Candidates per gate with three gates or more.
 pub const CANDIDATES_PER_GATE: usize = 200;
+/// Candidates per gate with two gates (a million pairs, each O(1)).
+pub const CANDIDATES_TWO_GATES: usize = 1000;
 /// Candidates for a single gate (one dimension is cheap).
 pub const CANDIDATES_ONE_GATE: usize = 4000;
 /// Largest number of combinations searched exhaustively.
@@ -82,7 +91,15 @@ pub fn threshold_candidates(table: &ScoreTable, per_gate: usize) -> Result<Vec<V
 /// [`threshold_candidates`]), sorted by FLOPs. Fails when there would be more than
 /// [`super::eval::MAX_GRID`] combinations.
 pub fn frontier(table: &ScoreTable, per_gate: usize) -> Result<Vec<SweepPoint>> {
-    let axes = threshold_candidates(table, per_gate)?;
+    let p = Prepared::new(table)?;
+    let axes = candidates(&p, per_gate);
+    if axes.len() == 2 {
+        let g = Grid2::new(&p, &axes);
+        let points: Vec<SweepPoint> = (0..g.len())
+            .map(|k| p.point(&thresholds_at(&axes, k), &g.tally(k)))
+            .collect();
+        return Ok(pareto_front(&points));
+    }
     Ok(pareto_front(&grid(table, &axes)?))
 }
 
@@ -158,12 +175,20 @@ fn search(p: &Prepared, goal: &Goal) -> Result<Vec<f32>> {
     if gates == 0 {
         return Ok(Vec::new());
     }
-    let per_gate = if gates == 1 {
-        CANDIDATES_ONE_GATE
-    } else {
-        CANDIDATES_PER_GATE
+    let per_gate = match gates {
+        1 => CANDIDATES_ONE_GATE,
+        2 => CANDIDATES_TWO_GATES,
+        _ => CANDIDATES_PER_GATE,
     };
     let cand = candidates(p, per_gate);
+    if gates == 2 {
+        let g = Grid2::new(p, &cand);
+        let (_, best) = (0..g.len())
+            .into_par_iter()
+            .map(|k| (goal.key(p, &g.tally(k)), k))
+            .reduce(|| ((false, i128::MIN, i128::MIN), usize::MAX), better);
+        return Ok(thresholds_at(&cand, best.min(g.len() - 1)));
+    }
     let combos = cand
         .iter()
         .try_fold(1usize, |acc, c| acc.checked_mul(c.len()))
@@ -235,4 +260,158 @@ fn coordinate_descent(
         }
     }
     (key, pick(&at))
+}
+
+/// Exact tallies of every pair of candidate thresholds of two gates.
+///
+/// With candidates `c₀ = +∞ > c₁ > … > c_{L−1}` at a gate, a sample exits there under
+/// candidate `k` iff `k ≥ level`, where `level` is the first `k ≥ 1` with `c_k ≤ conf`
+/// (`L`, never, when there is none or the confidence is NaN). Under the pair `(a, b)`
+/// a sample leaves at gate 1 iff `level₁ ≤ a`, at gate 2 iff `level₁ > a` and
+/// `level₂ ≤ b`, and runs to the head otherwise. Binning samples by
+/// `(level₁, level₂)` and taking 2-D prefix sums `P[x][y] = Σ_{l₁ ≤ x, l₂ ≤ y}` turns each
+/// of those sets into at most two lookups.
+pub(crate) struct Grid2 {
+    len: [usize; 2],
+    /// Row length of the prefix arrays: `len[1] + 1`.
+    stride: usize,
+    count: Vec<u64>,
+    ok1: Vec<u64>,
+    ok2: Vec<u64>,
+    okh: Vec<u64>,
+    okh_total: u64,
+    n: u64,
+    flops: [u64; 3],
+}
+
+impl Grid2 {
+    pub(crate) fn new(p: &Prepared, cand: &[Vec<f32>]) -> Self {
+        let len = [cand[0].len(), cand[1].len()];
+        let stride = len[1] + 1;
+        let cells = (len[0] + 1) * stride;
+        let (mut count, mut ok1, mut ok2, mut okh) = (
+            vec![0u64; cells],
+            vec![0u64; cells],
+            vec![0u64; cells],
+            vec![0u64; cells],
+        );
+        let level = |c: &[f32], conf: f32| -> usize {
+            if conf.is_nan() {
+                return c.len();
+            }
+            // c[1..] decreases strictly: count the candidates above `conf`.
+            1 + c[1..].partition_point(|&t| t > conf)
+        };
+        let mut okh_total = 0;
+        for i in 0..p.n {
+            let cell = level(&cand[0], p.conf[0][i]) * stride + level(&cand[1], p.conf[1][i]);
+            count[cell] += 1;
+            ok1[cell] += p.gate_correct[0][i] as u64;
+            ok2[cell] += p.gate_correct[1][i] as u64;
+            okh[cell] += p.head_correct[i] as u64;
+            okh_total += p.head_correct[i] as u64;
+        }
+        for a in [&mut count, &mut ok1, &mut ok2, &mut okh] {
+            for x in 0..=len[0] {
+                for y in 0..=len[1] {
+                    let mut v = a[x * stride + y];
+                    if x > 0 {
+                        v += a[(x - 1) * stride + y];
+                    }
+                    if y > 0 {
+                        v += a[x * stride + y - 1];
+                    }
+                    if x > 0 && y > 0 {
+                        v -= a[(x - 1) * stride + y - 1];
+                    }
+                    a[x * stride + y] = v;
+                }
+            }
+        }
+        Grid2 {
+            len,
+            stride,
+            count,
+            ok1,
+            ok2,
+            okh,
+            okh_total,
+            n: p.n as u64,
+            flops: [p.flops[0], p.flops[1], p.flops[2]],
+        }
+    }
+
+    /// Number of pairs; pair `k` is `(k / len₂, k % len₂)`, as in [`thresholds_at`].
+    pub(crate) fn len(&self) -> usize {
+        self.len[0] * self.len[1]
+    }
+
+    pub(crate) fn tally(&self, k: usize) -> Tally {
+        let (a, b) = (k / self.len[1], k % self.len[1]);
+        let (last_x, last_y) = (self.len[0], self.len[1]);
+        let at = |v: &[u64], x: usize, y: usize| v[x * self.stride + y];
+        // Σ over l₁ ≤ a (all l₂), and over l₁ > a, l₂ ≤ b.
+        let first = |v: &[u64]| at(v, a, last_y);
+        let second = |v: &[u64]| at(v, last_x, b) - at(v, a, b);
+        let e1 = first(&self.count);
+        let e2 = second(&self.count);
+        let head = self.n - e1 - e2;
+        let correct = first(&self.ok1) + second(&self.ok2) + self.okh_total
+            - first(&self.okh)
+            - second(&self.okh);
+        Tally {
+            correct: correct as usize,
+            exits: vec![e1 as usize, e2 as usize],
+            total_flops: e1 as u128 * self.flops[0] as u128
+                + e2 as u128 * self.flops[1] as u128
+                + head as u128 * self.flops[2] as u128,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::ExitRule;
+
+    /// The O(1) pair tallies equal the per-sample replay for every pair.
+    #[test]
+    fn gates_grid2_matches_replay() {
+        let (n, c) = (300, 4);
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / 16_777_216.0) * 4.0 - 1.0
+        };
+        let labels: Vec<u8> = (0..n).map(|i| (i % c) as u8).collect();
+        let mut gate_scores: Vec<Vec<f32>> = (0..2)
+            .map(|_| (0..n * c).map(|_| next()).collect())
+            .collect();
+        // Ties, a NaN and an infinity.
+        gate_scores[0][5] = f32::NAN;
+        gate_scores[1][9] = f32::INFINITY;
+        for i in 0..20 {
+            gate_scores[1][i * c] = 2.0;
+        }
+        let table = ScoreTable {
+            n,
+            classes: c,
+            labels,
+            gate_scores,
+            head_logits: (0..n * c).map(|_| next()).collect(),
+            rule: ExitRule::Hinge,
+            flops_per_exit: vec![10, 25, 100],
+        };
+        let p = Prepared::new(&table).unwrap();
+        for per_gate in [1, 7, 50, 1000] {
+            let cand = candidates(&p, per_gate);
+            let g = Grid2::new(&p, &cand);
+            assert_eq!(g.len(), cand[0].len() * cand[1].len());
+            for k in 0..g.len() {
+                assert_eq!(g.tally(k), p.tally(&thresholds_at(&cand, k)), "pair {k}");
+            }
+        }
+    }
 }
