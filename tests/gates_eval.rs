@@ -408,3 +408,53 @@ fn gates_calibration_on_a_test_set_sized_table_is_quick() {
         assert!(secs < 30.0);
     }
 }
+
+#[test]
+fn gates_flops_per_exit_follows_the_plan() {
+    use dgate_rt::plan::{Gate, Head, Plan, Stage, View};
+    let view = View {
+        buf: 0,
+        offset: 0,
+        channels: 4,
+    };
+    let stage = |flops| Stage {
+        name: "s".into(),
+        ops: vec![],
+        output: view,
+        out_h: 1,
+        out_w: 1,
+        flops,
+        params: 0,
+    };
+    let gate = |after_stage| Gate {
+        after_stage,
+        input: view,
+        h: 1,
+        w: 1,
+        weight: vec![0.0; 3 * 4],
+        bias: vec![0.0; 3],
+        threshold: 1.0,
+        rule: ExitRule::Hinge,
+    };
+    let plan = Plan {
+        arch: "toy".into(),
+        classes: 3,
+        buffers: vec![],
+        input: view,
+        stages: vec![stage(100), stage(1000), stage(10_000)],
+        gates: vec![gate(0), gate(1)],
+        head: Head {
+            input: view,
+            h: 1,
+            w: 1,
+            pre: None,
+            weight: vec![0.0; 3 * 4],
+            bias: vec![0.0; 3],
+        },
+    };
+    // Each gate costs 2·3·4 = 24 FLOPs; so does the head.
+    assert_eq!(
+        ScoreTable::flops_per_exit(&plan),
+        vec![100 + 24, 1100 + 48, 11_100 + 24 + 48]
+    );
+}

@@ -388,4 +388,12 @@ fn gates_bad_input_is_an_error_not_a_panic() {
     }
     .scores(&x, 4)
     .is_err());
+    // Zero features: no division by zero, no zero-sized chunks.
+    let no_features = |c: usize| LinearGate {
+        weight: vec![],
+        bias: vec![0.0; c],
+    };
+    assert!(no_features(2).scores(&[], 4).is_err());
+    assert!(no_features(0).predict(&[], 0).is_err());
+    assert!(hinge_objective(&[], &[0.0; 2], &[], &y, 0.1).is_err());
 }

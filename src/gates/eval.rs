@@ -8,7 +8,7 @@
 //! non-finite score), `−∞` always exits (even a NaN score).
 
 use super::train::{check_labels, check_len};
-use crate::plan::{decide, ExitRule};
+use crate::plan::{decide, ExitRule, Plan};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -31,6 +31,15 @@ pub struct ScoreTable {
 }
 
 impl ScoreTable {
+    /// `flops_per_exit` for a plan: exit at each of its gates, then the head, each with
+    /// the cost of the gates passed on the way ([`Plan::flops_for_exit`]).
+    pub fn flops_per_exit(plan: &Plan) -> Vec<u64> {
+        (0..plan.gates.len())
+            .map(|g| plan.flops_for_exit(Some(g)))
+            .chain([plan.flops_for_exit(None)])
+            .collect()
+    }
+
     pub fn gates(&self) -> usize {
         self.gate_scores.len()
     }

@@ -113,9 +113,9 @@ impl LinearGate {
     /// Scores of `n` raw feature rows (`n × features`), `n × classes` row-major.
     pub fn scores(&self, features: &[f32], n: usize) -> Result<Vec<f32>> {
         let (c, f) = (self.classes(), self.features());
-        if c == 0 || self.weight.len() != c * f {
+        if c == 0 || f == 0 || self.weight.len() != c * f {
             return Err(Error::Config(format!(
-                "gate weight has {} values, not a multiple of its {c} classes",
+                "gate weight has {} values for {c} classes: not a positive multiple",
                 self.weight.len()
             )));
         }
@@ -188,6 +188,9 @@ fn objective(
         )));
     }
     let f = w.len() / c;
+    if f == 0 {
+        return Err(Error::Input("weight has no features".into()));
+    }
     let n = y.len();
     check_len("features", x.len(), n, f)?;
     check_labels(y, c)?;
