@@ -8,9 +8,7 @@ pub struct CudaBackend;
 
 impl CudaBackend {
     pub fn new(_precision: Precision) -> Result<Self> {
-        Err(Error::CudaUnavailable(
-            "the CUDA backend is not built yet".into(),
-        ))
+        Err(Error::CudaUnavailable("the CUDA backend is not built yet".into()))
     }
 }
 
@@ -19,8 +17,6 @@ impl Backend for CudaBackend {
         "cuda".into()
     }
     fn run(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Vec<SampleResult>> {
-        Err(Error::CudaUnavailable(
-            "the CUDA backend is not built yet".into(),
-        ))
+        Err(Error::CudaUnavailable("the CUDA backend is not built yet".into()))
     }
 }
