@@ -12,6 +12,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod features;
+pub mod gates;
 pub mod model;
 pub mod plan;
 pub mod weights;
