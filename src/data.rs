@@ -68,6 +68,20 @@ impl Dataset {
         Ok(())
     }
 
+    /// Images `[start, end)` as a new data set.
+    pub fn range(&self, start: usize, end: usize) -> Result<Dataset> {
+        if start >= end || end > self.len() {
+            return Err(Error::Config(format!(
+                "image range {start}..{end} is empty or beyond the {} images",
+                self.len()
+            )));
+        }
+        Ok(Dataset {
+            pixels: self.pixels[start * IMAGE..end * IMAGE].to_vec(),
+            labels: self.labels[start..end].to_vec(),
+        })
+    }
+
     /// Normalised f32 NCHW images `[start, start + n)`.
     pub fn normalized(&self, start: usize, n: usize, norm: &Normalize) -> Vec<f32> {
         normalize_u8(&self.pixels[start * IMAGE..(start + n) * IMAGE], norm)

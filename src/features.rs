@@ -56,7 +56,11 @@ impl Fnv {
 /// A key over the backbone (every tensor but the gates), so gated files that share a
 /// backbone share cached features.
 pub fn backbone_key(w: &Weights) -> u64 {
-    let mut names: Vec<&String> = w.tensors.keys().filter(|k| !k.starts_with("gates.")).collect();
+    let mut names: Vec<&String> = w
+        .tensors
+        .keys()
+        .filter(|k| !k.starts_with("gates."))
+        .collect();
     names.sort();
     let mut h = Fnv::default();
     for n in names {
@@ -120,11 +124,25 @@ fn read_cache(path: &Path) -> Option<Extracted> {
     let mut take = |len: usize| -> Option<Vec<f32>> {
         let s = b.get(off..off + 4 * len)?;
         off += 4 * len;
-        Some(s.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Some(
+            s.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        )
     };
-    let features = channels.iter().map(|&c| take(n * c)).collect::<Option<Vec<_>>>()?;
+    let features = channels
+        .iter()
+        .map(|&c| take(n * c))
+        .collect::<Option<Vec<_>>>()?;
     let logits = take(n * classes)?;
-    Some(Extracted { n, stages, channels, features, logits, classes })
+    Some(Extracted {
+        n,
+        stages,
+        channels,
+        features,
+        logits,
+        classes,
+    })
 }
 
 /// Features of `stages` (0-based) and logits for every image of `ds`, from the cache when
@@ -163,8 +181,14 @@ pub fn extract(
     let mut plan = model.plan.clone();
     plan.gates.clear();
     let n = ds.len();
-    let channels: Vec<usize> = stages.iter().map(|&s| plan.stages[s].output.channels).collect();
-    let mut features: Vec<Vec<f32>> = channels.iter().map(|&c| Vec::with_capacity(n * c)).collect();
+    let channels: Vec<usize> = stages
+        .iter()
+        .map(|&s| plan.stages[s].output.channels)
+        .collect();
+    let mut features: Vec<Vec<f32>> = channels
+        .iter()
+        .map(|&c| Vec::with_capacity(n * c))
+        .collect();
     let mut logits = Vec::with_capacity(n * plan.classes);
     let mut cpu = CpuBackend::new();
     let batch = 250;
@@ -182,11 +206,21 @@ pub fn extract(
         start += m;
         progress(start, n);
     }
-    let e = Extracted { n, stages: stages.to_vec(), channels, features, logits, classes: plan.classes };
+    let e = Extracted {
+        n,
+        stages: stages.to_vec(),
+        channels,
+        features,
+        logits,
+        classes: plan.classes,
+    };
     if let Some(p) = &path {
         // A cache that cannot be written costs time, not correctness.
         if let Err(err) = write_cache(p, &e) {
-            eprintln!("warning: could not write feature cache {}: {err}", p.display());
+            eprintln!(
+                "warning: could not write feature cache {}: {err}",
+                p.display()
+            );
         }
     }
     Ok(e)

@@ -39,6 +39,12 @@ enum Cmd {
     Info(ModelArgs),
     /// Latency and throughput in the paper's Table 1 format, full network and with exits.
     Bench(BenchArgs),
+    /// Train decision gates on a frozen backbone (features cached on disk) and write a gated model.
+    TrainGates(TrainArgs),
+    /// Evaluate threshold settings on a data set: the paper's Table 1, CSV/JSON, an SVG plot.
+    Sweep(SweepArgs),
+    /// Choose thresholds under an accuracy-drop or FLOPs budget on a calibration split; write them.
+    Calibrate(CalibrateArgs),
     /// Write a seeded, randomly initialised network (optionally with random gates) to safetensors.
     Init(InitArgs),
 }
@@ -64,6 +70,113 @@ struct BenchArgs {
     /// Timed runs per row (the median is reported).
     #[arg(long, default_value_t = 20)]
     runs: usize,
+}
+
+#[derive(Args)]
+struct DataArgs {
+    /// CIFAR-10 binary batch file(s).
+    #[arg(long, value_name = "FILE", num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Use at most N images.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// Feature cache directory (default: $DGATE_CACHE, $XDG_CACHE_HOME/dgate-rt or ~/.cache/dgate-rt).
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
+    /// Do not read or write the feature cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// The backbone (any gates in it are replaced).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// 1-based stages to place gates after.
+    #[arg(long, default_value = "1,2", value_name = "S1,S2")]
+    after: String,
+    /// hinge: one-vs-rest hinge loss, exit when max score >= t (the paper's);
+    /// ce: softmax cross-entropy, exit when max probability >= t.
+    #[arg(long, default_value = "hinge", value_parser = ["hinge", "ce"])]
+    loss: String,
+    /// L2 penalty lambda on the gate weights.
+    #[arg(long, default_value_t = 1e-4)]
+    lambda: f32,
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the gated model.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Gated model(s); several files (e.g. hinge and ce gates on one backbone) give one curve each.
+    #[arg(long, value_name = "FILE", num_args = 1.., required = true)]
+    weights: Vec<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Threshold settings to tabulate, `;`-separated (e.g. "1,2;2.5,2.5"). Default: the
+    /// paper's dg(1.0, 2.0) and dg(2.5, 2.5) for hinge gates, and points of the trade-off curve.
+    #[arg(long, value_name = "T1,T2;..", allow_hyphen_values = true)]
+    configs: Option<String>,
+    /// Candidate thresholds per gate for the trade-off curve.
+    #[arg(long, default_value_t = 200)]
+    candidates: usize,
+    /// Rows of the trade-off curve to tabulate.
+    #[arg(long, default_value_t = 8)]
+    curve_rows: usize,
+    /// Also run the network for each tabulated setting to time it (and check that the run's
+    /// accuracy equals the simulated one).
+    #[arg(long)]
+    time: bool,
+    /// Write the table as CSV to FILE.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Write an SVG plot of accuracy against GFLOPs (one curve per file) to FILE.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CalibrateArgs {
+    /// Gated model.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Largest accuracy drop allowed against the backbone without gates, in percentage points.
+    #[arg(long, value_name = "POINTS", conflicts_with = "max_gflops")]
+    max_drop: Option<f64>,
+    /// Largest average GFLOPs per image allowed (maximises accuracy under it).
+    #[arg(long, value_name = "GFLOPS")]
+    max_gflops: Option<f64>,
+    /// Images used to choose thresholds (default: the first half of the data).
+    #[arg(long, value_name = "A..B")]
+    calib: Option<String>,
+    /// Images the result is reported on (default: the second half).
+    #[arg(long, value_name = "A..B")]
+    report: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    candidates: usize,
+    /// Write the model with the chosen thresholds in its metadata to FILE.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -135,6 +248,8 @@ struct RunArgs {
     #[arg(long, short)]
     quiet: bool,
 }
+
+mod gate_cmds;
 
 fn parse3(s: &str, what: &str) -> Result<[f32; 3]> {
     let v: Vec<f32> = s
@@ -571,6 +686,9 @@ fn main() {
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Init(a) => init(a),
+        Cmd::TrainGates(a) => gate_cmds::train(a),
+        Cmd::Sweep(a) => gate_cmds::sweep(a),
+        Cmd::Calibrate(a) => gate_cmds::calibrate(a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

@@ -17,6 +17,7 @@
 
 pub mod calibrate;
 pub mod eval;
+pub mod pipeline;
 pub mod plot;
 pub mod report;
 pub mod train;
