@@ -86,9 +86,9 @@ fn simulated_sweep_equals_real_runs_including_infinite_thresholds() {
             model.plan.set_thresholds(&t).unwrap();
             let res = CpuBackend::new().run(&model.plan, &x, n).unwrap();
             let sim = gates::simulate(&table, &t).unwrap();
-            for i in 0..n {
-                assert_eq!(res[i].exit, sim.exits[i], "{loss:?} {t:?} sample {i}");
-                assert_eq!(res[i].class, sim.classes[i], "{loss:?} {t:?} sample {i}");
+            for (i, r) in res.iter().enumerate() {
+                assert_eq!(r.exit, sim.exits[i], "{loss:?} {t:?} sample {i}");
+                assert_eq!(r.class, sim.classes[i], "{loss:?} {t:?} sample {i}");
             }
             if t[0] == f32::NEG_INFINITY {
                 assert!(res.iter().all(|r| r.exit == Some(0)));
