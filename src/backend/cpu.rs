@@ -13,8 +13,10 @@ use crate::backend::{check_batch, Backend};
 use crate::plan::{decide, Conv, ExitRule, Op, Plan, PreAct, SampleResult, View};
 use crate::Result;
 
-/// Largest im2col buffer, in floats (32 MiB).
+/// Largest im2col buffer, in floats (4 MiB).
 const IM2COL_FLOATS: usize = 1 << 20;
+/// Columns per sample chunk in the chunk-parallel path, in floats (1 MiB: a core's L2).
+const CHUNK_FLOATS: usize = 1 << 18;
 /// GEMMs below this many multiply-adds run on one thread.
 const PARALLEL_MACS: usize = 1 << 20;
 
@@ -278,8 +280,47 @@ impl CpuBackend {
             &self.acts[c.input.buf][c.input.offset * in_plane..(c.input.offset + cin) * in_plane]
         };
         let ldc = n * ohw;
+        let direct = k == 1 && c.stride == 1;
+        // Batches are split into sample chunks whose columns stay in a core's cache; each
+        // chunk runs im2col, GEMM and the epilogue on one thread while its data is hot.
+        let per_sample = if direct { cin * ohw } else { rows * ohw };
+        let chunk = (CHUNK_FLOATS / per_sample.max(1)).max(1);
+        if n.div_ceil(chunk) >= 2 {
+            let out_rows = &mut out[c.output.offset * ldc..(c.output.offset + cout) * ldc];
+            let optr = SendPtr(out_rows.as_mut_ptr());
+            let res = c.residual.map(|r| &self.acts[r.buf][r.offset * ldc..(r.offset + cout) * ldc]);
+            (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+                let s0 = ci * chunk;
+                let m = chunk.min(n - s0);
+                let cols_out = optr.add(s0 * ohw);
+                if direct {
+                    // SAFETY: `src` holds `cin` rows of stride n·P·Q; this chunk reads columns
+                    // [s0·P·Q, (s0+m)·P·Q) and writes the same columns of `cout` output rows,
+                    // which no other chunk touches.
+                    unsafe { gemm_raw(cout, cin, m * ohw, &c.weight, src[s0 * ohw..].as_ptr(), ldc, cols_out, ldc) };
+                } else {
+                    COLS.with(|cols| {
+                        let mut cols = cols.borrow_mut();
+                        cols.resize(rows * m * ohw, 0.0);
+                        for r in 0..rows {
+                            im2col_row(src, n, c, s0, m, r, &mut cols[r * m * ohw..(r + 1) * m * ohw]);
+                        }
+                        // SAFETY: as above; `cols` is this thread's own buffer.
+                        unsafe { gemm_raw(cout, rows, m * ohw, &c.weight, cols.as_ptr(), m * ohw, cols_out, ldc) };
+                    });
+                }
+                for o in 0..cout {
+                    // SAFETY: row `o`, columns of this chunk only.
+                    let row = unsafe { std::slice::from_raw_parts_mut(cols_out.add(o * ldc).0, m * ohw) };
+                    let rr = res.map(|r| &r[o * ldc + s0 * ohw..o * ldc + (s0 + m) * ohw]);
+                    epilogue(row, c.bias[o], rr, c.relu);
+                }
+            });
+            self.acts[c.output.buf] = out;
+            return;
+        }
         let out_rows = &mut out[c.output.offset * ldc..(c.output.offset + cout) * ldc];
-        if k == 1 && c.stride == 1 {
+        if direct {
             gemm(cout, cin, ldc, &c.weight, src, ldc, out_rows, ldc);
         } else {
             let chunk = (IM2COL_FLOATS / (rows * ohw)).clamp(1, n);
@@ -308,19 +349,8 @@ impl CpuBackend {
             .par_chunks_mut(ldc)
             .enumerate()
             .for_each(|(o, row)| {
-                let b = c.bias[o];
-                match res {
-                    Some((r, off)) => {
-                        let rr = &r[(off + o) * ldc..(off + o + 1) * ldc];
-                        for (x, &y) in row.iter_mut().zip(rr) {
-                            *x += b + y;
-                        }
-                    }
-                    None => row.iter_mut().for_each(|x| *x += b),
-                }
-                if c.relu {
-                    row.iter_mut().for_each(|x| *x = x.max(0.0));
-                }
+                let rr = res.map(|(r, off)| &r[(off + o) * ldc..(off + o + 1) * ldc]);
+                epilogue(row, c.bias[o], rr, c.relu);
             });
         self.acts[c.output.buf] = out;
     }
@@ -353,37 +383,80 @@ fn act(p: Option<&PreAct>, c: usize, x: f32) -> f32 {
 
 /// Columns for samples `[s0, s0 + m)`: row `(ci·k + ky)·k + kx`, column `j·P·Q + oy·Q + ox`.
 fn im2col(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, cols: &mut [f32]) {
+    let ohw = c.out_h * c.out_w;
+    cols.par_chunks_mut(m * ohw).enumerate().for_each(|(r, row)| im2col_row(src, n, c, s0, m, r, row));
+}
+
+/// Row `r` of [`im2col`].
+fn im2col_row(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, r: usize, row: &mut [f32]) {
     let (k, st, pad) = (c.kernel, c.stride, c.pad as isize);
     let (ih, iw, oh, ow) = (c.in_h, c.in_w, c.out_h, c.out_w);
     let ohw = oh * ow;
-    cols.par_chunks_mut(m * ohw)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let ci = r / (k * k);
-            let ky = (r / k % k) as isize;
-            let kx = (r % k) as isize;
-            for j in 0..m {
-                let plane = &src[(ci * n + s0 + j) * ih * iw..(ci * n + s0 + j + 1) * ih * iw];
-                let dst = &mut row[j * ohw..(j + 1) * ohw];
-                for oy in 0..oh {
-                    let y = (oy * st) as isize + ky - pad;
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    if y < 0 || y >= ih as isize {
-                        d.fill(0.0);
-                        continue;
-                    }
-                    let line = &plane[y as usize * iw..(y as usize + 1) * iw];
-                    for (ox, v) in d.iter_mut().enumerate() {
-                        let x = (ox * st) as isize + kx - pad;
-                        *v = if x < 0 || x >= iw as isize {
-                            0.0
-                        } else {
-                            line[x as usize]
-                        };
-                    }
-                }
+    let ci = r / (k * k);
+    let ky = (r / k % k) as isize;
+    let kx = (r % k) as isize;
+    for j in 0..m {
+        let plane = &src[(ci * n + s0 + j) * ih * iw..(ci * n + s0 + j + 1) * ih * iw];
+        let dst = &mut row[j * ohw..(j + 1) * ohw];
+        for oy in 0..oh {
+            let y = (oy * st) as isize + ky - pad;
+            let d = &mut dst[oy * ow..(oy + 1) * ow];
+            if y < 0 || y >= ih as isize {
+                d.fill(0.0);
+                continue;
             }
-        });
+            let line = &plane[y as usize * iw..(y as usize + 1) * iw];
+            if st == 1 && kx == 0 && pad == 0 {
+                d.copy_from_slice(&line[..ow]);
+                continue;
+            }
+            for (ox, v) in d.iter_mut().enumerate() {
+                let x = (ox * st) as isize + kx - pad;
+                *v = if x < 0 || x >= iw as isize { 0.0 } else { line[x as usize] };
+            }
+        }
+    }
+}
+
+/// `row = act(row + bias + residual)`.
+#[inline]
+fn epilogue(row: &mut [f32], bias: f32, res: Option<&[f32]>, relu: bool) {
+    match res {
+        Some(r) => row.iter_mut().zip(r).for_each(|(x, &y)| *x += bias + y),
+        None => row.iter_mut().for_each(|x| *x += bias),
+    }
+    if relu {
+        row.iter_mut().for_each(|x| *x = x.max(0.0));
+    }
+}
+
+/// A raw output pointer shared by threads that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for disjoint writes, see its uses.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn add(self, i: usize) -> SendPtr {
+        // SAFETY: callers stay inside the allocation the pointer came from.
+        SendPtr(unsafe { self.0.add(i) })
+    }
+}
+
+thread_local! {
+    static COLS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `C = A·B` through raw B and C pointers with row strides.
+///
+/// # Safety
+/// `b` must be valid for `k` rows of stride `ldb` and `n` columns, `c` for `m` rows of
+/// stride `ldc` and `n` columns, and no other thread may touch those C elements.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: &[f32], b: *const f32, ldb: usize, c: SendPtr, ldc: usize) {
+    debug_assert!(a.len() >= m * k);
+    matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b, ldb as isize, 1, 0.0, c.0, ldc as isize, 1);
 }
 
 /// `C[m × n] = A[m × k] · B[k × n]`; A dense row-major, B and C with row strides.
