@@ -148,6 +148,7 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
     let mut p = Progress::new(a.data.quiet || a.json);
     let mut rows: Vec<ReportRow> = Vec::new();
     let mut series = Vec::new();
+    let mut fronts: Vec<(String, Vec<gates::SweepPoint>, f64)> = Vec::new();
     for path in &a.weights {
         let (_, model, table) = table_for(path, &a.data, &ds, &mut p)?;
         let loss = table.rule.as_str();
@@ -173,6 +174,8 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             }
         }
         let front = gates::frontier(&table, a.candidates)?;
+        let full = *table.flops_per_exit.last().unwrap_or(&1) as f64;
+        fronts.push((loss.to_string(), front.clone(), full));
         series.push(PlotSeries {
             label: format!(
                 "{loss} gates ({})",
@@ -241,19 +244,47 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
         )?;
         std::fs::write(f, svg).with_context(|| f.display().to_string())?;
     }
-    if a.json {
-        println!("{}", gates::table_json(&rows)?);
-    } else {
-        println!(
-            "data: {desc}, {} images{}\n",
-            ds.len(),
-            if a.time {
-                "; ms = wall time per image of a real run"
-            } else {
-                ""
+    // The trade-off curves compared at equal cost: best accuracy within each FLOPs budget.
+    let budgets = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
+    let equal: Vec<serde_json::Value> = budgets
+        .iter()
+        .map(|&b| {
+            let mut v = serde_json::json!({"flops_fraction": b});
+            for (label, front, full) in &fronts {
+                v[label.as_str()] =
+                    serde_json::json!(gates::accuracy_at_flops(front, b * full).map(|x| 100.0 * x));
             }
-        );
-        print!("{}", gates::table_text(&rows));
+            v
+        })
+        .collect();
+    if a.json {
+        let doc = serde_json::json!({"data": desc, "images": ds.len(), "rows": rows, "equal_flops": equal});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(());
+    }
+    let timing = if a.time {
+        "; ms = wall time per image of a real run"
+    } else {
+        ""
+    };
+    println!("data: {desc}, {} images{timing}\n", ds.len());
+    print!("{}", gates::table_text(&rows));
+    if fronts.len() > 1 {
+        println!("\nbest accuracy (%) within a FLOPs budget, from each file's trade-off curve on these images:\n");
+        let labels: Vec<&str> = fronts.iter().map(|f| f.0.as_str()).collect();
+        println!("| FLOPs budget | {} |", labels.join(" | "));
+        println!("|---:|{}", "---:|".repeat(labels.len()));
+        for e in &equal {
+            let cells: Vec<String> = labels
+                .iter()
+                .map(|l| e[*l].as_f64().map_or("-".into(), |x| format!("{x:.2}")))
+                .collect();
+            println!(
+                "| {:.0}% | {} |",
+                100.0 * e["flops_fraction"].as_f64().unwrap_or(0.0),
+                cells.join(" | ")
+            );
+        }
     }
     Ok(())
 }

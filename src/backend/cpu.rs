@@ -288,7 +288,9 @@ impl CpuBackend {
         if n.div_ceil(chunk) >= 2 {
             let out_rows = &mut out[c.output.offset * ldc..(c.output.offset + cout) * ldc];
             let optr = SendPtr(out_rows.as_mut_ptr());
-            let res = c.residual.map(|r| &self.acts[r.buf][r.offset * ldc..(r.offset + cout) * ldc]);
+            let res = c
+                .residual
+                .map(|r| &self.acts[r.buf][r.offset * ldc..(r.offset + cout) * ldc]);
             (0..n.div_ceil(chunk)).into_par_iter().for_each(|ci| {
                 let s0 = ci * chunk;
                 let m = chunk.min(n - s0);
@@ -297,21 +299,52 @@ impl CpuBackend {
                     // SAFETY: `src` holds `cin` rows of stride n·P·Q; this chunk reads columns
                     // [s0·P·Q, (s0+m)·P·Q) and writes the same columns of `cout` output rows,
                     // which no other chunk touches.
-                    unsafe { gemm_raw(cout, cin, m * ohw, &c.weight, src[s0 * ohw..].as_ptr(), ldc, cols_out, ldc) };
+                    unsafe {
+                        gemm_raw(
+                            cout,
+                            cin,
+                            m * ohw,
+                            &c.weight,
+                            src[s0 * ohw..].as_ptr(),
+                            ldc,
+                            cols_out,
+                            ldc,
+                        )
+                    };
                 } else {
                     COLS.with(|cols| {
                         let mut cols = cols.borrow_mut();
                         cols.resize(rows * m * ohw, 0.0);
                         for r in 0..rows {
-                            im2col_row(src, n, c, s0, m, r, &mut cols[r * m * ohw..(r + 1) * m * ohw]);
+                            im2col_row(
+                                src,
+                                n,
+                                c,
+                                s0,
+                                m,
+                                r,
+                                &mut cols[r * m * ohw..(r + 1) * m * ohw],
+                            );
                         }
                         // SAFETY: as above; `cols` is this thread's own buffer.
-                        unsafe { gemm_raw(cout, rows, m * ohw, &c.weight, cols.as_ptr(), m * ohw, cols_out, ldc) };
+                        unsafe {
+                            gemm_raw(
+                                cout,
+                                rows,
+                                m * ohw,
+                                &c.weight,
+                                cols.as_ptr(),
+                                m * ohw,
+                                cols_out,
+                                ldc,
+                            )
+                        };
                     });
                 }
                 for o in 0..cout {
                     // SAFETY: row `o`, columns of this chunk only.
-                    let row = unsafe { std::slice::from_raw_parts_mut(cols_out.add(o * ldc).0, m * ohw) };
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(cols_out.add(o * ldc).0, m * ohw) };
                     let rr = res.map(|r| &r[o * ldc + s0 * ohw..o * ldc + (s0 + m) * ohw]);
                     epilogue(row, c.bias[o], rr, c.relu);
                 }
@@ -384,7 +417,9 @@ fn act(p: Option<&PreAct>, c: usize, x: f32) -> f32 {
 /// Columns for samples `[s0, s0 + m)`: row `(ci·k + ky)·k + kx`, column `j·P·Q + oy·Q + ox`.
 fn im2col(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, cols: &mut [f32]) {
     let ohw = c.out_h * c.out_w;
-    cols.par_chunks_mut(m * ohw).enumerate().for_each(|(r, row)| im2col_row(src, n, c, s0, m, r, row));
+    cols.par_chunks_mut(m * ohw)
+        .enumerate()
+        .for_each(|(r, row)| im2col_row(src, n, c, s0, m, r, row));
 }
 
 /// Row `r` of [`im2col`].
@@ -412,7 +447,11 @@ fn im2col_row(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, r: usize, ro
             }
             for (ox, v) in d.iter_mut().enumerate() {
                 let x = (ox * st) as isize + kx - pad;
-                *v = if x < 0 || x >= iw as isize { 0.0 } else { line[x as usize] };
+                *v = if x < 0 || x >= iw as isize {
+                    0.0
+                } else {
+                    line[x as usize]
+                };
             }
         }
     }
@@ -454,9 +493,33 @@ thread_local! {
 /// `b` must be valid for `k` rows of stride `ldb` and `n` columns, `c` for `m` rows of
 /// stride `ldc` and `n` columns, and no other thread may touch those C elements.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_raw(m: usize, k: usize, n: usize, a: &[f32], b: *const f32, ldb: usize, c: SendPtr, ldc: usize) {
+unsafe fn gemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    b: *const f32,
+    ldb: usize,
+    c: SendPtr,
+    ldc: usize,
+) {
     debug_assert!(a.len() >= m * k);
-    matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), k as isize, 1, b, ldb as isize, 1, 0.0, c.0, ldc as isize, 1);
+    matrixmultiply::sgemm(
+        m,
+        k,
+        n,
+        1.0,
+        a.as_ptr(),
+        k as isize,
+        1,
+        b,
+        ldb as isize,
+        1,
+        0.0,
+        c.0,
+        ldc as isize,
+        1,
+    );
 }
 
 /// `C[m × n] = A[m × k] · B[k × n]`; A dense row-major, B and C with row strides.
