@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod features;
 pub mod gates;
+pub mod gpucheck;
 pub mod model;
 pub mod plan;
 pub mod weights;

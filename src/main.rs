@@ -45,6 +45,8 @@ enum Cmd {
     Sweep(SweepArgs),
     /// Choose thresholds under an accuracy-drop or FLOPs budget on a calibration split; write them.
     Calibrate(CalibrateArgs),
+    /// Check the CUDA backend against the CPU reference (ops, whole networks, real data); exit 1 on any failure.
+    GpuCheck,
     /// Write a seeded, randomly initialised network (optionally with random gates) to safetensors.
     Init(InitArgs),
 }
@@ -577,6 +579,27 @@ fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
         .collect()
 }
 
+fn gpu_check() -> Result<()> {
+    let data = std::env::var_os("DGATE_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"));
+    dgate_rt::backend::cuda::CudaBackend::new(Precision::F32).context("gpu-check needs a GPU")?;
+    let mut out = std::io::stdout();
+    let mut ok = true;
+    println!("== whole networks against the CPU backend");
+    ok &= dgate_rt::gpucheck::random_nets(&mut out, &dgate_rt::gpucheck::cuda_engine)?;
+    println!(
+        "== pretrained ResNet-56 on the CIFAR-10 test set ({})",
+        data.display()
+    );
+    ok &= dgate_rt::gpucheck::resnet56_real(&mut out, &data, &dgate_rt::gpucheck::cuda_engine)?;
+    if !ok {
+        bail!("gpu-check: some checks FAILED (see above)");
+    }
+    println!("gpu-check: all checks passed");
+    Ok(())
+}
+
 fn init(a: &InitArgs) -> Result<()> {
     let mut w = dgate_rt::zoo::random(&a.arch, a.seed)?;
     if let Some(g) = &a.gates {
@@ -686,6 +709,7 @@ fn main() {
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Init(a) => init(a),
+        Cmd::GpuCheck => gpu_check(),
         Cmd::TrainGates(a) => gate_cmds::train(a),
         Cmd::Sweep(a) => gate_cmds::sweep(a),
         Cmd::Calibrate(a) => gate_cmds::calibrate(a),
