@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One call on the borrowed GPU machine (no Rust toolchain there): correctness of the CUDA
+# backend against the CPU reference first, then dgate-rt's latency table and the PyTorch
+# peer on the same card in the same call. Build and stage here first:
+#
+#   cargo build --release && bash scripts/device-stage.sh      # copies data into .gpudata/
+#   (device) bash scripts/device-run.sh check|bench|all        # carry: target/release/dgate-rt, .gpudata
+#
+# Writes logs under $OUT (or target/device). Each phase has its own time limit so the
+# whole call ends inside the 10-minute command limit.
+set -uo pipefail
+MODE=${1:-all}
+OUT=${OUT:-target/device}
+mkdir -p "$OUT"
+BIN=${DGATE_BIN:-target/release/dgate-rt}
+export DGATE_DATA=${DGATE_DATA:-$PWD/.gpudata}
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
+
+{
+stamp "device"
+nvidia-smi -L
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+ls -la "$BIN" "$DGATE_DATA"
+
+if [ "$MODE" = check ] || [ "$MODE" = all ]; then
+  stamp "gpu-check (kernels, whole networks, real data)"
+  timeout ${CHECK_S:-200} "$BIN" gpu-check 2>&1 | tee "$OUT/gpu-check.log"
+  echo "gpu-check exit status: ${PIPESTATUS[0]}"
+fi
+
+if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
+  for arch in resnet101 densenet201; do
+    stamp "dgate-rt bench $arch"
+    timeout ${BENCH_S:-100} "$BIN" bench --random $arch --backend cuda --batch 1,64,256 --precision f32,f16 \
+      --exits 0.5,0.3 --warmup 5 --runs 30 2>&1 | tee "$OUT/bench-$arch.md"
+  done
+  for arch in resnet101 densenet201; do
+    "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors
+    stamp "PyTorch peer $arch (eager, CUDA graph, early exit)"
+    timeout ${PEER_S:-120} python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+      --device cuda --batch 1,64,256 --modes eager32,eager16,graph,exit32,exit16 --runs 30 \
+      --check-with "$BIN" --data "$DGATE_DATA/cifar10/test_batch.bin" 2>&1 | tee "$OUT/peer-$arch.log"
+  done
+  if [ "${COMPILE:-1}" = 1 ]; then
+    for arch in resnet101 densenet201; do
+      stamp "PyTorch peer $arch torch.compile"
+      timeout ${COMPILE_S:-150} python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+        --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
+        --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
+    done
+  fi
+fi
+stamp "done"
+} 2>&1 | tee "$OUT/device-run.log"
