@@ -187,7 +187,7 @@ unsafe fn opt_str<'a>(p: *const c_char, what: &str) -> std::result::Result<Optio
 }
 
 fn check_aligned<T>(p: *const T, what: &str) -> Outcome {
-    if (p as usize) % std::mem::align_of::<T>() != 0 {
+    if !p.is_aligned() {
         return Err(invalid(format!(
             "`{what}` ({p:p}) is not aligned for its element type"
         )));
@@ -512,7 +512,7 @@ impl Outputs {
         check_aligned(self.scores, "scores")?;
         if !self.logits.is_null() {
             check_aligned(self.logits, "logits")?;
-            let need = n.checked_mul(classes).unwrap_or(usize::MAX);
+            let need = n.saturating_mul(classes);
             if self.logits_len < need {
                 return Err(invalid(format!(
                     "logits_len is {} but {n} samples × {classes} classes need {need}",
@@ -661,4 +661,63 @@ pub unsafe extern "C" fn dgate_run_f32(
         };
         run_batch(engine, images, images_len, n, out, |e, x, n| e.run(x, n))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: dgate_last_error never returns NULL and the string lives until the next call.
+        unsafe { CStr::from_ptr(dgate_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_an_internal_status_with_its_message() {
+        let status = guard(|| panic!("boom in a test"));
+        assert_eq!(status, Status::Internal);
+        assert!(last_error().contains("boom in a test"), "{}", last_error());
+        assert_eq!(guard(|| Ok(())), Status::Ok);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn errors_map_to_statuses() {
+        let s = |e: Error| Fail::from(e).0;
+        assert_eq!(s(Error::Config("x".into())), Status::InvalidArgument);
+        assert_eq!(
+            s(Error::CudaUnavailable("x".into())),
+            Status::CudaUnavailable
+        );
+        assert_eq!(s(Error::Cuda("x".into())), Status::Backend);
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(s(Error::io("w.safetensors", io)), Status::Load);
+    }
+
+    #[test]
+    fn a_poisoned_engine_is_reported_not_reused() {
+        let model = crate::model::Model::from_weights(
+            &crate::zoo::random("resnet20", 0).expect("random resnet20"),
+        )
+        .expect("model");
+        let engine = Engine::new(model, BackendChoice::Cpu, Precision::F32).expect("engine");
+        let token = NEXT_TOKEN.fetch_add(16, Ordering::Relaxed);
+        let slot = Arc::new(Mutex::new(engine));
+        registry().insert(token, Arc::clone(&slot));
+        let h: *mut DgateEngine = std::ptr::without_provenance_mut(token);
+        let _ = std::thread::spawn(move || {
+            let _guard = slot.lock();
+            panic!("poison the engine");
+        })
+        .join();
+        let mut classes = 0;
+        assert_eq!(
+            unsafe { dgate_num_classes(h, &mut classes) },
+            Status::Internal
+        );
+        assert_eq!(unsafe { dgate_destroy(h) }, Status::Ok);
+        assert_eq!(unsafe { dgate_destroy(h) }, Status::InvalidHandle);
+    }
 }

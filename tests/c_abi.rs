@@ -34,24 +34,23 @@ fn tmp_dir() -> PathBuf {
     d
 }
 
-/// `target/<profile>`, where cargo put `libdgate_rt.so` next to this test's `deps/`.
+/// The directory holding the `libdgate_rt.so` built with this test. Cargo writes the
+/// cdylib into `target/<profile>/deps/` (next to this executable) on every test build, but
+/// copies it up to `target/<profile>/` only on `cargo build`, so `deps/` is the fresh one.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let lib = dir.join(format!(
+    let name = format!(
         "{}dgate_rt{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
-    ));
-    assert!(
-        lib.exists(),
-        "{} not found: the cdylib should be built with the tests",
-        lib.display()
     );
-    dir.to_path_buf()
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let found = [Some(deps), deps.parent()]
+        .into_iter()
+        .flatten()
+        .find(|d| d.join(&name).exists())
+        .map(Path::to_path_buf);
+    found.unwrap_or_else(|| panic!("{name} not found in or above {}", deps.display()))
 }
 
 /// The compiled C program, or `None` without a C compiler.
