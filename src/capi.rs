@@ -98,7 +98,8 @@ thread_local! {
 fn set_last_error(msg: &str) {
     // Interior NULs would truncate the message in C; show them instead.
     let msg = CString::new(msg.replace('\0', "\\0")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = msg);
+    // `try_with`: during thread teardown the slot may be gone; never panic out of here.
+    let _ = LAST_ERROR.try_with(|e| *e.borrow_mut() = msg);
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -234,7 +235,9 @@ pub extern "C" fn dgate_version() -> *const c_char {
 /// Never NULL; valid until the next `dgate_` call on this thread.
 #[no_mangle]
 pub extern "C" fn dgate_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR
+        .try_with(|e| e.borrow().as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// Loads a safetensors file and creates an engine. `backend` is `"auto"`, `"cpu"` or
