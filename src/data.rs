@@ -5,20 +5,26 @@ use std::path::Path;
 use crate::model::Normalize;
 use crate::{Error, Result};
 
+/// Bytes per record of a CIFAR-10 binary file: a label, then an image.
 pub const RECORD: usize = 1 + 3 * 32 * 32;
+/// Values per image: 3 channels (R, G, B planes) of 32×32.
 pub const IMAGE: usize = 3 * 32 * 32;
 
 /// Images as raw `u8` CHW planes plus labels, in file order.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
+    /// `len() × IMAGE` bytes: each image's R, G and B 32×32 planes, row-major.
     pub pixels: Vec<u8>,
+    /// One label `0..9` per image.
     pub labels: Vec<u8>,
 }
 
 impl Dataset {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// True when there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -37,6 +43,8 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Appends the records of a CIFAR-10 binary file held in memory (`name` is used in
+    /// errors), stopping when the data set holds `limit` images.
     pub fn append_cifar_bytes(
         &mut self,
         bytes: &[u8],

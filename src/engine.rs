@@ -1,4 +1,27 @@
-//! The engine: a loaded model on a chosen backend, reused across batches.
+//! The engine: a loaded [`Model`] on a chosen backend, reused across batches.
+//!
+//! An [`Engine`] owns its backend's state: activation buffers sized for the largest batch
+//! seen so far, repacked weights and, on CUDA, compiled kernels. Creating one is the
+//! expensive step; keep it and call [`Engine::run`] or [`Engine::run_u8`] once per batch.
+//!
+//! # Threads
+//!
+//! An engine is [`Send`] but not [`Sync`]: running mutates its buffers, so it needs
+//! `&mut self`. Use **one engine per thread**, or wrap a shared one in a
+//! [`std::sync::Mutex`]. Moving an engine to another thread is fine.
+//!
+//! ```
+//! use dgate_rt::{backend::Precision, engine::{BackendChoice, Engine}, model::Model};
+//!
+//! let model = Model::from_weights(&dgate_rt::zoo::random("resnet20", 0)?)?;
+//! let mut engine = Engine::new(model, BackendChoice::Cpu, Precision::F32)?;
+//! let pixels = vec![128u8; 2 * dgate_rt::data::IMAGE]; // two grey CIFAR-style images
+//! let results = std::thread::spawn(move || engine.run_u8(&pixels, 2))
+//!     .join()
+//!     .expect("worker thread")?;
+//! assert_eq!(results.len(), 2);
+//! # Ok::<(), dgate_rt::Error>(())
+//! ```
 
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend, Precision};
 use crate::data::{normalize_u8, IMAGE};
@@ -9,13 +32,17 @@ use crate::{Error, Result};
 /// Which backend to run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendChoice {
-    /// CUDA when a driver, NVRTC and a GPU are present, else the CPU.
+    /// CUDA when a driver, NVRTC and a GPU are present, else the CPU; the reason for a
+    /// fallback is kept in [`Engine::fallback_notice`].
     Auto,
+    /// The CPU reference backend (f32 only).
     Cpu,
+    /// The CUDA backend; an error ([`Error::CudaUnavailable`]) when it cannot start.
     Cuda,
 }
 
 impl BackendChoice {
+    /// Parses `auto`, `cpu` or `cuda`; anything else is `None`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "auto" => Some(BackendChoice::Auto),
@@ -26,7 +53,10 @@ impl BackendChoice {
     }
 }
 
+/// A model on a backend, ready to classify batches. See the [module docs](self) for
+/// threading.
 pub struct Engine {
+    /// The loaded model; its plan carries the current gate thresholds.
     pub model: Model,
     backend: Box<dyn Backend>,
     /// Set when `Auto` fell back to the CPU: why.
@@ -34,6 +64,9 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Puts `model` on a backend. Fails with [`Error::Config`] for f16 on the CPU and
+    /// with [`Error::CudaUnavailable`] when `Cuda` is asked for and cannot start; `Auto`
+    /// never fails for want of a GPU.
     pub fn new(model: Model, choice: BackendChoice, precision: Precision) -> Result<Engine> {
         let (backend, fallback_notice): (Box<dyn Backend>, _) = match choice {
             BackendChoice::Cpu => {
@@ -60,23 +93,61 @@ impl Engine {
         })
     }
 
+    /// The backend actually in use, e.g. `cpu (2 threads)`.
     pub fn backend_name(&self) -> String {
         self.backend.name()
     }
 
-    /// Sets one threshold per gate (`inf`: never exit, `-inf`: always exit).
+    /// Number of classes the model predicts (length of each result's logits when it
+    /// runs through the head).
+    pub fn num_classes(&self) -> usize {
+        self.model.plan.classes
+    }
+
+    /// Number of decision gates, in network order; results' [`SampleResult::exit`]
+    /// indexes them from 0.
+    pub fn num_gates(&self) -> usize {
+        self.model.plan.gates.len()
+    }
+
+    /// The current threshold of each gate.
+    pub fn thresholds(&self) -> Vec<f32> {
+        self.model.plan.gates.iter().map(|g| g.threshold).collect()
+    }
+
+    /// Sets one threshold per gate (`inf`: never exit, `-inf`: always exit). A sample
+    /// leaves at the first gate whose confidence is at least its threshold. Fails with
+    /// [`Error::Config`] on a wrong count or a NaN, leaving the thresholds unchanged.
     pub fn set_thresholds(&mut self, t: &[f32]) -> Result<()> {
+        if t.iter().any(|v| v.is_nan()) {
+            return Err(Error::Config("a threshold is NaN".into()));
+        }
         self.model.plan.set_thresholds(t)
     }
 
-    /// Runs normalised `n × 3 × 32 × 32` f32 images; one result per input, in order.
+    /// Runs `n` normalised images: `images` is `n × 3 × 32 × 32` f32 in NCHW order,
+    /// RGB, normalised as [`Model::normalize`] says (see [`normalize_u8`]).
+    ///
+    /// Returns exactly `n` results, result `i` for image `i`, whichever gate each left at.
+    /// `n = 0` returns an empty vector. A wrong `images` length is [`Error::Input`].
     pub fn run(&mut self, images: &[f32], n: usize) -> Result<Vec<SampleResult>> {
+        if n.checked_mul(IMAGE) != Some(images.len()) {
+            return Err(Error::Input(format!(
+                "expected {n} images of 3×32×32 floats, got {} floats",
+                images.len()
+            )));
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         self.backend.run(&self.model.plan, images, n)
     }
 
-    /// Runs raw CIFAR-style `n × 3 × 32 × 32` u8 planes with the model's normalisation.
+    /// Runs `n` raw CIFAR-style images: `pixels` is `n × 3 × 32 × 32` bytes, each image
+    /// its red, green and blue 32×32 planes, row-major (the CIFAR-10 binary layout less
+    /// the label byte). The model's normalisation is applied; otherwise as [`Engine::run`].
     pub fn run_u8(&mut self, pixels: &[u8], n: usize) -> Result<Vec<SampleResult>> {
-        if pixels.len() != n * IMAGE {
+        if n.checked_mul(IMAGE) != Some(pixels.len()) {
             return Err(Error::Input(format!(
                 "expected {n} images of {IMAGE} bytes, got {} bytes",
                 pixels.len()
@@ -90,6 +161,7 @@ impl Engine {
 /// What a run amounted to: accuracy, exits, FLOPs.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Summary {
+    /// Number of inputs.
     pub images: usize,
     /// Correct predictions, when labels are known.
     pub correct: Option<usize>,
@@ -99,11 +171,15 @@ pub struct Summary {
     pub exit_fraction: Vec<f64>,
     /// Fraction that ran through the head.
     pub head_fraction: f64,
+    /// Mean GFLOPs spent per input, gates included.
     pub avg_gflops: f64,
+    /// GFLOPs of one pass through the whole backbone without gates.
     pub full_gflops: f64,
 }
 
 impl Summary {
+    /// Summarises `results` (one per input, as [`Engine::run`] returns them) of `plan`;
+    /// `labels`, when given, are the true classes in input order.
     pub fn new(
         plan: &crate::plan::Plan,
         results: &[SampleResult],

@@ -21,7 +21,9 @@ use crate::{Error, Result};
 /// Per-channel input normalisation on the 0..1 pixel scale: `x = (p/255 − mean)/std`.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Normalize {
+    /// Per-channel mean (R, G, B) on the 0..1 scale.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation (R, G, B) on the 0..1 scale; positive.
     pub std: [f32; 3],
 }
 
@@ -31,22 +33,44 @@ pub const CIFAR10_NORMALIZE: Normalize = Normalize {
     std: [0.2470, 0.2435, 0.2616],
 };
 
+/// A network ready to run: its [`Plan`] (stages, gates, head, FLOPs), the input
+/// normalisation it expects, and where it came from.
+///
+/// ```
+/// let model = dgate_rt::model::Model::from_weights(&dgate_rt::zoo::random("resnet20", 0)?)?;
+/// assert_eq!(model.plan.classes, 10);
+/// assert_eq!(model.plan.stages.len(), 3);
+/// # Ok::<(), dgate_rt::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Model {
+    /// The lowered network; gate thresholds live in `plan.gates[k].threshold`.
     pub plan: Plan,
+    /// Input normalisation: from the file's metadata, else CIFAR-10 statistics.
     pub normalize: Normalize,
     /// Where the normalisation came from (`metadata`, `default`, `flag`, ...).
     pub normalize_source: String,
     /// Backbone parameters (gates excluded), as PyTorch counts them.
     pub params: u64,
+    /// Where the weights came from (a path, or the name given to [`Model::from_bytes`]).
     pub file: String,
 }
 
 impl Model {
+    /// Loads a safetensors file and infers its architecture. Errors name the file and,
+    /// where one is at fault, the tensor.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Model> {
         Model::from_weights(&Weights::load(path)?)
     }
 
+    /// Like [`Model::load`], from a safetensors image already in memory; `name` stands
+    /// for the file in error messages.
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Model> {
+        Model::from_weights(&Weights::from_bytes(bytes, name)?)
+    }
+
+    /// Infers the architecture of parsed weights (see the [module docs](self)), folds
+    /// batch norm and attaches any gates (`gates.K.*` with their metadata).
     pub fn from_weights(w: &Weights) -> Result<Model> {
         let eps = match w.metadata.get("bn_eps") {
             Some(s) => s.trim().parse::<f32>().map_err(|_| Error::Architecture {

@@ -13,13 +13,17 @@
 
 use serde::Serialize;
 
+/// Index of a buffer in [`Plan::buffers`].
 pub type BufId = usize;
 
 /// Per-sample shape of an activation buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Buffer {
+    /// Channels per sample.
     pub channels: usize,
+    /// Height in pixels.
     pub h: usize,
+    /// Width in pixels.
     pub w: usize,
 }
 
@@ -27,8 +31,11 @@ pub struct Buffer {
 /// use windows of one block buffer so that concatenation needs no copy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
+    /// The buffer viewed.
     pub buf: BufId,
+    /// First channel of the window.
     pub offset: usize,
+    /// Number of channels in the window.
     pub channels: usize,
 }
 
@@ -38,67 +45,101 @@ pub struct View {
 /// Zero padding of a convolution is applied after this transform, as in PyTorch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreAct {
+    /// Per input channel.
     pub scale: Vec<f32>,
+    /// Per input channel.
     pub shift: Vec<f32>,
+    /// Whether a ReLU follows the affine transform.
     pub relu: bool,
 }
 
 /// `output = act(conv(pre(input)) + bias + residual)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv {
+    /// Channels read.
     pub input: View,
+    /// Channels written.
     pub output: View,
+    /// Input height.
     pub in_h: usize,
+    /// Input width.
     pub in_w: usize,
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
+    /// Square kernel size (1 or 3).
     pub kernel: usize,
+    /// Stride in both directions.
     pub stride: usize,
+    /// Zero padding on every side.
     pub pad: usize,
     /// `[output.channels][input.channels][kernel][kernel]`, batch norm folded in.
     pub weight: Vec<f32>,
     /// `[output.channels]`.
     pub bias: Vec<f32>,
+    /// Transform applied to the input as it is read.
     pub pre: Option<PreAct>,
     /// Same shape as the output; added before the ReLU.
     pub residual: Option<View>,
+    /// Whether a ReLU is applied to the output.
     pub relu: bool,
 }
 
+/// One step of a stage.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
+    /// A convolution with its fused epilogue.
     Conv(Conv),
     /// He et al.'s option-A shortcut: `out[c + pad_before][y][x] = in[c][s·y][s·x]`,
     /// every other output channel zero. `output.channels = input.channels + 2·pad_before`.
     ShortcutA {
+        /// Channels read.
         input: View,
+        /// Channels written.
         output: View,
+        /// Input height.
         in_h: usize,
+        /// Input width.
         in_w: usize,
+        /// Subsampling step `s`.
         stride: usize,
+        /// Zero channels before (and after) the copied ones.
         pad_before: usize,
     },
     /// 2×2 average pool, stride 2, of `pre(input)`.
     AvgPool2 {
+        /// Channels read.
         input: View,
+        /// Channels written.
         output: View,
+        /// Input height (output is half).
         in_h: usize,
+        /// Input width (output is half).
         in_w: usize,
+        /// Transform applied to the input as it is read.
         pre: Option<PreAct>,
     },
 }
 
+/// A run of ops between two points where a gate may sit (a ResNet layer, a DenseNet
+/// block with its transition).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Stage {
+    /// E.g. `layer2` or `dense1+trans1`.
     pub name: String,
+    /// Executed in order.
     pub ops: Vec<Op>,
     /// What the next stage (and a gate placed here) reads.
     pub output: View,
+    /// Output height.
     pub out_h: usize,
+    /// Output width.
     pub out_w: usize,
     /// FLOPs of this stage per sample, counted as PyTorch hooks count the model's
     /// definition (2 × MACs of convs), not as the plan happens to execute it.
     pub flops: u64,
+    /// Parameters of this stage, as PyTorch counts them.
     pub params: u64,
 }
 
@@ -113,6 +154,7 @@ pub enum ExitRule {
 }
 
 impl ExitRule {
+    /// Parses `hinge` or `ce`.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "hinge" => Some(ExitRule::Hinge),
@@ -120,6 +162,7 @@ impl ExitRule {
             _ => None,
         }
     }
+    /// `hinge` or `ce`, as in the `gate_loss` metadata.
     pub fn as_str(self) -> &'static str {
         match self {
             ExitRule::Hinge => "hinge",
@@ -132,18 +175,26 @@ impl ExitRule {
 /// confidence (see [`ExitRule`]) is at least `threshold`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gate {
+    /// Index (0-based) of the stage whose output the gate reads.
     pub after_stage: usize,
+    /// That stage's output.
     pub input: View,
+    /// Height of the input.
     pub h: usize,
+    /// Width of the input.
     pub w: usize,
     /// `[classes][input.channels]`.
     pub weight: Vec<f32>,
+    /// `[classes]`.
     pub bias: Vec<f32>,
+    /// Exit when the confidence is at least this (`inf`: never, `-inf`: always).
     pub threshold: f32,
+    /// How scores become a confidence.
     pub rule: ExitRule,
 }
 
 impl Gate {
+    /// FLOPs of scoring one sample (the linear layer; pooling is not counted).
     pub fn flops(&self) -> u64 {
         2 * self.weight.len() as u64
     }
@@ -152,29 +203,40 @@ impl Gate {
 /// Classifier: `pre` (optional), global average pool, linear.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Head {
+    /// The last stage's output.
     pub input: View,
+    /// Height of the input.
     pub h: usize,
+    /// Width of the input.
     pub w: usize,
+    /// Transform before pooling (DenseNet's final BN-ReLU).
     pub pre: Option<PreAct>,
     /// `[classes][input.channels]`.
     pub weight: Vec<f32>,
+    /// `[classes]`.
     pub bias: Vec<f32>,
 }
 
+/// A whole network, lowered: see the [module docs](self).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
+    /// Human-readable architecture, e.g. `ResNet-20 (BasicBlock, 3 stages, 16-ch stem)`.
     pub arch: String,
+    /// Number of output classes.
     pub classes: usize,
+    /// Per-sample activation buffers the ops read and write.
     pub buffers: Vec<Buffer>,
     /// Receives the normalised `3 × 32 × 32` image.
     pub input: View,
     pub stages: Vec<Stage>,
     /// In network order; at most one gate per stage, never after the last stage.
     pub gates: Vec<Gate>,
+    /// The classifier after the last stage.
     pub head: Head,
 }
 
 impl Plan {
+    /// FLOPs of the classifier, per sample.
     pub fn head_flops(&self) -> u64 {
         2 * self.head.weight.len() as u64
     }
@@ -202,6 +264,7 @@ impl Plan {
         self.gates.iter().position(|g| g.after_stage == stage)
     }
 
+    /// Sets one threshold per gate; a wrong count or a NaN is [`crate::Error::Config`].
     pub fn set_thresholds(&mut self, t: &[f32]) -> crate::Result<()> {
         if t.len() != self.gates.len() {
             return Err(crate::Error::Config(format!(
@@ -223,6 +286,7 @@ impl Plan {
 /// One input's outcome. Results are always returned in input order.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct SampleResult {
+    /// Predicted class, `0..classes`.
     pub class: usize,
     /// Gate index the sample left at; `None` when it ran through the head.
     pub exit: Option<usize>,

@@ -11,9 +11,12 @@ use safetensors::tensor::{Dtype, TensorView};
 
 use crate::{Error, Result};
 
+/// A float tensor converted to f32.
 #[derive(Clone, Debug)]
 pub struct Tensor {
+    /// Dimensions, outermost first (PyTorch order).
     pub shape: Vec<usize>,
+    /// Row-major values, all finite.
     pub data: Vec<f32>,
 }
 
@@ -25,11 +28,14 @@ struct RawTensor {
     bytes: Vec<u8>,
 }
 
+/// The tensors and metadata of one safetensors file.
 #[derive(Clone, Debug)]
 pub struct Weights {
     /// Where the tensors came from, for error messages.
     pub file: String,
+    /// Float tensors by name (leading `module.` stripped).
     pub tensors: HashMap<String, Tensor>,
+    /// The header's `__metadata__` (e.g. `normalize_mean`, `gate_after`, `thresholds`).
     pub metadata: BTreeMap<String, String>,
     raw: BTreeMap<String, RawTensor>,
 }
@@ -87,6 +93,7 @@ impl Weights {
         }
     }
 
+    /// Reads and parses a safetensors file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -139,6 +146,7 @@ impl Weights {
         })
     }
 
+    /// Whether a float tensor `name` exists.
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
@@ -151,6 +159,7 @@ impl Weights {
         }
     }
 
+    /// The tensor `name`, or an error naming it.
     pub fn get(&self, name: &str) -> Result<&Tensor> {
         self.tensors
             .get(name)
@@ -219,6 +228,7 @@ impl Weights {
         })
     }
 
+    /// Writes [`Weights::to_bytes`] to `path`.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = self.to_bytes()?;
