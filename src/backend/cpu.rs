@@ -441,8 +441,15 @@ fn im2col_row(src: &[f32], n: usize, c: &Conv, s0: usize, m: usize, r: usize, ro
                 continue;
             }
             let line = &plane[y as usize * iw..(y as usize + 1) * iw];
-            if st == 1 && kx == 0 && pad == 0 {
-                d.copy_from_slice(&line[..ow]);
+            if st == 1 {
+                // Output columns whose input column x = ox + kx − pad is inside the row:
+                // one bulk copy, zeros on either side.
+                let lo = (pad - kx).clamp(0, ow as isize) as usize;
+                let hi = (iw as isize + pad - kx).clamp(lo as isize, ow as isize) as usize;
+                d[..lo].fill(0.0);
+                let x0 = (lo as isize + kx - pad) as usize;
+                d[lo..hi].copy_from_slice(&line[x0..x0 + (hi - lo)]);
+                d[hi..].fill(0.0);
                 continue;
             }
             for (ox, v) in d.iter_mut().enumerate() {
