@@ -1,4 +1,7 @@
-//! CUDA backend (placeholder until the NVRTC kernels land).
+//! CUDA backend (in progress).
+pub mod kernels;
+pub mod params;
+pub use kernels::{compile_all_for_arch, KernelFile};
 
 use crate::backend::{Backend, Precision};
 use crate::plan::{Plan, SampleResult};
@@ -8,7 +11,9 @@ pub struct CudaBackend;
 
 impl CudaBackend {
     pub fn new(_precision: Precision) -> Result<Self> {
-        Err(Error::CudaUnavailable("the CUDA backend is not built yet".into()))
+        Err(Error::CudaUnavailable(
+            "the CUDA backend is not built yet".into(),
+        ))
     }
 }
 
@@ -17,6 +22,8 @@ impl Backend for CudaBackend {
         "cuda".into()
     }
     fn run(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Vec<SampleResult>> {
-        Err(Error::CudaUnavailable("the CUDA backend is not built yet".into()))
+        Err(Error::CudaUnavailable(
+            "the CUDA backend is not built yet".into(),
+        ))
     }
 }

@@ -1,0 +1,274 @@
+// conv.cu: 2-D convolution as an implicit GEMM, with a fused epilogue.
+//
+// GEMM view (as in CUTLASS): M = live samples * P * Q output pixels, N = K output
+// channels, reduction K = R * R * C, ordered (r, s, c) so that consecutive reduction
+// indices are consecutive channels of one NHWC pixel (coalesced loads). The A tile
+// (pixels x reduction) is gathered from the input view on the fly: each row's
+// (sample, y0, x0) and each column's (r, s, c) are decoded once per tile into shared
+// tables. The optional pre-activation `relu?(x*scale[c]+shift[c])` is applied as A is
+// loaded, and zero padding after it (PyTorch's order). B is the weight, repacked on
+// the host to [R*R*C][ldw] with output channels contiguous. Epilogue:
+// `out = relu?(acc + bias[k] + residual)`, written into the output view.
+//
+// Variants:
+//   conv_simt_{f32,f16}: 64x64x16 tile, 256 threads, each thread a 4x4 block of
+//       outputs in f32 registers. f16 loads half and converts; the reference path.
+//   conv_mma_f16: 64x64x32 tile, 128 threads = 4 warps in 2x2, each warp 32x32 as
+//       2x4 tensor-core mma.sync m16n8k16 tiles (f16 inputs, f32 accumulation), issued
+//       as inline PTX so that no CUDA header beyond cuda_fp16.h is needed (the NVRTC
+//       wheels lack mma.h's crt/ part). Operands staged in shared memory as f16 bits,
+//       A as [pixel][k], B as [out channel][k] (both k-contiguous, as the fragments
+//       want pairs of consecutive k); the epilogue writes from the accumulators.
+// Both handle any C, K, H, W, stride, padding (every load and store is bounds checked);
+// blocks whose first pixel belongs to a sample past `*count` return at once.
+#include "common.cuh"
+
+#define SIMT_BM 64
+#define SIMT_BN 64
+#define SIMT_BK 16
+#define SIMT_THREADS 256
+
+#define MMA_BM 64
+#define MMA_BN 64
+#define MMA_BK 32
+#define MMA_THREADS 128
+
+// Decodes output pixel `m` into the input pixel base of its sample and the top-left
+// input coordinate of its receptive field; base = -1 marks a row past the batch.
+__device__ __forceinline__ void conv_row_info(const ConvParams& p, int m, int M, int* base, int* y0, int* x0) {
+    if (m >= M) {
+        *base = -1;
+        *y0 = 0;
+        *x0 = 0;
+        return;
+    }
+    const int pq = p.P * p.Q;
+    const int n = m / pq;
+    const int rem = m - n * pq;
+    const int pp = rem / p.Q;
+    const int q = rem - pp * p.Q;
+    *base = n * p.H * p.W;
+    *y0 = pp * p.stride - p.pad;
+    *x0 = q * p.stride - p.pad;
+}
+
+// Decodes reduction index `kd` into (r, s, c); c = -1 marks a column past K.
+__device__ __forceinline__ void conv_k_info(const ConvParams& p, int kd, int Kd, int* c, int* r, int* s) {
+    if (kd >= Kd) {
+        *c = -1;
+        *r = 0;
+        *s = 0;
+        return;
+    }
+    const int rs = kd / p.C;
+    *c = kd - rs * p.C;
+    *r = rs / p.R;
+    *s = rs - *r * p.R;
+}
+
+template <typename T>
+__device__ __forceinline__ float conv_load_a(const ConvParams& p, const T* in, int base, int y0, int x0, int c, int r,
+                                             int s) {
+    if (base < 0 || c < 0) return 0.0f;
+    const int y = y0 + r;
+    const int x = x0 + s;
+    if (y < 0 || y >= p.H || x < 0 || x >= p.W) return 0.0f;
+    const float v = to_f32(in[(size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c]);
+    return pre_act(v, p.pre_scale, p.pre_shift, p.pre_relu, c);
+}
+
+template <typename T>
+__device__ __forceinline__ void conv_store(const ConvParams& p, int m, int k, float v) {
+    v += p.bias[k];
+    if (p.residual != nullptr) {
+        v += to_f32(((const T*)p.residual)[(size_t)m * p.res_stride + p.res_off + k]);
+    }
+    if (p.relu) v = fmaxf(v, 0.0f);
+    ((T*)p.out)[(size_t)m * p.out_stride + p.out_off + k] = from_f32<T>(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void conv_simt(const ConvParams& p) {
+    __shared__ float As[SIMT_BK][SIMT_BM + 4];
+    __shared__ float Bs[SIMT_BK][SIMT_BN + 4];
+    __shared__ int rbase[SIMT_BM], ry0[SIMT_BM], rx0[SIMT_BM];
+    __shared__ int kc[SIMT_BK], kr[SIMT_BK], ks[SIMT_BK];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * SIMT_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * SIMT_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int tid = threadIdx.x;
+    const T* in = (const T*)p.in;
+    const T* w = (const T*)p.weight;
+
+    if (tid < SIMT_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+
+    const int ty = tid / 16;
+    const int tx = tid % 16;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < Kd; k0 += SIMT_BK) {
+        if (tid < SIMT_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < SIMT_BM * SIMT_BK / SIMT_THREADS; ++i) {
+            const int e = tid + i * SIMT_THREADS;
+            const int row = e / SIMT_BK;
+            const int col = e % SIMT_BK;
+            As[col][row] = conv_load_a(p, in, rbase[row], ry0[row], rx0[row], kc[col], kr[col], ks[col]);
+        }
+#pragma unroll
+        for (int i = 0; i < SIMT_BK * SIMT_BN / SIMT_THREADS; ++i) {
+            const int e = tid + i * SIMT_THREADS;
+            const int row = e / SIMT_BN;
+            const int col = e % SIMT_BN;
+            const int kd = k0 + row;
+            const int k = n0 + col;
+            Bs[row][col] = (kd < Kd && k < p.K) ? to_f32(w[(size_t)kd * p.ldw + k]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < SIMT_BK; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = n0 + tx * 4 + j;
+            if (k < p.K) conv_store<T>(p, m, k, acc[i][j]);
+        }
+    }
+}
+
+// One m16n8k16 tensor-core MMA, f16 inputs, f32 accumulators (PTX ISA fragment
+// layout: g = lane / 4, t = lane % 4; A regs hold rows g / g+8, cols 2t.. and 2t+8..;
+// B regs hold k = 2t.. and 2t+8.. of column g; D holds (g, 2t..2t+1), (g+8, 2t..2t+1)).
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ unsigned ld_pair(const unsigned short* p) { return *(const unsigned*)p; }
+
+__device__ __forceinline__ void conv_mma(const ConvParams& p) {
+    // Rows padded by 8 halves (16 bytes): the fragment loads of a warp (8 rows x 4
+    // words) then hit 32 distinct banks.
+    constexpr int LDS = MMA_BK + 8;
+    __shared__ __align__(16) unsigned short As[MMA_BM * LDS];  // [pixel][k], f16 bits
+    __shared__ __align__(16) unsigned short Bs[MMA_BN * LDS];  // [out channel][k]
+    __shared__ int rbase[MMA_BM], ry0[MMA_BM], rx0[MMA_BM];
+    __shared__ int kc[MMA_BK], kr[MMA_BK], ks[MMA_BK];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * MMA_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * MMA_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 2) * 32;
+    const int wn = (warp % 2) * 32;
+    const __half* in = (const __half*)p.in;
+    const unsigned short* w = (const unsigned short*)p.weight;
+
+    if (tid < MMA_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    for (int k0 = 0; k0 < Kd; k0 += MMA_BK) {
+        if (tid < MMA_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < MMA_BM * MMA_BK / MMA_THREADS; ++i) {
+            const int e = tid + i * MMA_THREADS;
+            const int row = e / MMA_BK;
+            const int col = e % MMA_BK;
+            const float v = conv_load_a(p, in, rbase[row], ry0[row], rx0[row], kc[col], kr[col], ks[col]);
+            As[row * LDS + col] = __half_as_ushort(__float2half_rn(v));
+        }
+#pragma unroll
+        for (int i = 0; i < MMA_BK * MMA_BN / MMA_THREADS; ++i) {
+            const int e = tid + i * MMA_THREADS;
+            const int n = e % MMA_BN;
+            const int k = e / MMA_BN;
+            const int kd = k0 + k;
+            const int oc = n0 + n;
+            Bs[n * LDS + k] = (kd < Kd && oc < p.K) ? w[(size_t)kd * p.ldw + oc] : (unsigned short)0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const unsigned short* r0 = As + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(r0);
+                a[mt][1] = ld_pair(r0 + 8 * LDS);
+                a[mt][2] = ld_pair(r0 + 8);
+                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* c0 = Bs + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(c0);
+                b[nt][1] = ld_pair(c0 + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = m0 + wm + mt * 16 + g + half * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k < p.K) conv_store<__half>(p, m, k, acc[mt][nt][half * 2]);
+                if (k + 1 < p.K) conv_store<__half>(p, m, k + 1, acc[mt][nt][half * 2 + 1]);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(SIMT_THREADS) conv_simt_f32(ConvParams p) { conv_simt<float>(p); }
+extern "C" __global__ void __launch_bounds__(SIMT_THREADS) conv_simt_f16(ConvParams p) { conv_simt<__half>(p); }
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) conv_mma_f16(ConvParams p) { conv_mma(p); }
