@@ -1,29 +1,308 @@
-//! CUDA backend (in progress).
+//! CUDA backend: hand-written kernels (`kernels/*.cu`) compiled at run time by NVRTC
+//! for the device's architecture, NHWC activations, f32 or f16 storage with f32
+//! accumulation (tensor cores for f16 convolutions).
+//!
+//! A forward pass never returns to the host between stages: the gate kernel decides
+//! per sample and writes exiting samples' results straight to their input positions,
+//! the compaction kernels pack survivors into a dense batch whose size stays in device
+//! memory, and later kernels read that size and let blocks past it return at once.
+//! The pass is therefore one fixed launch sequence per batch size, captured once into
+//! a CUDA graph and replayed (set `DGATE_CUDA_GRAPHS=0` to launch kernel by kernel).
+//!
+//! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
+//! `common.cuh`), `device` (context, stream, memory), `exec` (a plan made resident,
+//! the launch sequence), [`selfcheck`] (every op against a CPU reference, timings).
+
+mod device;
+mod exec;
 pub mod kernels;
 pub mod params;
+pub mod selfcheck;
+
 pub use kernels::{compile_all_for_arch, KernelFile};
 
-use crate::backend::{Backend, Precision};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+
+use crate::backend::{check_batch, Backend, Precision};
 use crate::plan::{Plan, SampleResult};
 use crate::{Error, Result};
+use device::Device;
+use exec::Prepared;
 
-pub struct CudaBackend;
+/// Whether a CUDA device, its driver and NVRTC are usable here; the reason if not.
+/// Never panics.
+pub fn available() -> Result<()> {
+    device::probe()
+}
+
+/// A short description of device 0 for reports, e.g. `NVIDIA H200 (sm_90, 139 GiB)`.
+pub fn device_name() -> Result<String> {
+    device::probe()?;
+    let ctx =
+        cudarc::driver::CudaContext::new(0).map_err(|e| Error::CudaUnavailable(format!("{e}")))?;
+    let name = ctx.name().map_err(|e| Error::Cuda(format!("{e}")))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Cuda(format!("{e}")))?;
+    let mem = ctx.total_mem().map_err(|e| Error::Cuda(format!("{e}")))?;
+    let nvrtc = kernels::nvrtc_version()
+        .map(|(a, b)| format!(", NVRTC {a}.{b}"))
+        .unwrap_or_default();
+    Ok(format!(
+        "{name} (sm_{major}{minor}, {:.0} GiB{nvrtc})",
+        mem as f64 / (1u64 << 30) as f64
+    ))
+}
+
+pub struct CudaBackend {
+    dev: Device,
+    conv_kernel: String,
+    use_graphs: bool,
+    prepared: Option<Prepared>,
+}
 
 impl CudaBackend {
-    pub fn new(_precision: Precision) -> Result<Self> {
-        Err(Error::CudaUnavailable(
-            "the CUDA backend is not built yet".into(),
-        ))
+    /// Opens device 0 and compiles (once per process and architecture) every kernel.
+    /// `Err(Error::CudaUnavailable)` without a driver, NVRTC or GPU; never panics.
+    pub fn new(precision: Precision) -> Result<Self> {
+        let dev = Device::new(precision)?;
+        let conv_kernel = match precision {
+            Precision::F32 => "conv_simt_f32".to_string(),
+            Precision::F16 => match std::env::var("DGATE_CONV_F16").as_deref() {
+                Ok("simt") => "conv_simt_f16".to_string(),
+                _ => "conv_mma_f16".to_string(),
+            },
+        };
+        let use_graphs = std::env::var("DGATE_CUDA_GRAPHS").as_deref() != Ok("0");
+        Ok(CudaBackend {
+            dev,
+            conv_kernel,
+            use_graphs,
+            prepared: None,
+        })
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.dev.precision
+    }
+
+    /// The convolution kernel in use (`conv_simt_f32`, `conv_mma_f16`, `conv_simt_f16`).
+    pub fn conv_kernel(&self) -> &str {
+        &self.conv_kernel
+    }
+
+    /// Chooses the convolution kernel (must match the precision's dtype suffix).
+    pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
+        self.dev.function(name)?;
+        if !name.ends_with(self.dev.dtype()) {
+            return Err(Error::Config(format!(
+                "{name} does not match precision {}",
+                self.dev.dtype()
+            )));
+        }
+        self.conv_kernel = name.to_string();
+        if let Some(p) = self.prepared.as_mut() {
+            p.graphs.clear();
+        }
+        Ok(())
+    }
+
+    /// Turns CUDA-graph capture and replay on or off (on by default).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+    }
+
+    /// Uploads `plan`'s weights and allocates buffers for batches up to `max_batch`,
+    /// replacing whatever plan was resident. `run` does this on its own when it sees a
+    /// different plan (or a larger batch); call it to control when the upload happens
+    /// or after changing weights in place.
+    pub fn prepare(&mut self, plan: &Plan, max_batch: usize) -> Result<()> {
+        self.prepared = None;
+        self.prepared = Some(Prepared::new(&self.dev, plan, max_batch.max(1))?);
+        Ok(())
+    }
+
+    fn ensure_prepared(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        let key = exec::plan_key(plan);
+        let ok = match &self.prepared {
+            Some(p) => p.key == key && p.capacity >= n,
+            None => false,
+        };
+        if !ok {
+            let cap = self
+                .prepared
+                .as_ref()
+                .filter(|p| p.key == key)
+                .map_or(n, |p| p.capacity.max(n));
+            self.prepare(plan, cap)?;
+        }
+        let decisions = exec::decisions(plan);
+        if let Some(p) = self.prepared.as_mut() {
+            if p.decisions != decisions {
+                // Thresholds are baked into captured graphs.
+                p.graphs.clear();
+                p.decisions = decisions;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues one forward pass (images already staged): replays the graph for `n`,
+    /// capturing it first if needed, or launches kernel by kernel.
+    fn launch_pass(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        let use_graphs = self.use_graphs;
+        let conv = self.conv_kernel.clone();
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        if !use_graphs {
+            return prep.enqueue(dev, plan, n, &conv);
+        }
+        if !prep.graphs.contains_key(&n) {
+            dev.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
+            let enq = prep.enqueue(dev, plan, n, &conv);
+            let graph = dev
+                .stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
+            enq?;
+            let graph =
+                graph?.ok_or_else(|| Error::Cuda("graph capture produced nothing".into()))?;
+            prep.graphs.insert(n, graph);
+        }
+        match prep.graphs.get(&n) {
+            Some(g) => g
+                .launch()
+                .map_err(|e| Error::Cuda(format!("graph launch: {e}"))),
+            None => Err(Error::Cuda("graph missing".into())),
+        }
+    }
+
+    /// Stages `images` (n × 3 × 32 × 32, NCHW) for the next pass.
+    fn stage_images(&mut self, images: &[f32], n: usize) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        dev.upload_bytes(&mut prep.staging, bytemuck::cast_slice(images))?;
+        prep.clear_results(dev, n)
+    }
+
+    /// Runs `iters` passes on the staged batch and returns the median milliseconds per
+    /// pass, timed with CUDA events (for benchmarks; results are left on the device).
+    pub fn time_passes(
+        &mut self,
+        plan: &Plan,
+        images: &[f32],
+        n: usize,
+        iters: usize,
+    ) -> Result<f64> {
+        check_batch(images, n)?;
+        self.ensure_prepared(plan, n)?;
+        self.stage_images(images, n)?;
+        self.launch_pass(plan, n)?; // warm-up, and capture
+        self.dev.sync()?;
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let start = self
+                .dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            let end = self
+                .dev
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            start
+                .record(&self.dev.stream)
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            self.launch_pass(plan, n)?;
+            end.record(&self.dev.stream)
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            end.synchronize()
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            times.push(ms as f64);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+
+    // --- single-op access for the self-check ---
+
+    pub(crate) fn op_test_prepare(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        self.prepare(plan, n)?;
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.set_live(dev, n)
+    }
+
+    pub(crate) fn op_test_write(
+        &mut self,
+        plan: &Plan,
+        buf: usize,
+        nchw: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.write_buffer(dev, plan, buf, nchw, n)
+    }
+
+    pub(crate) fn op_test_run_stage(&mut self, plan: &Plan, stage: usize, n: usize) -> Result<()> {
+        let conv = self.conv_kernel.clone();
+        let dev = &self.dev;
+        let prep = self.prepared_mut_ref()?;
+        prep.enqueue_stage(dev, plan, stage, 0, n, &conv)?;
+        dev.sync()
+    }
+
+    pub(crate) fn op_test_read(&mut self, plan: &Plan, buf: usize, n: usize) -> Result<Vec<f32>> {
+        let dev = &self.dev;
+        let prep = self.prepared_mut_ref()?;
+        prep.read_buffer(dev, plan, buf, n)
+    }
+
+    fn prepared_mut_ref(&self) -> Result<&Prepared> {
+        self.prepared
+            .as_ref()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))
     }
 }
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        "cuda".into()
+        format!(
+            "cuda ({}, {}, {})",
+            self.dev.name,
+            self.dev.arch,
+            self.dev.dtype()
+        )
     }
-    fn run(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Vec<SampleResult>> {
-        Err(Error::CudaUnavailable(
-            "the CUDA backend is not built yet".into(),
-        ))
+
+    fn run(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<SampleResult>> {
+        check_batch(images, n)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.ensure_prepared(plan, n)?;
+        self.stage_images(images, n)?;
+        self.launch_pass(plan, n)?;
+        self.dev.sync()?;
+        self.prepared_mut_ref()?.results(&self.dev, n)
     }
 }
