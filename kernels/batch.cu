@@ -33,7 +33,7 @@ __device__ __forceinline__ void pack_input(const PackParams& p) {
     ((T*)p.out)[pix * p.out_stride + p.out_off + c] = from_f32<T>(v);
 }
 
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS) compact_scan_i32(CompactParams p) {
+DGATE_KERNEL(compact_scan_i32, CompactParams, SCAN_THREADS) {
     __shared__ int sums[SCAN_THREADS];
     const int n = *p.count_in;
     const int chunk = (n + SCAN_THREADS - 1) / SCAN_THREADS;
@@ -80,9 +80,9 @@ __device__ __forceinline__ void compact_move(const CompactParams& p, bool gather
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) pack_input_f32(PackParams p) { pack_input<float>(p); }
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) pack_input_f16(PackParams p) { pack_input<__half>(p); }
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) compact_gather_f32(CompactParams p) { compact_move<float>(p, true); }
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) compact_gather_f16(CompactParams p) { compact_move<__half>(p, true); }
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) compact_copy_f32(CompactParams p) { compact_move<float>(p, false); }
-extern "C" __global__ void __launch_bounds__(MOVE_THREADS) compact_copy_f16(CompactParams p) { compact_move<__half>(p, false); }
+DGATE_KERNEL(pack_input_f32, PackParams, MOVE_THREADS) { pack_input<float>(p); }
+DGATE_KERNEL(pack_input_f16, PackParams, MOVE_THREADS) { pack_input<__half>(p); }
+DGATE_KERNEL(compact_gather_f32, CompactParams, MOVE_THREADS) { compact_move<float>(p, true); }
+DGATE_KERNEL(compact_gather_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, true); }
+DGATE_KERNEL(compact_copy_f32, CompactParams, MOVE_THREADS) { compact_move<float>(p, false); }
+DGATE_KERNEL(compact_copy_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, false); }

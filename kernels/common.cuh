@@ -18,7 +18,15 @@
 // batch and blocks past the live samples return at once, so no kernel needs the
 // host to know how many samples left at a gate.
 #pragma once
+#ifdef DGATE_HOST_EMU
+#include "host_emu.cuh"
+#else
 #include <cuda_fp16.h>
+// A kernel takes its parameter struct by value; the host emulator defines these
+// differently (see host_emu.cuh).
+#define DGATE_KERNEL(name, Params, threads) extern "C" __global__ void __launch_bounds__(threads) name(const Params p)
+#define DGATE_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 struct ConvParams {
     const void* in;

@@ -164,11 +164,15 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
 // layout: g = lane / 4, t = lane % 4; A regs hold rows g / g+8, cols 2t.. and 2t+8..;
 // B regs hold k = 2t.. and 2t+8.. of column g; D holds (g, 2t..2t+1), (g+8, 2t..2t+1)).
 __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const unsigned* b) {
+#ifdef DGATE_HOST_EMU
+    emu_mma_16816(d, a, b);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
 }
 
 __device__ __forceinline__ unsigned ld_pair(const unsigned short* p) { return *(const unsigned*)p; }
@@ -269,6 +273,6 @@ __device__ __forceinline__ void conv_mma(const ConvParams& p) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(SIMT_THREADS) conv_simt_f32(ConvParams p) { conv_simt<float>(p); }
-extern "C" __global__ void __launch_bounds__(SIMT_THREADS) conv_simt_f16(ConvParams p) { conv_simt<__half>(p); }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) conv_mma_f16(ConvParams p) { conv_mma(p); }
+DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
+DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
+DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }

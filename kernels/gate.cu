@@ -19,7 +19,7 @@
 
 template <typename T>
 __device__ __forceinline__ void gap_linear(const GapLinearParams& p) {
-    extern __shared__ float sm[];
+    DGATE_DYNAMIC_SHARED(float, sm);
     float* feat = sm;
     float* scores = sm + p.C;
     const int slot = blockIdx.x;
@@ -71,7 +71,7 @@ __device__ __forceinline__ void gap_linear(const GapLinearParams& p) {
     for (int j = 0; j < p.classes; ++j) p.out_logits[(size_t)dst * p.classes + j] = scores[j];
 }
 
-extern "C" __global__ void __launch_bounds__(GAP_THREADS) gate_fused_f32(GapLinearParams p) { gap_linear<float>(p); }
-extern "C" __global__ void __launch_bounds__(GAP_THREADS) gate_fused_f16(GapLinearParams p) { gap_linear<__half>(p); }
-extern "C" __global__ void __launch_bounds__(GAP_THREADS) head_gap_f32(GapLinearParams p) { gap_linear<float>(p); }
-extern "C" __global__ void __launch_bounds__(GAP_THREADS) head_gap_f16(GapLinearParams p) { gap_linear<__half>(p); }
+DGATE_KERNEL(gate_fused_f32, GapLinearParams, GAP_THREADS) { gap_linear<float>(p); }
+DGATE_KERNEL(gate_fused_f16, GapLinearParams, GAP_THREADS) { gap_linear<__half>(p); }
+DGATE_KERNEL(head_gap_f32, GapLinearParams, GAP_THREADS) { gap_linear<float>(p); }
+DGATE_KERNEL(head_gap_f16, GapLinearParams, GAP_THREADS) { gap_linear<__half>(p); }

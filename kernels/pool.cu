@@ -57,7 +57,7 @@ __device__ __forceinline__ void avgpool2(const PoolParams& p) {
     ((T*)p.out)[(size_t)pix * p.out_stride + p.out_off + c] = from_f32<T>(sum * 0.25f);
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS) shortcut_a_f32(ShortcutParams p) { shortcut_a<float>(p); }
-extern "C" __global__ void __launch_bounds__(POOL_THREADS) shortcut_a_f16(ShortcutParams p) { shortcut_a<__half>(p); }
-extern "C" __global__ void __launch_bounds__(POOL_THREADS) avgpool2_pre_f32(PoolParams p) { avgpool2<float>(p); }
-extern "C" __global__ void __launch_bounds__(POOL_THREADS) avgpool2_pre_f16(PoolParams p) { avgpool2<__half>(p); }
+DGATE_KERNEL(shortcut_a_f32, ShortcutParams, POOL_THREADS) { shortcut_a<float>(p); }
+DGATE_KERNEL(shortcut_a_f16, ShortcutParams, POOL_THREADS) { shortcut_a<__half>(p); }
+DGATE_KERNEL(avgpool2_pre_f32, PoolParams, POOL_THREADS) { avgpool2<float>(p); }
+DGATE_KERNEL(avgpool2_pre_f16, PoolParams, POOL_THREADS) { avgpool2<__half>(p); }

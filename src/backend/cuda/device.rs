@@ -2,6 +2,7 @@
 //! helpers for raw device memory. Everything here returns `crate::Error`.
 
 use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -40,20 +41,41 @@ pub fn probe() -> Result<()> {
     Ok(())
 }
 
+enum Storage {
+    Cuda(CudaSlice<u8>),
+    /// Host memory of the CPU emulator; `u128` for 16-byte alignment.
+    Host(Vec<u128>),
+}
+
 /// Device memory with its address; freed on drop.
 pub(crate) struct Mem {
-    _slice: CudaSlice<u8>,
+    storage: Storage,
     pub ptr: u64,
     pub bytes: usize,
 }
 
+type EmuKernel = unsafe extern "C" fn(*const c_void);
+type EmuLaunch = unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, *const c_void) -> i32;
+
+/// Where kernels run: a CUDA device, or the CPU emulator built from the same sources
+/// (`kernels/host_emu.cuh`), which has no streams, graphs or timers.
+pub(crate) enum Engine {
+    Cuda {
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        functions: HashMap<String, CudaFunction>,
+    },
+    Emu {
+        launch: EmuLaunch,
+        functions: HashMap<String, EmuKernel>,
+    },
+}
+
 pub(crate) struct Device {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
+    pub engine: Engine,
     pub name: String,
     pub arch: String,
     pub precision: Precision,
-    functions: HashMap<String, CudaFunction>,
 }
 
 impl Device {
@@ -82,13 +104,57 @@ impl Device {
             }
         }
         Ok(Device {
-            ctx,
-            stream,
+            engine: Engine::Cuda {
+                ctx,
+                stream,
+                functions,
+            },
             name,
             arch,
             precision,
-            functions,
         })
+    }
+
+    /// The CPU emulator: `lib` is a shared object from [`kernels::build_emulator`].
+    pub fn new_emulated(precision: Precision, lib: &std::path::Path) -> Result<Self> {
+        let handle = emu_dlopen(lib)?;
+        // SAFETY: the symbol is `dgate_emu_launch` of host_emu.cuh, of this signature.
+        let launch: EmuLaunch =
+            unsafe { std::mem::transmute(emu_dlsym(handle, "dgate_emu_launch")?) };
+        let mut functions = HashMap::new();
+        for file in KernelFile::ALL {
+            for &sym in symbols(file) {
+                // SAFETY: every kernel symbol of the emulator takes a pointer to its
+                // parameter struct (DGATE_KERNEL in host_emu.cuh).
+                let f: EmuKernel = unsafe { std::mem::transmute(emu_dlsym(handle, sym)?) };
+                functions.insert(sym.to_string(), f);
+            }
+        }
+        Ok(Device {
+            engine: Engine::Emu { launch, functions },
+            name: "CPU emulator".into(),
+            arch: "host".into(),
+            precision,
+        })
+    }
+
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.engine, Engine::Emu { .. })
+    }
+
+    /// The CUDA stream (`None` for the emulator).
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.engine {
+            Engine::Cuda { stream, .. } => Some(stream),
+            Engine::Emu { .. } => None,
+        }
+    }
+
+    pub fn context(&self) -> Option<&Arc<CudaContext>> {
+        match &self.engine {
+            Engine::Cuda { ctx, .. } => Some(ctx),
+            Engine::Emu { .. } => None,
+        }
     }
 
     pub fn dtype(&self) -> &'static str {
@@ -105,10 +171,17 @@ impl Device {
         }
     }
 
-    pub fn function(&self, name: &str) -> Result<&CudaFunction> {
-        self.functions
-            .get(name)
-            .ok_or_else(|| Error::Cuda(format!("no kernel named {name}")))
+    /// Checks that a kernel of this name is loaded.
+    pub fn has_function(&self, name: &str) -> Result<()> {
+        let found = match &self.engine {
+            Engine::Cuda { functions, .. } => functions.contains_key(name),
+            Engine::Emu { functions, .. } => functions.contains_key(name),
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(Error::Cuda(format!("no kernel named {name}")))
+        }
     }
 
     pub fn launch<P: DeviceRepr>(
@@ -122,36 +195,75 @@ impl Device {
         if grid.0 == 0 || grid.1 == 0 {
             return Ok(());
         }
-        let f = self.function(name)?;
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        let mut b = self.stream.launch_builder(f);
-        b.arg(params);
-        // SAFETY: `params` is the `#[repr(C)]` mirror of the kernel's only parameter
-        // (sizes checked at compile time); every address in it is live device memory
-        // sized for the launch's largest batch.
-        unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
+        let missing = || Error::Cuda(format!("no kernel named {name}"));
+        match &self.engine {
+            Engine::Cuda {
+                stream, functions, ..
+            } => {
+                let f = functions.get(name).ok_or_else(missing)?;
+                let cfg = LaunchConfig {
+                    grid_dim: (grid.0, grid.1, 1),
+                    block_dim: (block, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(f);
+                b.arg(params);
+                // SAFETY: `params` is the `#[repr(C)]` mirror of the kernel's only
+                // parameter (sizes checked at compile time); every address in it is live
+                // device memory sized for the launch's largest batch.
+                unsafe { b.launch(cfg) }
+                    .map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
+            }
+            Engine::Emu { launch, functions } => {
+                let f = functions.get(name).ok_or_else(missing)?;
+                // SAFETY: as above, with host addresses; the emulator runs synchronously.
+                let rc = unsafe {
+                    launch(
+                        *f,
+                        grid.0,
+                        grid.1,
+                        block,
+                        smem,
+                        params as *const P as *const c_void,
+                    )
+                };
+                if rc != 0 {
+                    return Err(Error::Cuda(format!(
+                        "emulated launch of {name} failed ({rc})"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
     pub fn alloc(&self, bytes: usize) -> Result<Mem> {
-        let len = bytes.max(256);
-        let slice = self
-            .stream
-            .alloc_zeros::<u8>(len)
-            .map_err(|e| Error::Cuda(format!("allocating {len} bytes: {e}")))?;
-        let ptr = {
-            let (ptr, _sync) = slice.device_ptr(&self.stream);
-            ptr
-        };
-        Ok(Mem {
-            _slice: slice,
-            ptr,
-            bytes: len,
-        })
+        let len = bytes.max(256).div_ceil(16) * 16;
+        match &self.engine {
+            Engine::Cuda { stream, .. } => {
+                let slice = stream
+                    .alloc_zeros::<u8>(len)
+                    .map_err(|e| Error::Cuda(format!("allocating {len} bytes: {e}")))?;
+                let ptr = {
+                    let (ptr, _sync) = slice.device_ptr(stream);
+                    ptr
+                };
+                Ok(Mem {
+                    storage: Storage::Cuda(slice),
+                    ptr,
+                    bytes: len,
+                })
+            }
+            Engine::Emu { .. } => {
+                let v = vec![0u128; len / 16];
+                let ptr = v.as_ptr() as u64;
+                Ok(Mem {
+                    storage: Storage::Host(v),
+                    ptr,
+                    bytes: len,
+                })
+            }
+        }
     }
 
     pub fn upload_bytes(&self, mem: &mut Mem, data: &[u8]) -> Result<()> {
@@ -162,22 +274,49 @@ impl Device {
                 mem.bytes
             )));
         }
-        self.stream
-            .memcpy_htod(data, &mut mem._slice)
-            .map_err(cuda_err("cuMemcpyHtoD"))
+        match (&self.engine, &mut mem.storage) {
+            (Engine::Cuda { stream, .. }, Storage::Cuda(slice)) => {
+                let mut view = slice
+                    .try_slice_mut(0..data.len())
+                    .ok_or_else(|| Error::Cuda("upload out of range".into()))?;
+                stream
+                    .memcpy_htod(data, &mut view)
+                    .map_err(cuda_err("cuMemcpyHtoD"))
+            }
+            (Engine::Emu { .. }, Storage::Host(v)) => {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(v.as_mut_slice());
+                bytes[..data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(Error::Cuda("memory of another engine".into())),
+        }
     }
 
     pub fn download_bytes(&self, mem: &Mem, bytes: usize) -> Result<Vec<u8>> {
-        let view = mem
-            ._slice
-            .try_slice(0..bytes)
-            .ok_or_else(|| Error::Cuda(format!("download of {bytes} from {}", mem.bytes)))?;
-        let mut out = vec![0u8; bytes];
-        self.stream
-            .memcpy_dtoh(&view, &mut out)
-            .map_err(cuda_err("cuMemcpyDtoH"))?;
-        self.sync()?;
-        Ok(out)
+        if bytes > mem.bytes {
+            return Err(Error::Cuda(format!(
+                "download of {bytes} from {}",
+                mem.bytes
+            )));
+        }
+        match (&self.engine, &mem.storage) {
+            (Engine::Cuda { stream, .. }, Storage::Cuda(slice)) => {
+                let view = slice
+                    .try_slice(0..bytes)
+                    .ok_or_else(|| Error::Cuda("download out of range".into()))?;
+                let mut out = vec![0u8; bytes];
+                stream
+                    .memcpy_dtoh(&view, &mut out)
+                    .map_err(cuda_err("cuMemcpyDtoH"))?;
+                self.sync()?;
+                Ok(out)
+            }
+            (Engine::Emu { .. }, Storage::Host(v)) => {
+                let all: &[u8] = bytemuck::cast_slice(v.as_slice());
+                Ok(all[..bytes].to_vec())
+            }
+            _ => Err(Error::Cuda("memory of another engine".into())),
+        }
     }
 
     /// Uploads f32 values stored as the plan's storage type (activations, conv weights).
@@ -197,7 +336,10 @@ impl Device {
     }
 
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("synchronize"))
+        match &self.engine {
+            Engine::Cuda { stream, .. } => stream.synchronize().map_err(cuda_err("synchronize")),
+            Engine::Emu { .. } => Ok(()),
+        }
     }
 }
 
@@ -250,4 +392,46 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "compact_copy_f16",
         ],
     }
+}
+
+extern "C" {
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dlerror() -> *mut c_char;
+}
+const RTLD_NOW: c_int = 2;
+
+fn dl_error(what: String) -> Error {
+    // SAFETY: dlerror returns null or a NUL-terminated string owned by libc.
+    let msg = unsafe {
+        let e = dlerror();
+        if e.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    };
+    Error::CudaUnavailable(format!("{what}: {msg}"))
+}
+
+fn emu_dlopen(lib: &std::path::Path) -> Result<*mut c_void> {
+    let path = CString::new(lib.to_string_lossy().as_bytes())
+        .map_err(|_| Error::Config("emulator path contains NUL".into()))?;
+    // SAFETY: a plain dlopen of a library we built; it is never closed (kernels keep
+    // function pointers into it for the life of the process).
+    let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
+    if h.is_null() {
+        return Err(dl_error(format!("dlopen {}", lib.display())));
+    }
+    Ok(h)
+}
+
+fn emu_dlsym(handle: *mut c_void, name: &str) -> Result<*mut c_void> {
+    let c = CString::new(name).map_err(|_| Error::Config("symbol contains NUL".into()))?;
+    // SAFETY: `handle` is a live dlopen handle.
+    let f = unsafe { dlsym(handle, c.as_ptr()) };
+    if f.is_null() {
+        return Err(dl_error(format!("dlsym {name}")));
+    }
+    Ok(f)
 }

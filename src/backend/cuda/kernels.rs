@@ -15,6 +15,7 @@ use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
 use crate::{Error, Result};
 
 const COMMON: &str = include_str!("../../../kernels/common.cuh");
+const HOST_EMU: &str = include_str!("../../../kernels/host_emu.cuh");
 
 /// One `.cu` file of `kernels/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -224,4 +225,40 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
         return Err(Error::Cuda(format!("nvrtcVersion: {r:?}")));
     }
     Ok((major, minor))
+}
+
+/// Builds the CPU emulator of every kernel (`kernels/host_emu.cuh`) into
+/// `dir/libdgate_emu.so` with the host C++ compiler (`$CXX`, else `c++`), from the
+/// same embedded sources NVRTC compiles, and returns its path. For tests without a GPU.
+pub fn build_emulator(dir: &std::path::Path) -> Result<PathBuf> {
+    let io = |e| Error::io(dir, e);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::write(dir.join("common.cuh"), COMMON).map_err(io)?;
+    std::fs::write(dir.join("host_emu.cuh"), HOST_EMU).map_err(io)?;
+    let mut all = String::from("#define DGATE_EMU_DEFINE_LAUNCH\n");
+    for f in KernelFile::ALL {
+        std::fs::write(dir.join(f.file_name()), f.raw_source()).map_err(io)?;
+        all.push_str(&format!("#include \"{}\"\n", f.file_name()));
+    }
+    let unit = dir.join("emu_all.cpp");
+    std::fs::write(&unit, all).map_err(io)?;
+    let out = dir.join("libdgate_emu.so");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let mut cmd = std::process::Command::new(&cxx);
+    cmd.args(["-O2", "-std=c++17", "-shared", "-fPIC", "-DDGATE_HOST_EMU"])
+        .arg(format!("-I{}", dir.display()));
+    for (name, size) in super::params::sizes() {
+        cmd.arg(format!("-D{name}={size}"));
+    }
+    cmd.arg("-o").arg(&out).arg(&unit);
+    let output = cmd
+        .output()
+        .map_err(|e| Error::CudaUnavailable(format!("cannot run {cxx}: {e}")))?;
+    if !output.status.success() {
+        return Err(Error::Compile {
+            kernel: "host emulator".into(),
+            log: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(out)
 }

@@ -82,6 +82,28 @@ impl CudaBackend {
         })
     }
 
+    /// A backend whose kernels run in the CPU emulator (`kernels/host_emu.cuh`), built
+    /// by [`kernels::build_emulator`]: slow, no graphs, for testing without a GPU.
+    pub fn new_emulated(precision: Precision, emulator: &std::path::Path) -> Result<Self> {
+        let dev = Device::new_emulated(precision, emulator)?;
+        let conv_kernel = match precision {
+            Precision::F32 => "conv_simt_f32",
+            Precision::F16 => "conv_mma_f16",
+        }
+        .to_string();
+        Ok(CudaBackend {
+            dev,
+            conv_kernel,
+            use_graphs: false,
+            prepared: None,
+        })
+    }
+
+    /// Whether kernels run in the CPU emulator rather than on a GPU.
+    pub fn is_emulated(&self) -> bool {
+        self.dev.is_emulated()
+    }
+
     pub fn precision(&self) -> Precision {
         self.dev.precision
     }
@@ -93,7 +115,7 @@ impl CudaBackend {
 
     /// Chooses the convolution kernel (must match the precision's dtype suffix).
     pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
-        self.dev.function(name)?;
+        self.dev.has_function(name)?;
         if !name.ends_with(self.dev.dtype()) {
             return Err(Error::Config(format!(
                 "{name} does not match precision {}",
@@ -109,7 +131,7 @@ impl CudaBackend {
 
     /// Turns CUDA-graph capture and replay on or off (on by default).
     pub fn set_graphs(&mut self, on: bool) {
-        self.use_graphs = on;
+        self.use_graphs = on && !self.dev.is_emulated();
     }
 
     /// Uploads `plan`'s weights and allocates buffers for batches up to `max_batch`,
@@ -157,16 +179,16 @@ impl CudaBackend {
             .prepared
             .as_mut()
             .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
-        if !use_graphs {
-            return prep.enqueue(dev, plan, n, &conv);
-        }
+        let stream = match dev.stream() {
+            Some(s) if use_graphs => s,
+            _ => return prep.enqueue(dev, plan, n, &conv),
+        };
         if !prep.graphs.contains_key(&n) {
-            dev.stream
+            stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
                 .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
             let enq = prep.enqueue(dev, plan, n, &conv);
-            let graph = dev
-                .stream
+            let graph = stream
                 .end_capture(CUgraphInstantiate_flags(0))
                 .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
             enq?;
@@ -209,28 +231,24 @@ impl CudaBackend {
         self.dev.sync()?;
         let mut times = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
-            let start = self
-                .dev
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
-            let end = self
-                .dev
-                .ctx
-                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
-            start
-                .record(&self.dev.stream)
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
+            let (ctx, stream) = match (self.dev.context(), self.dev.stream()) {
+                (Some(c), Some(s)) => (c.clone(), s.clone()),
+                _ => {
+                    let t = std::time::Instant::now();
+                    self.launch_pass(plan, n)?;
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                    continue;
+                }
+            };
+            let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("event: {e}"));
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = ctx.new_event(flags).map_err(ev)?;
+            let end = ctx.new_event(flags).map_err(ev)?;
+            start.record(&stream).map_err(ev)?;
             self.launch_pass(plan, n)?;
-            end.record(&self.dev.stream)
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
-            end.synchronize()
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
-            let ms = start
-                .elapsed_ms(&end)
-                .map_err(|e| Error::Cuda(format!("event: {e}")))?;
-            times.push(ms as f64);
+            end.record(&stream).map_err(ev)?;
+            end.synchronize().map_err(ev)?;
+            times.push(start.elapsed_ms(&end).map_err(ev)? as f64);
         }
         times.sort_by(|a, b| a.total_cmp(b));
         Ok(times[times.len() / 2])
