@@ -31,12 +31,13 @@
 struct ConvParams {
     const void* in;
     void* out;
-    const void* weight;     // [R*R*C][ldw] (k-major: (r, s, c) rows, output channel columns)
+    const void* weight;     // [R*R*C][ldw], or [K][ldw] for conv_mmavec (see conv.cu)
     const float* bias;      // [K]
     const void* residual;   // may be null; same pixels as `out`
     const float* pre_scale; // null: no pre-activation
     const float* pre_shift;
     const int* count;
+    float* workspace;       // split-K partial sums [M][K], zero between uses
     int in_stride, in_off, C;
     int out_stride, out_off, K;
     int res_stride, res_off;

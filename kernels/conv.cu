@@ -19,14 +19,32 @@
 //       wheels lack mma.h's crt/ part). Operands staged in shared memory as f16 bits,
 //       A as [pixel][k], B as [out channel][k] (both k-contiguous, as the fragments
 //       want pairs of consecutive k); the epilogue writes from the accumulators.
-// Both handle any C, K, H, W, stride, padding (every load and store is bounds checked);
-// blocks whose first pixel belongs to a sample past `*count` return at once.
+//   conv_mmavec_f16: the same warp tile, 128x64x32 block tile, 256 threads = 4x2 warps,
+//       for aligned layers only (C, K, the input view's offset and pixel stride all
+//       multiples of 8; output and residual offsets/strides even): operands move as
+//       16-byte chunks of 8 channels, B is packed [K][R*R*C] (k-contiguous, the shape
+//       the fragments want), and the next k-tile is fetched into registers while the
+//       current one is multiplied (two shared buffers, one barrier per k-tile).
+//       Split-K: blockIdx.z takes a contiguous range of k-tiles and, when gridDim.z > 1,
+//       atomically adds its partial sums to an f32 workspace [M][K]; then
+//       conv_splitk_epilogue_f16 applies bias/residual/ReLU, writes the output and
+//       zeroes the workspace for the next layer. Used where the output is too small to
+//       fill the GPU (batch 1, 4x4 and 8x8 maps).
+// All variants handle any H, W, stride, padding; the first three any C and K (every
+// load and store is bounds checked). Blocks whose first pixel belongs to a sample past
+// `*count` return at once.
 #include "common.cuh"
 
 #define SIMT_BM 64
 #define SIMT_BN 64
 #define SIMT_BK 16
 #define SIMT_THREADS 256
+
+#define VEC_BM 128
+#define VEC_BN 64
+#define VEC_BK 32
+#define VEC_THREADS 256
+#define EPILOGUE_THREADS 256
 
 #define MMA_BM 64
 #define MMA_BN 64
@@ -273,6 +291,188 @@ __device__ __forceinline__ void conv_mma(const ConvParams& p) {
     }
 }
 
+// 8 consecutive f16 values (16 bytes).
+struct Chunk {
+    uint4 v;
+};
+
+__device__ __forceinline__ unsigned pre_act_pair(unsigned bits, const ConvParams& p, int c) {
+    __half lo, hi;
+    lo = __ushort_as_half((unsigned short)(bits & 0xffffu));
+    hi = __ushort_as_half((unsigned short)(bits >> 16));
+    const float a = pre_act(__half2float(lo), p.pre_scale, p.pre_shift, p.pre_relu, c);
+    const float b = pre_act(__half2float(hi), p.pre_scale, p.pre_shift, p.pre_relu, c + 1);
+    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
+__device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int k, float v0, float v1) {
+    v0 += p.bias[k];
+    v1 += p.bias[k + 1];
+    if (p.residual != nullptr) {
+        const unsigned r = *(const unsigned*)((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
+        v0 += __half2float(__ushort_as_half((unsigned short)(r & 0xffffu)));
+        v1 += __half2float(__ushort_as_half((unsigned short)(r >> 16)));
+    }
+    if (p.relu) {
+        v0 = fmaxf(v0, 0.0f);
+        v1 = fmaxf(v1, 0.0f);
+    }
+    const unsigned out = (unsigned)__half_as_ushort(__float2half_rn(v0)) |
+                         ((unsigned)__half_as_ushort(__float2half_rn(v1)) << 16);
+    *(unsigned*)((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k) = out;
+}
+
+__device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
+    constexpr int LDS = VEC_BK + 8;  // 80-byte rows: 16-byte aligned, conflict-free fragments
+    __shared__ __align__(16) unsigned short As[2][VEC_BM * LDS];
+    __shared__ __align__(16) unsigned short Bs[2][VEC_BN * LDS];
+    __shared__ int rbase[VEC_BM], ry0[VEC_BM], rx0[VEC_BM];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * VEC_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * VEC_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 2) * 32;
+    const int wn = (warp % 2) * 32;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+
+    if (tid < VEC_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+    __syncthreads();
+
+    // This thread's chunks: A rows ra and ra + 64, B row (output channel) rb, all at
+    // chunk column kc of the k-tile.
+    const int kc = tid % 4;
+    const int ra = tid / 4;
+    const int rb = tid / 4;
+    Chunk a_reg[2], b_reg;
+
+    auto fetch = [&](int kt) {
+        const int kd = kt * VEC_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = ra + i * 64;
+            a_reg[i].v = make_uint4(0u, 0u, 0u, 0u);
+            const int base = rbase[row];
+            const int y = ry0[row] + r;
+            const int x = rx0[row] + s;
+            if (base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
+                const __half* src = in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c;
+                uint4 v = *(const uint4*)src;
+                if (p.pre_scale != nullptr) {
+                    v.x = pre_act_pair(v.x, p, c);
+                    v.y = pre_act_pair(v.y, p, c + 2);
+                    v.z = pre_act_pair(v.z, p, c + 4);
+                    v.w = pre_act_pair(v.w, p, c + 6);
+                }
+                a_reg[i].v = v;
+            }
+        }
+        const int oc = n0 + rb;
+        b_reg.v = make_uint4(0u, 0u, 0u, 0u);
+        if (oc < p.K && kd < Kd) b_reg.v = *(const uint4*)(w + (size_t)oc * p.ldw + kd);
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) *(uint4*)&As[buf][(ra + i * 64) * LDS + kc * 8] = a_reg[i].v;
+        *(uint4*)&Bs[buf][rb * LDS + kc * 8] = b_reg.v;
+    };
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    fetch(kt0);
+    stash(0);
+    __syncthreads();
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        const bool more = kt + 1 < kt1;
+        if (more) fetch(kt + 1);  // global loads in flight during the MMAs below
+        const unsigned short* A = As[buf];
+        const unsigned short* B = Bs[buf];
+#pragma unroll
+        for (int kk = 0; kk < VEC_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const unsigned short* r0 = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(r0);
+                a[mt][1] = ld_pair(r0 + 8 * LDS);
+                a[mt][2] = ld_pair(r0 + 8);
+                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* c0 = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(c0);
+                b[nt][1] = ld_pair(c0 + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        if (more) stash(buf ^ 1);
+        __syncthreads();
+    }
+
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int m = m0 + wm + mt * 16 + g + hf * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k >= p.K) continue;  // K is a multiple of 8, so k + 1 < K too
+                const float v0 = acc[mt][nt][hf * 2];
+                const float v1 = acc[mt][nt][hf * 2 + 1];
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
+                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
+                } else {
+                    conv_store_pair(p, m, k, v0, v1);
+                }
+            }
+        }
+    }
+}
+
+// Finishes a split-K convolution: one thread per output (pixel, channel).
+__device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
+    const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
+    const long long M = (long long)*p.count * p.P * p.Q;
+    if (e >= M * p.K) return;
+    const int m = (int)(e / p.K);
+    const int k = (int)(e - (long long)m * p.K);
+    const float v = p.workspace[e];
+    p.workspace[e] = 0.0f;
+    conv_store<__half>(p, m, k, v);
+}
+
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
 DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
+DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
+DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue(p); }

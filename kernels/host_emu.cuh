@@ -51,6 +51,23 @@ inline float __half2float(__half h) {
     return (float)v;
 }
 inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline __half __ushort_as_half(unsigned short x) {
+    __half h;
+    h.x = x;
+    return h;
+}
+
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+// Fibers never run concurrently, so a plain add is atomic here.
+inline float atomicAdd(float* p, float v) {
+    const float old = *p;
+    *p = old + v;
+    return old;
+}
 
 namespace emu {
 enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
@@ -190,8 +207,8 @@ inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
 // (and of the state above) may exist per process: the shared object is built from one
 // translation unit per kernel file, and this symbol is defined in conv.cu alone.
 #ifdef DGATE_EMU_DEFINE_LAUNCH
-extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned threads, unsigned smem,
-                                const void* p) {
+extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned threads,
+                                unsigned smem, const void* p) {
     if (threads == 0 || threads > 1024) return 1;
     while (emu::fibers.size() < threads) {
         emu::fibers.emplace_back();
@@ -202,12 +219,13 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
     emu::params = p;
     emu::dynamic_smem.assign(smem + 16, 0);
     blockDim = {threads, 1, 1};
-    gridDim = {gx, gy, 1};
-    for (unsigned by = 0; by < gy; ++by)
-        for (unsigned bx = 0; bx < gx; ++bx) {
-            blockIdx = {bx, by, 0};
-            emu::run_block(threads);
-        }
+    gridDim = {gx, gy, gz};
+    for (unsigned bz = 0; bz < gz; ++bz)
+        for (unsigned by = 0; by < gy; ++by)
+            for (unsigned bx = 0; bx < gx; ++bx) {
+                blockIdx = {bx, by, bz};
+                emu::run_block(threads);
+            }
     return 0;
 }
 #endif

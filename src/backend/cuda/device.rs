@@ -55,7 +55,7 @@ pub(crate) struct Mem {
 }
 
 type EmuKernel = unsafe extern "C" fn(*const c_void);
-type EmuLaunch = unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, *const c_void) -> i32;
+type EmuLaunch = unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, u32, *const c_void) -> i32;
 
 /// Where kernels run: a CUDA device, or the CPU emulator built from the same sources
 /// (`kernels/host_emu.cuh`), which has no streams, graphs or timers.
@@ -73,6 +73,8 @@ pub(crate) enum Engine {
 
 pub(crate) struct Device {
     pub engine: Engine,
+    /// Streaming multiprocessors (sizes split-K); the emulator pretends an H100's.
+    pub sms: usize,
     pub name: String,
     pub arch: String,
     pub precision: Precision,
@@ -91,6 +93,12 @@ impl Device {
             .compute_capability()
             .map_err(cuda_err("compute capability"))?;
         let arch = format!("sm_{major}{minor}");
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda_err("multiprocessor count"))?
+            .max(1) as usize;
         let mut functions = HashMap::new();
         for (file, cubin) in kernels::cubins_for_arch(&arch)? {
             let module = ctx
@@ -109,6 +117,7 @@ impl Device {
                 stream,
                 functions,
             },
+            sms,
             name,
             arch,
             precision,
@@ -132,6 +141,7 @@ impl Device {
         }
         Ok(Device {
             engine: Engine::Emu { launch, functions },
+            sms: 132,
             name: "CPU emulator".into(),
             arch: "host".into(),
             precision,
@@ -192,7 +202,18 @@ impl Device {
         smem: u32,
         params: &P,
     ) -> Result<()> {
-        if grid.0 == 0 || grid.1 == 0 {
+        self.launch3(name, (grid.0, grid.1, 1), block, smem, params)
+    }
+
+    pub fn launch3<P: DeviceRepr>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
         let missing = || Error::Cuda(format!("no kernel named {name}"));
@@ -202,7 +223,7 @@ impl Device {
             } => {
                 let f = functions.get(name).ok_or_else(missing)?;
                 let cfg = LaunchConfig {
-                    grid_dim: (grid.0, grid.1, 1),
+                    grid_dim: grid,
                     block_dim: (block, 1, 1),
                     shared_mem_bytes: smem,
                 };
@@ -222,6 +243,7 @@ impl Device {
                         *f,
                         grid.0,
                         grid.1,
+                        grid.2,
                         block,
                         smem,
                         params as *const P as *const c_void,
@@ -369,7 +391,13 @@ pub(crate) fn storage_to_f32(precision: Precision, bytes: &[u8]) -> Vec<f32> {
 /// The `extern "C"` symbols of each file (`{op}_{variant}_{dtype}`).
 pub fn symbols(file: KernelFile) -> &'static [&'static str] {
     match file {
-        KernelFile::Conv => &["conv_simt_f32", "conv_simt_f16", "conv_mma_f16"],
+        KernelFile::Conv => &[
+            "conv_simt_f32",
+            "conv_simt_f16",
+            "conv_mma_f16",
+            "conv_mmavec_f16",
+            "conv_splitk_epilogue_f16",
+        ],
         KernelFile::Pool => &[
             "shortcut_a_f32",
             "shortcut_a_f16",

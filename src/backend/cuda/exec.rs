@@ -15,13 +15,18 @@ use cudarc::driver::CudaGraph;
 
 use super::device::{storage_bytes, storage_to_f32, Device, Mem};
 use super::params::*;
-use crate::plan::{ExitRule, Op, Plan, PreAct, View};
+use crate::plan::{Conv, ExitRule, Op, Plan, PreAct, View};
 use crate::{Error, Result};
 
 const CONV_TILE_M: usize = 64;
 const CONV_TILE_N: usize = 64;
 const CONV_SIMT_THREADS: u32 = 256;
 const CONV_MMA_THREADS: u32 = 128;
+const CONV_VEC_TILE_M: usize = 128;
+const CONV_VEC_TILE_N: usize = 64;
+const CONV_VEC_TILE_K: usize = 32;
+const CONV_VEC_THREADS: u32 = 256;
+const MAX_SPLIT_K: usize = 16;
 const ELEMENTWISE_THREADS: u32 = 256;
 const GAP_THREADS: u32 = 256;
 const SCAN_THREADS: u32 = 1024;
@@ -35,6 +40,8 @@ struct DevPre {
 
 enum DevOp {
     Conv {
+        /// The kernel chosen for this layer; the weight is packed for it.
+        kernel: String,
         weight: Mem,
         bias: Mem,
         pre: Option<DevPre>,
@@ -63,6 +70,9 @@ pub(crate) struct Prepared {
     gates: Vec<DevLinear>,
     head: DevLinear,
     counts: Mem,
+    /// Split-K partial sums; zero between convolutions.
+    workspace: Mem,
+    workspace_floats: usize,
     idx: Vec<Mem>,
     keep: Mem,
     src_of: Mem,
@@ -305,8 +315,9 @@ pub(crate) fn validate(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Conv weight `[K][C][R][R]` -> `[(r, s, c)][K]`, output channels contiguous.
-fn pack_conv_weight(w: &[f32], k: usize, c: usize, r: usize) -> Vec<f32> {
+/// Conv weight `[K][C][R][R]` -> `[(r, s, c)][K]` (output channels contiguous), or
+/// `[K][(r, s, c)]` when `k_major` (for conv_mmavec).
+fn pack_conv_weight(w: &[f32], k: usize, c: usize, r: usize, k_major: bool) -> Vec<f32> {
     let kd = r * r * c;
     let mut out = vec![0.0f32; kd * k];
     for o in 0..k {
@@ -315,12 +326,57 @@ fn pack_conv_weight(w: &[f32], k: usize, c: usize, r: usize) -> Vec<f32> {
                 for x in 0..r {
                     let src = ((o * c + ci) * r + y) * r + x;
                     let row = (y * r + x) * c + ci;
-                    out[row * k + o] = w[src];
+                    if k_major {
+                        out[o * kd + row] = w[src];
+                    } else {
+                        out[row * k + o] = w[src];
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// Whether conv_mmavec's 16-byte loads and paired stores are aligned for this layer.
+fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
+    let stride = |v: &View| plan.buffers[v.buf].channels;
+    c.input.channels % 8 == 0
+        && c.output.channels % 8 == 0
+        && stride(&c.input) % 8 == 0
+        && c.input.offset % 8 == 0
+        && stride(&c.output) % 2 == 0
+        && c.output.offset % 2 == 0
+        && c.residual
+            .as_ref()
+            .is_none_or(|r| stride(r) % 2 == 0 && r.offset % 2 == 0)
+}
+
+/// The kernel for one convolution under a policy: `auto` (the fastest that applies),
+/// or a kernel name (conv_mmavec_f16 falls back to conv_mma_f16 where unaligned).
+pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
+    match (policy, dtype) {
+        ("auto", "f32") => "conv_simt_f32".into(),
+        ("auto", _) | ("conv_mmavec_f16", _) => {
+            if vec_aligned(plan, c) {
+                "conv_mmavec_f16".into()
+            } else {
+                "conv_mma_f16".into()
+            }
+        }
+        (name, _) => name.into(),
+    }
+}
+
+/// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
+/// GPU when the output alone gives fewer than half a wave.
+fn split_k(m: usize, k: usize, kd: usize, sms: usize, workspace_floats: usize) -> usize {
+    let tiles = m.div_ceil(CONV_VEC_TILE_M) * k.div_ceil(CONV_VEC_TILE_N);
+    let ktiles = kd.div_ceil(CONV_VEC_TILE_K);
+    if tiles * 2 > sms || ktiles < 8 || m * k > workspace_floats {
+        return 1;
+    }
+    sms.div_ceil(tiles).min(ktiles / 4).clamp(1, MAX_SPLIT_K)
 }
 
 fn upload_pre(dev: &Device, pre: &Option<PreAct>) -> Result<Option<DevPre>> {
@@ -347,7 +403,7 @@ fn blocks(total: usize, per: usize) -> u32 {
 }
 
 impl Prepared {
-    pub fn new(dev: &Device, plan: &Plan, capacity: usize) -> Result<Self> {
+    pub fn new(dev: &Device, plan: &Plan, capacity: usize, policy: &str) -> Result<Self> {
         validate(plan)?;
         let eb = dev.elem_bytes();
         let buffers = plan
@@ -361,13 +417,17 @@ impl Prepared {
             for op in &s.ops {
                 dev_ops.push(match op {
                     Op::Conv(c) => {
+                        let kernel = choose_conv_kernel(policy, dev.dtype(), plan, c);
+                        dev.has_function(&kernel)?;
                         let packed = pack_conv_weight(
                             &c.weight,
                             c.output.channels,
                             c.input.channels,
                             c.kernel,
+                            kernel == "conv_mmavec_f16",
                         );
                         DevOp::Conv {
+                            kernel,
                             weight: dev.upload_storage(&packed)?,
                             bias: dev.upload_f32(&c.bias)?,
                             pre: upload_pre(dev, &c.pre)?,
@@ -405,7 +465,11 @@ impl Prepared {
             .max()
             .unwrap_or(0);
         let ints = capacity * 4;
+        // Split-K only runs when the output has at most sms/2 tiles (see split_k).
+        let workspace_floats = (dev.sms / 2 + 1) * CONV_VEC_TILE_M * CONV_VEC_TILE_N;
         Ok(Prepared {
+            workspace: dev.alloc(workspace_floats * 4)?,
+            workspace_floats,
             key: plan_key(plan),
             decisions: decisions(plan),
             capacity,
@@ -439,7 +503,7 @@ impl Prepared {
     }
 
     /// Enqueues the whole forward pass for `n` images already in `staging`.
-    pub fn enqueue(&self, dev: &Device, plan: &Plan, n: usize, conv: &str) -> Result<()> {
+    pub fn enqueue(&self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
         let dt = dev.dtype();
         let input_buf = &plan.buffers[plan.input.buf];
         let pack = PackParams {
@@ -463,7 +527,7 @@ impl Prepared {
         )?;
         let mut level = 0;
         for s in 0..plan.stages.len() {
-            self.enqueue_stage(dev, plan, s, level, n, conv)?;
+            self.enqueue_stage(dev, plan, s, level, n)?;
             if let Some(g) = plan.gate_after(s) {
                 self.enqueue_gate(dev, plan, g, level, n)?;
                 level += 1;
@@ -479,13 +543,20 @@ impl Prepared {
         s: usize,
         level: usize,
         n: usize,
-        conv: &str,
     ) -> Result<()> {
         let dt = dev.dtype();
         let count = self.count_ptr(level);
         for (op, dop) in plan.stages[s].ops.iter().zip(&self.ops[s]) {
             match (op, dop) {
-                (Op::Conv(c), DevOp::Conv { weight, bias, pre }) => {
+                (
+                    Op::Conv(c),
+                    DevOp::Conv {
+                        kernel,
+                        weight,
+                        bias,
+                        pre,
+                    },
+                ) => {
                     let (ps, pb, pr) = pre_ptrs(pre);
                     let (res_ptr, res_stride, res_off) = match &c.residual {
                         Some(r) => (
@@ -504,6 +575,7 @@ impl Prepared {
                         pre_scale: ps,
                         pre_shift: pb,
                         count,
+                        workspace: self.workspace.ptr,
                         in_stride: plan.buffers[c.input.buf].channels as i32,
                         in_off: c.input.offset as i32,
                         c: c.input.channels as i32,
@@ -523,16 +595,43 @@ impl Prepared {
                         relu: c.relu as i32,
                         ldw: c.output.channels as i32,
                     };
-                    let grid = (
-                        blocks(n * c.out_h * c.out_w, CONV_TILE_M),
-                        blocks(c.output.channels, CONV_TILE_N),
-                    );
-                    let threads = if conv.starts_with("conv_mma") {
-                        CONV_MMA_THREADS
+                    let m = n * c.out_h * c.out_w;
+                    let kd = c.kernel * c.kernel * c.input.channels;
+                    if kernel == "conv_mmavec_f16" {
+                        let mut p = p;
+                        p.ldw = kd as i32;
+                        let splits =
+                            split_k(m, c.output.channels, kd, dev.sms, self.workspace_floats);
+                        let grid = (
+                            blocks(m, CONV_VEC_TILE_M),
+                            blocks(c.output.channels, CONV_VEC_TILE_N),
+                            splits as u32,
+                        );
+                        dev.launch3(kernel, grid, CONV_VEC_THREADS, 0, &p)?;
+                        if splits > 1 {
+                            dev.launch(
+                                "conv_splitk_epilogue_f16",
+                                (
+                                    blocks(m * c.output.channels, ELEMENTWISE_THREADS as usize),
+                                    1,
+                                ),
+                                ELEMENTWISE_THREADS,
+                                0,
+                                &p,
+                            )?;
+                        }
                     } else {
-                        CONV_SIMT_THREADS
-                    };
-                    dev.launch(conv, grid, threads, 0, &p)?;
+                        let grid = (
+                            blocks(m, CONV_TILE_M),
+                            blocks(c.output.channels, CONV_TILE_N),
+                        );
+                        let threads = if kernel.starts_with("conv_mma") {
+                            CONV_MMA_THREADS
+                        } else {
+                            CONV_SIMT_THREADS
+                        };
+                        dev.launch(kernel, grid, threads, 0, &p)?;
+                    }
                 }
                 (
                     Op::ShortcutA {

@@ -245,8 +245,15 @@ pub fn build_emulator(dir: &std::path::Path) -> Result<PathBuf> {
     let out = dir.join("libdgate_emu.so");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let mut cmd = std::process::Command::new(&cxx);
-    cmd.args(["-O2", "-std=c++17", "-shared", "-fPIC", "-DDGATE_HOST_EMU"])
-        .arg(format!("-I{}", dir.display()));
+    cmd.args([
+        "-O2",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-fno-strict-aliasing",
+        "-DDGATE_HOST_EMU",
+    ])
+    .arg(format!("-I{}", dir.display()));
     for (name, size) in super::params::sizes() {
         cmd.arg(format!("-D{name}={size}"));
     }

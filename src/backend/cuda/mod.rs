@@ -66,13 +66,8 @@ impl CudaBackend {
     /// `Err(Error::CudaUnavailable)` without a driver, NVRTC or GPU; never panics.
     pub fn new(precision: Precision) -> Result<Self> {
         let dev = Device::new(precision)?;
-        let conv_kernel = match precision {
-            Precision::F32 => "conv_simt_f32".to_string(),
-            Precision::F16 => match std::env::var("DGATE_CONV_F16").as_deref() {
-                Ok("simt") => "conv_simt_f16".to_string(),
-                _ => "conv_mma_f16".to_string(),
-            },
-        };
+        // DGATE_CONV names a conv kernel policy for experiments (see set_conv_kernel).
+        let conv_kernel = std::env::var("DGATE_CONV").unwrap_or_else(|_| "auto".into());
         let use_graphs = std::env::var("DGATE_CUDA_GRAPHS").as_deref() != Ok("0");
         Ok(CudaBackend {
             dev,
@@ -86,11 +81,7 @@ impl CudaBackend {
     /// by [`kernels::build_emulator`]: slow, no graphs, for testing without a GPU.
     pub fn new_emulated(precision: Precision, emulator: &std::path::Path) -> Result<Self> {
         let dev = Device::new_emulated(precision, emulator)?;
-        let conv_kernel = match precision {
-            Precision::F32 => "conv_simt_f32",
-            Precision::F16 => "conv_mma_f16",
-        }
-        .to_string();
+        let conv_kernel = "auto".to_string();
         Ok(CudaBackend {
             dev,
             conv_kernel,
@@ -108,24 +99,28 @@ impl CudaBackend {
         self.dev.precision
     }
 
-    /// The convolution kernel in use (`conv_simt_f32`, `conv_mma_f16`, `conv_simt_f16`).
+    /// The convolution kernel policy: `auto` or a kernel name.
     pub fn conv_kernel(&self) -> &str {
         &self.conv_kernel
     }
 
-    /// Chooses the convolution kernel (must match the precision's dtype suffix).
+    /// Chooses the convolution kernels: `auto` (f32: conv_simt_f32; f16: conv_mmavec_f16
+    /// where the layer's channels are aligned to 8, else conv_mma_f16), or one kernel
+    /// for every layer (`conv_simt_f32`, `conv_simt_f16`, `conv_mma_f16`,
+    /// `conv_mmavec_f16`, the last falling back to conv_mma_f16 where unaligned).
+    /// The resident plan is dropped: weights are packed per kernel.
     pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
-        self.dev.has_function(name)?;
-        if !name.ends_with(self.dev.dtype()) {
-            return Err(Error::Config(format!(
-                "{name} does not match precision {}",
-                self.dev.dtype()
-            )));
+        if name != "auto" {
+            self.dev.has_function(name)?;
+            if !name.starts_with("conv_") || !name.ends_with(self.dev.dtype()) {
+                return Err(Error::Config(format!(
+                    "{name} is not a convolution kernel for {}",
+                    self.dev.dtype()
+                )));
+            }
         }
         self.conv_kernel = name.to_string();
-        if let Some(p) = self.prepared.as_mut() {
-            p.graphs.clear();
-        }
+        self.prepared = None;
         Ok(())
     }
 
@@ -140,7 +135,12 @@ impl CudaBackend {
     /// or after changing weights in place.
     pub fn prepare(&mut self, plan: &Plan, max_batch: usize) -> Result<()> {
         self.prepared = None;
-        self.prepared = Some(Prepared::new(&self.dev, plan, max_batch.max(1))?);
+        self.prepared = Some(Prepared::new(
+            &self.dev,
+            plan,
+            max_batch.max(1),
+            &self.conv_kernel,
+        )?);
         Ok(())
     }
 
@@ -173,7 +173,6 @@ impl CudaBackend {
     /// capturing it first if needed, or launches kernel by kernel.
     fn launch_pass(&mut self, plan: &Plan, n: usize) -> Result<()> {
         let use_graphs = self.use_graphs;
-        let conv = self.conv_kernel.clone();
         let dev = &self.dev;
         let prep = self
             .prepared
@@ -181,13 +180,13 @@ impl CudaBackend {
             .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
         let stream = match dev.stream() {
             Some(s) if use_graphs => s,
-            _ => return prep.enqueue(dev, plan, n, &conv),
+            _ => return prep.enqueue(dev, plan, n),
         };
         if !prep.graphs.contains_key(&n) {
             stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
                 .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
-            let enq = prep.enqueue(dev, plan, n, &conv);
+            let enq = prep.enqueue(dev, plan, n);
             let graph = stream
                 .end_capture(CUgraphInstantiate_flags(0))
                 .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
@@ -282,10 +281,9 @@ impl CudaBackend {
     }
 
     pub(crate) fn op_test_run_stage(&mut self, plan: &Plan, stage: usize, n: usize) -> Result<()> {
-        let conv = self.conv_kernel.clone();
         let dev = &self.dev;
         let prep = self.prepared_mut_ref()?;
-        prep.enqueue_stage(dev, plan, stage, 0, n, &conv)?;
+        prep.enqueue_stage(dev, plan, stage, 0, n)?;
         dev.sync()
     }
 

@@ -16,6 +16,7 @@ pub struct ConvParams {
     pub pre_scale: u64,
     pub pre_shift: u64,
     pub count: u64,
+    pub workspace: u64,
     pub in_stride: i32,
     pub in_off: i32,
     pub c: i32,

@@ -441,111 +441,44 @@ struct ConvCase {
     relu: bool,
 }
 
+const fn cc(
+    name: &'static str,
+    (c, k, hw, r, stride): (usize, usize, usize, usize, usize),
+    in_win: (usize, usize),
+    out_win: (usize, usize),
+    (pre, residual, relu): (bool, bool, bool),
+) -> ConvCase {
+    ConvCase {
+        name,
+        c,
+        k,
+        hw,
+        r,
+        stride,
+        in_win,
+        out_win,
+        pre,
+        residual,
+        relu,
+    }
+}
+
+// (C, K, H=W, R, stride), input (buffer channels, offset), output (buffer channels,
+// offset), (pre-activation, residual, ReLU).
+#[rustfmt::skip]
 const CONV_CASES: &[ConvCase] = &[
-    ConvCase {
-        name: "stem 3->16 3x3 32x32",
-        c: 3,
-        k: 16,
-        hw: 32,
-        r: 3,
-        stride: 1,
-        in_win: (3, 0),
-        out_win: (16, 0),
-        pre: false,
-        residual: false,
-        relu: true,
-    },
-    ConvCase {
-        name: "16->16 3x3 7x7 +res",
-        c: 16,
-        k: 16,
-        hw: 7,
-        r: 3,
-        stride: 1,
-        in_win: (16, 0),
-        out_win: (16, 0),
-        pre: false,
-        residual: true,
-        relu: true,
-    },
-    ConvCase {
-        name: "16->32 3x3 s2 9x9",
-        c: 16,
-        k: 32,
-        hw: 9,
-        r: 3,
-        stride: 2,
-        in_win: (16, 0),
-        out_win: (32, 0),
-        pre: false,
-        residual: false,
-        relu: true,
-    },
-    ConvCase {
-        name: "12->20 1x1 pre, windows",
-        c: 12,
-        k: 20,
-        hw: 7,
-        r: 1,
-        stride: 1,
-        in_win: (29, 5),
-        out_win: (40, 3),
-        pre: true,
-        residual: false,
-        relu: false,
-    },
-    ConvCase {
-        name: "36->12 3x3 pre, windows 8x8",
-        c: 36,
-        k: 12,
-        hw: 8,
-        r: 3,
-        stride: 1,
-        in_win: (48, 12),
-        out_win: (48, 0),
-        pre: true,
-        residual: false,
-        relu: false,
-    },
-    ConvCase {
-        name: "64->24 1x1 s2 8x8",
-        c: 64,
-        k: 24,
-        hw: 8,
-        r: 1,
-        stride: 2,
-        in_win: (64, 0),
-        out_win: (24, 0),
-        pre: false,
-        residual: false,
-        relu: false,
-    },
-    ConvCase {
-        name: "130->70 3x3 5x5 +res",
-        c: 130,
-        k: 70,
-        hw: 5,
-        r: 3,
-        stride: 1,
-        in_win: (130, 0),
-        out_win: (75, 5),
-        pre: false,
-        residual: true,
-        relu: true,
-    },
-    ConvCase {
-        name: "256->64 1x1 4x4",
-        c: 256,
-        k: 64,
-        hw: 4,
-        r: 1,
-        stride: 1,
-        in_win: (256, 0),
-        out_win: (64, 0),
-        pre: false,
-        residual: false,
-        relu: true,
-    },
+    cc("stem 3->16 3x3 32x32", (3, 16, 32, 3, 1), (3, 0), (16, 0), (false, false, true)),
+    cc("16->16 3x3 7x7 +res", (16, 16, 7, 3, 1), (16, 0), (16, 0), (false, true, true)),
+    cc("16->32 3x3 s2 9x9", (16, 32, 9, 3, 2), (16, 0), (32, 0), (false, false, true)),
+    cc("12->20 1x1 pre, windows", (12, 20, 7, 1, 1), (29, 5), (40, 3), (true, false, false)),
+    cc("36->12 3x3 pre, windows 8x8", (36, 12, 8, 3, 1), (48, 12), (48, 0), (true, false, false)),
+    cc("64->24 1x1 s2 8x8", (64, 24, 8, 1, 2), (64, 0), (24, 0), (false, false, false)),
+    cc("130->70 3x3 5x5 +res", (130, 70, 5, 3, 1), (130, 0), (75, 5), (false, true, true)),
+    cc("256->64 1x1 4x4", (256, 64, 4, 1, 1), (256, 0), (64, 0), (false, false, true)),
+    cc("96->40 3x3 pre, window at 8, 6x6", (96, 40, 6, 3, 1), (112, 8), (44, 2), (true, false, false)),
+    cc("64->128 3x3 s2 7x7", (64, 128, 7, 3, 2), (64, 0), (128, 0), (false, false, true)),
+    cc("512->256 1x1 2x2 +res", (512, 256, 2, 1, 1), (512, 0), (256, 0), (false, true, true)),
+    cc("136->200 3x3 10x10 +res", (136, 200, 10, 3, 1), (136, 0), (200, 0), (false, true, true)),
 ];
 
 fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
@@ -674,9 +607,10 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     };
     let variants: &[&str] = match p {
         Precision::F32 => &["conv_simt_f32"],
-        Precision::F16 => &["conv_mma_f16", "conv_simt_f16"],
+        Precision::F16 => &["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"],
     };
     let default = be.conv_kernel().to_string();
+    let mut ran = std::collections::BTreeSet::new();
     let mut rng = Rng::new(7);
     for &var in variants {
         be.set_conv_kernel(var)?;
@@ -685,8 +619,13 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                 for exact in [false, true] {
                     let plan = conv_case_plan(cc, &mut rng, exact);
                     let err = run_op_case(be, &plan, n, &mut rng, exact)?;
+                    let used = match &plan.stages[0].ops[0] {
+                        Op::Conv(c) => super::exec::choose_conv_kernel(var, tag, &plan, c),
+                        _ => var.to_string(),
+                    };
+                    ran.insert(used.clone());
                     let what = format!(
-                        "{var} {} n={n}{}",
+                        "{used} {} n={n}{}",
                         cc.name,
                         if exact { " exact" } else { "" }
                     );
@@ -696,6 +635,14 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         }
     }
     be.set_conv_kernel(&default)?;
+    if !ran.iter().all(|k| variants.contains(&k.as_str())) || ran.len() != variants.len() {
+        tally.fail += 1;
+        writeln!(
+            out,
+            "FAIL the case table did not exercise every conv kernel: ran {ran:?}"
+        )
+        .map_err(io_err)?;
+    }
 
     // (channels, hw, stride, pad_before, out channels, in window, out window)
     let shortcut_cases = [
@@ -1205,8 +1152,11 @@ pub fn selfcheck_with(
         check_ops(&mut be, report, &mut tally)?;
         check_passes(&mut be, report, &mut tally, quick)?;
         if p == Precision::F16 {
-            be.set_conv_kernel("conv_simt_f16")?;
-            check_passes(&mut be, report, &mut tally, quick)?;
+            for k in ["conv_mma_f16", "conv_simt_f16"] {
+                be.set_conv_kernel(k)?;
+                check_passes(&mut be, report, &mut tally, quick)?;
+            }
+            be.set_conv_kernel("auto")?;
         }
     }
     writeln!(
