@@ -341,15 +341,15 @@ fn pack_conv_weight(w: &[f32], k: usize, c: usize, r: usize, k_major: bool) -> V
 /// Whether conv_mmavec's 16-byte loads and paired stores are aligned for this layer.
 fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
     let stride = |v: &View| plan.buffers[v.buf].channels;
-    c.input.channels % 8 == 0
-        && c.output.channels % 8 == 0
-        && stride(&c.input) % 8 == 0
-        && c.input.offset % 8 == 0
-        && stride(&c.output) % 2 == 0
-        && c.output.offset % 2 == 0
+    c.input.channels.is_multiple_of(8)
+        && c.output.channels.is_multiple_of(8)
+        && stride(&c.input).is_multiple_of(8)
+        && c.input.offset.is_multiple_of(8)
+        && stride(&c.output).is_multiple_of(2)
+        && c.output.offset.is_multiple_of(2)
         && c.residual
             .as_ref()
-            .is_none_or(|r| stride(r) % 2 == 0 && r.offset % 2 == 0)
+            .is_none_or(|r| stride(r).is_multiple_of(2) && r.offset.is_multiple_of(2))
 }
 
 /// The kernel for one convolution under a policy: `auto` (the fastest that applies),
