@@ -30,6 +30,11 @@
 //       conv_splitk_epilogue_f16 applies bias/residual/ReLU, writes the output and
 //       zeroes the workspace for the next layer. Used where the output is too small to
 //       fill the GPU (batch 1, 4x4 and 8x8 maps).
+//   conv_mmaasync_f16: for aligned layers without pre-activation and K >= 128: a
+//       128x128x32 block tile, 256 threads = 2x4 warps of 64x32 (4x4 MMAs per k-step),
+//       operands copied global -> shared by cp.async (no register staging; out-of-range
+//       chunks zero-filled by the copy itself), two stages: the copy of k-tile i+1 is in
+//       flight while tile i is multiplied. Same B packing and split-K as conv_mmavec.
 // All variants handle any H, W, stride, padding; the first three any C and K (every
 // load and store is bounds checked). Blocks whose first pixel belongs to a sample past
 // `*count` return at once.
@@ -45,6 +50,11 @@
 #define VEC_BK 32
 #define VEC_THREADS 256
 #define EPILOGUE_THREADS 256
+
+#define ASY_BM 128
+#define ASY_BN 128
+#define ASY_BK 32
+#define ASY_THREADS 256
 
 #define MMA_BM 64
 #define MMA_BN 64
@@ -193,7 +203,26 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
 #endif
 }
 
-__device__ __forceinline__ unsigned ld_pair(const unsigned short* p) { return *(const unsigned*)p; }
+__device__ __forceinline__ unsigned ld_pair(const unsigned short* p) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 4);
+#endif
+    return *(const unsigned*)p;
+}
+
+// 16-byte load/store (8 halves); the emulator checks the alignment the GPU requires.
+__device__ __forceinline__ uint4 ld128(const void* p) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    return *(const uint4*)p;
+}
+__device__ __forceinline__ void st128(void* p, uint4 v) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    *(uint4*)p = v;
+}
 
 __device__ __forceinline__ void conv_mma(const ConvParams& p) {
     // Rows padded by 8 halves (16 bytes): the fragment loads of a warp (8 rows x 4
@@ -309,7 +338,11 @@ __device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int 
     v0 += p.bias[k];
     v1 += p.bias[k + 1];
     if (p.residual != nullptr) {
-        const unsigned r = *(const unsigned*)((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
+        const __half* rp = (const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k;
+#ifdef DGATE_HOST_EMU
+        emu_check_align(rp, 4);
+#endif
+        const unsigned r = *(const unsigned*)rp;
         v0 += __half2float(__ushort_as_half((unsigned short)(r & 0xffffu)));
         v1 += __half2float(__ushort_as_half((unsigned short)(r >> 16)));
     }
@@ -319,7 +352,11 @@ __device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int 
     }
     const unsigned out = (unsigned)__half_as_ushort(__float2half_rn(v0)) |
                          ((unsigned)__half_as_ushort(__float2half_rn(v1)) << 16);
-    *(unsigned*)((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k) = out;
+    __half* op = (__half*)p.out + (size_t)m * p.out_stride + p.out_off + k;
+#ifdef DGATE_HOST_EMU
+    emu_check_align(op, 4);
+#endif
+    *(unsigned*)op = out;
 }
 
 __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
@@ -372,7 +409,7 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
             const int x = rx0[row] + s;
             if (base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
                 const __half* src = in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c;
-                uint4 v = *(const uint4*)src;
+                uint4 v = ld128(src);
                 if (p.pre_scale != nullptr) {
                     v.x = pre_act_pair(v.x, p, c);
                     v.y = pre_act_pair(v.y, p, c + 2);
@@ -384,12 +421,12 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
         }
         const int oc = n0 + rb;
         b_reg.v = make_uint4(0u, 0u, 0u, 0u);
-        if (oc < p.K && kd < Kd) b_reg.v = *(const uint4*)(w + (size_t)oc * p.ldw + kd);
+        if (oc < p.K && kd < Kd) b_reg.v = ld128(w + (size_t)oc * p.ldw + kd);
     };
     auto stash = [&](int buf) {
 #pragma unroll
-        for (int i = 0; i < 2; ++i) *(uint4*)&As[buf][(ra + i * 64) * LDS + kc * 8] = a_reg[i].v;
-        *(uint4*)&Bs[buf][rb * LDS + kc * 8] = b_reg.v;
+        for (int i = 0; i < 2; ++i) st128(&As[buf][(ra + i * 64) * LDS + kc * 8], a_reg[i].v);
+        st128(&Bs[buf][rb * LDS + kc * 8], b_reg.v);
     };
 
     float acc[2][4][4];
@@ -459,6 +496,162 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     }
 }
 
+// 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
+// zero-fills the destination without reading the source.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(smem, 16);
+    if (valid) {
+        emu_check_align(gmem, 16);
+        std::memcpy(smem, gmem, 16);
+    } else {
+        std::memset(smem, 0, 16);
+    }
+#else
+    unsigned long long shared_addr;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)shared_addr), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef DGATE_HOST_EMU
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `N` committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef DGATE_HOST_EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
+    constexpr int LDS = ASY_BK + 8;
+    __shared__ __align__(16) unsigned short As[2][ASY_BM * LDS];
+    __shared__ __align__(16) unsigned short Bs[2][ASY_BN * LDS];
+    __shared__ int rbase[ASY_BM], ry0[ASY_BM], rx0[ASY_BM];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * ASY_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * ASY_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + ASY_BK - 1) / ASY_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 4) * 64;
+    const int wn = (warp % 4) * 32;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+
+    if (tid < ASY_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+    __syncthreads();
+
+    // This thread's chunks: rows r0 and r0 + 64 of A and of B, chunk column kc.
+    const int kc = tid % 4;
+    const int r0 = tid / 4;
+
+    auto issue = [&](int kt, int buf) {
+        const int kd = kt * ASY_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = r0 + i * 64;
+            const int base = rbase[row];
+            const int y = ry0[row] + r;
+            const int x = rx0[row] + s;
+            const bool ok = base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W;
+            const __half* src = ok ? in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c : in;
+            cp_async16(&As[buf][row * LDS + kc * 8], src, ok);
+            const int oc = n0 + row;
+            const bool okb = oc < p.K && kd < Kd;
+            cp_async16(&Bs[buf][row * LDS + kc * 8], okb ? w + (size_t)oc * p.ldw + kd : w, okb);
+        }
+        cp_async_commit();
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    issue(kt0, 0);
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        if (kt + 1 < kt1) {
+            issue(kt + 1, buf ^ 1);
+            cp_async_wait<1>();  // this tile's group is done; the next may still fly
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // every thread's copies of this tile are visible
+        const unsigned short* A = As[buf];
+        const unsigned short* B = Bs[buf];
+#pragma unroll
+        for (int kk = 0; kk < ASY_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                const unsigned short* q = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(q);
+                a[mt][1] = ld_pair(q + 8 * LDS);
+                a[mt][2] = ld_pair(q + 8);
+                a[mt][3] = ld_pair(q + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* q = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(q);
+                b[nt][1] = ld_pair(q + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        __syncthreads();  // the buffer is refilled by the next iteration's issue
+    }
+
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int m = m0 + wm + mt * 16 + g + hf * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k >= p.K) continue;
+                const float v0 = acc[mt][nt][hf * 2];
+                const float v1 = acc[mt][nt][hf * 2 + 1];
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
+                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
+                } else {
+                    conv_store_pair(p, m, k, v0, v1);
+                }
+            }
+        }
+    }
+}
+
 // Finishes a split-K convolution: one thread per output (pixel, channel).
 __device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
     const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
@@ -476,3 +669,4 @@ DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
 DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
 DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue(p); }
+DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }

@@ -62,6 +62,14 @@ struct alignas(16) uint4 {
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
+// The GPU faults on misaligned vector accesses; x86 does not, so check here.
+inline void emu_check_align(const void* p, unsigned bytes) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        std::fprintf(stderr, "host_emu: misaligned %u-byte access at %p\n", bytes, p);
+        std::abort();
+    }
+}
+
 // Fibers never run concurrently, so a plain add is atomic here.
 inline float atomicAdd(float* p, float v) {
     const float old = *p;

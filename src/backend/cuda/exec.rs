@@ -26,6 +26,9 @@ const CONV_VEC_TILE_M: usize = 128;
 const CONV_VEC_TILE_N: usize = 64;
 const CONV_VEC_TILE_K: usize = 32;
 const CONV_VEC_THREADS: u32 = 256;
+const CONV_ASYNC_TILE_M: usize = 128;
+const CONV_ASYNC_TILE_N: usize = 128;
+const CONV_ASYNC_THREADS: u32 = 256;
 const MAX_SPLIT_K: usize = 16;
 const ELEMENTWISE_THREADS: u32 = 256;
 const GAP_THREADS: u32 = 256;
@@ -353,25 +356,31 @@ fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
 }
 
 /// The kernel for one convolution under a policy: `auto` (the fastest that applies),
-/// or a kernel name (conv_mmavec_f16 falls back to conv_mma_f16 where unaligned).
+/// or a kernel name; the aligned-only kernels fall back where they do not apply
+/// (conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16).
 pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
+    let aligned = vec_aligned(plan, c);
+    let async_ok = aligned && c.pre.is_none() && c.output.channels >= CONV_ASYNC_TILE_N;
     match (policy, dtype) {
         ("auto", "f32") => "conv_simt_f32".into(),
-        ("auto", _) | ("conv_mmavec_f16", _) => {
-            if vec_aligned(plan, c) {
-                "conv_mmavec_f16".into()
-            } else {
-                "conv_mma_f16".into()
-            }
+        ("auto", _) | ("conv_mmaasync_f16", _) if async_ok => "conv_mmaasync_f16".into(),
+        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) if aligned => {
+            "conv_mmavec_f16".into()
         }
+        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) => "conv_mma_f16".into(),
         (name, _) => name.into(),
     }
 }
 
 /// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
 /// GPU when the output alone gives fewer than half a wave.
-fn split_k(m: usize, k: usize, kd: usize, sms: usize, workspace_floats: usize) -> usize {
-    let tiles = m.div_ceil(CONV_VEC_TILE_M) * k.div_ceil(CONV_VEC_TILE_N);
+fn split_k(
+    (tile_m, tile_n): (usize, usize),
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> usize {
+    let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
     let ktiles = kd.div_ceil(CONV_VEC_TILE_K);
     if tiles * 2 > sms || ktiles < 8 || m * k > workspace_floats {
         return 1;
@@ -424,7 +433,7 @@ impl Prepared {
                             c.output.channels,
                             c.input.channels,
                             c.kernel,
-                            kernel == "conv_mmavec_f16",
+                            kernel == "conv_mmavec_f16" || kernel == "conv_mmaasync_f16",
                         );
                         DevOp::Conv {
                             kernel,
@@ -466,7 +475,7 @@ impl Prepared {
             .unwrap_or(0);
         let ints = capacity * 4;
         // Split-K only runs when the output has at most sms/2 tiles (see split_k).
-        let workspace_floats = (dev.sms / 2 + 1) * CONV_VEC_TILE_M * CONV_VEC_TILE_N;
+        let workspace_floats = (dev.sms / 2 + 1) * CONV_ASYNC_TILE_M * CONV_ASYNC_TILE_N;
         Ok(Prepared {
             workspace: dev.alloc(workspace_floats * 4)?,
             workspace_floats,
@@ -597,17 +606,22 @@ impl Prepared {
                     };
                     let m = n * c.out_h * c.out_w;
                     let kd = c.kernel * c.kernel * c.input.channels;
-                    if kernel == "conv_mmavec_f16" {
+                    let k_major = match kernel.as_str() {
+                        "conv_mmavec_f16" => {
+                            Some((CONV_VEC_TILE_M, CONV_VEC_TILE_N, CONV_VEC_THREADS))
+                        }
+                        "conv_mmaasync_f16" => {
+                            Some((CONV_ASYNC_TILE_M, CONV_ASYNC_TILE_N, CONV_ASYNC_THREADS))
+                        }
+                        _ => None,
+                    };
+                    if let Some((tm, tn, threads)) = k_major {
                         let mut p = p;
                         p.ldw = kd as i32;
-                        let splits =
-                            split_k(m, c.output.channels, kd, dev.sms, self.workspace_floats);
-                        let grid = (
-                            blocks(m, CONV_VEC_TILE_M),
-                            blocks(c.output.channels, CONV_VEC_TILE_N),
-                            splits as u32,
-                        );
-                        dev.launch3(kernel, grid, CONV_VEC_THREADS, 0, &p)?;
+                        let shape = (m, c.output.channels, kd);
+                        let splits = split_k((tm, tn), shape, dev.sms, self.workspace_floats);
+                        let grid = (blocks(m, tm), blocks(c.output.channels, tn), splits as u32);
+                        dev.launch3(kernel, grid, threads, 0, &p)?;
                         if splits > 1 {
                             dev.launch(
                                 "conv_splitk_epilogue_f16",

@@ -489,7 +489,7 @@ fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
         buf(cc.in_win.0, cc.hw, cc.hw),
     ];
     let residual = if cc.residual {
-        buffers.push(buf(cc.k + 3, out_hw, out_hw));
+        buffers.push(buf(cc.k + 4, out_hw, out_hw));
         Some(view(3, 2, cc.k))
     } else {
         None
@@ -607,7 +607,12 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     };
     let variants: &[&str] = match p {
         Precision::F32 => &["conv_simt_f32"],
-        Precision::F16 => &["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"],
+        Precision::F16 => &[
+            "conv_mmaasync_f16",
+            "conv_mmavec_f16",
+            "conv_mma_f16",
+            "conv_simt_f16",
+        ],
     };
     let default = be.conv_kernel().to_string();
     let mut ran = std::collections::BTreeSet::new();
@@ -1076,11 +1081,14 @@ fn compare_pass(
     Ok((ok, desc))
 }
 
+/// `quick`: smaller batches; `extra`: a second kernel policy over the same code paths,
+/// where the small networks suffice.
 fn check_passes(
     be: &mut CudaBackend,
     out: &mut dyn Write,
     tally: &mut Tally,
     quick: bool,
+    extra: bool,
 ) -> Result<()> {
     let conv = be.conv_kernel().to_string();
     let graph_modes: &[bool] = if be.is_emulated() {
@@ -1088,12 +1096,13 @@ fn check_passes(
     } else {
         &[false, true]
     };
-    let cases = if quick {
+    let mut cases = if quick {
         vec![
             (tiny_resnet(11, 10), 1usize),
             (tiny_resnet(12, 10), 6),
             (tiny_densenet(13, 10), 3),
             (tiny_densenet(14, 100), 7),
+            (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 2),
         ]
     } else {
         vec![
@@ -1101,8 +1110,12 @@ fn check_passes(
             (tiny_resnet(12, 10), 37),
             (tiny_densenet(13, 10), 3),
             (tiny_densenet(14, 100), 29),
+            (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 3),
         ]
     };
+    if extra {
+        cases.retain(|(p, _)| p.arch.starts_with("tiny"));
+    }
     for &graphs in graph_modes {
         be.set_graphs(graphs);
         for (plan, n) in &cases {
@@ -1150,11 +1163,11 @@ pub fn selfcheck_with(
         let mut be = make(p)?;
         writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
         check_ops(&mut be, report, &mut tally)?;
-        check_passes(&mut be, report, &mut tally, quick)?;
+        check_passes(&mut be, report, &mut tally, quick, false)?;
         if p == Precision::F16 {
-            for k in ["conv_mma_f16", "conv_simt_f16"] {
+            for k in ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"] {
                 be.set_conv_kernel(k)?;
-                check_passes(&mut be, report, &mut tally, quick)?;
+                check_passes(&mut be, report, &mut tally, quick, true)?;
             }
             be.set_conv_kernel("auto")?;
         }
