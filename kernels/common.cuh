@@ -83,6 +83,8 @@ struct GapLinearParams {
     int classes, pre_relu, rule, exit_id;
     float threshold;
     int is_gate;
+    int vec;                // channels per pooling load: 1, 4 (f32) or 8 (f16)
+    int groups;             // pixel groups pooled in parallel
 };
 
 struct CompactParams {

@@ -57,6 +57,12 @@ inline __half __ushort_as_half(unsigned short x) {
     return h;
 }
 
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
 };

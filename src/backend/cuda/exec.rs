@@ -31,7 +31,9 @@ const CONV_ASYNC_TILE_N: usize = 128;
 const CONV_ASYNC_THREADS: u32 = 256;
 const MAX_SPLIT_K: usize = 16;
 const ELEMENTWISE_THREADS: u32 = 256;
-const GAP_THREADS: u32 = 256;
+const GAP_THREADS: usize = 512;
+/// Static shared memory is limited to 48 KiB without an opt-in.
+const GAP_SMEM_LIMIT: usize = 48 * 1024;
 const SCAN_THREADS: u32 = 1024;
 const IMAGE_FLOATS: usize = 3 * 32 * 32;
 
@@ -308,6 +310,9 @@ pub(crate) fn validate(plan: &Plan) -> Result<()> {
         if g.weight.len() != plan.classes * g.input.channels || g.bias.len() != plan.classes {
             return Err(cfg_err(format!("{what}: weight/bias sizes")));
         }
+        if !gap_fits(g.input.channels, plan.classes) {
+            return Err(cfg_err(format!("{what}: too many channels or classes")));
+        }
     }
     let hd = &plan.head;
     check_view(plan, &hd.input, hd.h, hd.w, "head")?;
@@ -315,6 +320,9 @@ pub(crate) fn validate(plan: &Plan) -> Result<()> {
         return Err(cfg_err("head: weight/bias sizes".into()));
     }
     check_pre(&hd.pre, hd.input.channels, "head")?;
+    if !gap_fits(hd.input.channels, plan.classes) {
+        return Err(cfg_err("head: too many channels or classes".into()));
+    }
     Ok(())
 }
 
@@ -405,6 +413,27 @@ fn pre_ptrs(p: &Option<DevPre>) -> (u64, u64, i32) {
         Some(p) => (p.scale.ptr, p.shift.ptr, p.relu as i32),
         None => (0, 0, 0),
     }
+}
+
+/// How a gate/head pools its view: channels per load, pixel groups, shared bytes.
+fn gap_layout(dev: &Device, plan: &Plan, input: &View, hw: usize) -> (usize, usize, usize) {
+    let stride = plan.buffers[input.buf].channels;
+    let lanes = 16 / dev.elem_bytes(); // channels in one 16-byte load
+    let aligned = [input.channels, stride, input.offset]
+        .iter()
+        .all(|v| v.is_multiple_of(lanes));
+    let vec = if aligned { lanes } else { 1 };
+    let units = input.channels / vec;
+    let fixed = (input.channels + plan.classes) * 4;
+    let per_group = input.channels * 4;
+    let fit = GAP_SMEM_LIMIT.saturating_sub(fixed) / per_group;
+    let groups = (GAP_THREADS / units).clamp(1, hw.max(1)).min(fit.max(1));
+    (vec, groups, fixed + groups * per_group)
+}
+
+/// Largest channel count a gate or head can pool within the shared-memory limit.
+fn gap_fits(channels: usize, classes: usize) -> bool {
+    (2 * channels + classes) * 4 <= GAP_SMEM_LIMIT
 }
 
 fn blocks(total: usize, per: usize) -> u32 {
@@ -729,16 +758,19 @@ impl Prepared {
         Ok(())
     }
 
+    /// Parameters and dynamic shared memory of a gate/head launch.
     fn gap_params(
         &self,
+        dev: &Device,
         plan: &Plan,
         lin: &DevLinear,
         input: &View,
         hw: usize,
         level: usize,
-    ) -> GapLinearParams {
+    ) -> (GapLinearParams, u32) {
         let (ps, pb, pr) = pre_ptrs(&lin.pre);
-        GapLinearParams {
+        let (vec, groups, smem) = gap_layout(dev, plan, input, hw);
+        let p = GapLinearParams {
             input: self.view_ptr(input),
             weight: lin.weight.ptr,
             bias: lin.bias.ptr,
@@ -761,7 +793,10 @@ impl Prepared {
             exit_id: -1,
             threshold: 0.0,
             is_gate: 0,
-        }
+            vec: vec as i32,
+            groups: groups as i32,
+        };
+        (p, smem as u32)
     }
 
     fn enqueue_gate(
@@ -774,7 +809,14 @@ impl Prepared {
     ) -> Result<()> {
         let dt = dev.dtype();
         let gate = &plan.gates[g];
-        let mut p = self.gap_params(plan, &self.gates[g], &gate.input, gate.h * gate.w, level);
+        let (mut p, smem) = self.gap_params(
+            dev,
+            plan,
+            &self.gates[g],
+            &gate.input,
+            gate.h * gate.w,
+            level,
+        );
         p.rule = match gate.rule {
             ExitRule::Hinge => 0,
             ExitRule::Ce => 1,
@@ -782,11 +824,10 @@ impl Prepared {
         p.exit_id = g as i32;
         p.threshold = gate.threshold;
         p.is_gate = 1;
-        let smem = ((gate.input.channels + plan.classes) * 4) as u32;
         dev.launch(
             &format!("gate_fused_{dt}"),
             (n as u32, 1),
-            GAP_THREADS,
+            GAP_THREADS as u32,
             smem,
             &p,
         )?;
@@ -831,12 +872,11 @@ impl Prepared {
     fn enqueue_head(&self, dev: &Device, plan: &Plan, level: usize, n: usize) -> Result<()> {
         let dt = dev.dtype();
         let h = &plan.head;
-        let p = self.gap_params(plan, &self.head, &h.input, h.h * h.w, level);
-        let smem = ((h.input.channels + plan.classes) * 4) as u32;
+        let (p, smem) = self.gap_params(dev, plan, &self.head, &h.input, h.h * h.w, level);
         dev.launch(
             &format!("head_gap_{dt}"),
             (n as u32, 1),
-            GAP_THREADS,
+            GAP_THREADS as u32,
             smem,
             &p,
         )

@@ -104,6 +104,10 @@ pub struct GapLinearParams {
     pub exit_id: i32,
     pub threshold: f32,
     pub is_gate: i32,
+    /// Channels per pooling load: 1, 4 (f32) or 8 (f16).
+    pub vec: i32,
+    /// Pixel groups pooled in parallel.
+    pub groups: i32,
 }
 
 #[repr(C)]

@@ -905,12 +905,12 @@ pub fn tiny_resnet(seed: u64, classes: usize) -> Plan {
     }
 }
 
-/// A small DenseNet-BC: growth 4, two layers per block, new channels written in front
+/// A small DenseNet-BC: growth `growth` (3 gives unaligned channel windows), two layers per block, new channels written in front
 /// of the block buffer (windows, no copies), transitions with pre-activated 1×1 convs
 /// and 2×2 average pools, gates after the transitions, pre-activated head.
-pub fn tiny_densenet(seed: u64, classes: usize) -> Plan {
+pub fn tiny_densenet(seed: u64, classes: usize, growth: usize) -> Plan {
     let mut rng = Rng::new(seed);
-    let k = 4;
+    let k = growth;
     let layers = 2;
     let mut buffers = vec![buf(3, 32, 32)];
     let mut stages = Vec::new();
@@ -1100,16 +1100,16 @@ fn check_passes(
         vec![
             (tiny_resnet(11, 10), 1usize),
             (tiny_resnet(12, 10), 6),
-            (tiny_densenet(13, 10), 3),
-            (tiny_densenet(14, 100), 7),
+            (tiny_densenet(13, 10, 4), 3),
+            (tiny_densenet(14, 100, 3), 7),
             (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 2),
         ]
     } else {
         vec![
             (tiny_resnet(11, 10), 1usize),
             (tiny_resnet(12, 10), 37),
-            (tiny_densenet(13, 10), 3),
-            (tiny_densenet(14, 100), 29),
+            (tiny_densenet(13, 10, 4), 3),
+            (tiny_densenet(14, 100, 3), 29),
             (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 3),
         ]
     };
@@ -1405,7 +1405,8 @@ mod tests {
     fn synthetic_plans_are_valid() {
         for plan in [
             tiny_resnet(1, 10),
-            tiny_densenet(2, 10),
+            tiny_densenet(2, 10, 4),
+            tiny_densenet(2, 10, 3),
             resnet_bottleneck_plan([1, 1, 1, 1], 10, 3),
         ] {
             if let Err(e) = super::super::exec::validate(&plan) {
@@ -1419,7 +1420,7 @@ mod tests {
 
     #[test]
     fn calibration_gives_a_mix_of_exits() {
-        for mut plan in [tiny_resnet(4, 10), tiny_densenet(5, 10)] {
+        for mut plan in [tiny_resnet(4, 10), tiny_densenet(5, 10, 3)] {
             let n = 16;
             let images = random_images(&mut Rng::new(6), n);
             let (res, margins) = ref_run(&mut plan, &images, n, Some(&[0.5, 0.5]));
