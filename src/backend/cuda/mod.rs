@@ -10,14 +10,18 @@
 //! a CUDA graph and replayed (set `DGATE_CUDA_GRAPHS=0` to launch kernel by kernel).
 //!
 //! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
-//! `common.cuh`), `device` (context, stream, memory), `exec` (a plan made resident,
-//! the launch sequence), [`selfcheck`] (every op against a CPU reference, timings).
+//! `common.cuh`), `device` (context or CPU emulator, memory), `exec` (a plan made
+//! resident, the launch sequence), [`selfcheck`] (every op and small networks against
+//! [`reference`]), [`synthetic`] (random-weight plans), [`bench`] (latency table).
 
+pub mod bench;
 mod device;
 mod exec;
 pub mod kernels;
 pub mod params;
+pub mod reference;
 pub mod selfcheck;
+pub mod synthetic;
 
 pub use kernels::{compile_all_for_arch, KernelFile};
 

@@ -1,6 +1,6 @@
-//! Self-check of the CUDA backend against a straightforward CPU reference, and a
-//! short latency table. Runs where there is no Rust toolchain (the GPU machine runs the
-//! release binary's `gpu-check`), so it lives in the library.
+//! Self-check of the CUDA backend against a straightforward CPU reference. Runs where
+//! there is no Rust toolchain (the GPU machine runs the release binary's `gpu-check`),
+//! so it lives in the library.
 //!
 //! - Every op on seeded random inputs over a table of awkward shapes (7×7, 3 channels,
 //!   channel counts not multiples of 8 or 32, stride 2, channel windows inside wider
@@ -12,367 +12,25 @@
 //!   DenseNet, thresholds placed in gaps of the reference's confidences so that about
 //!   half the samples leave at each gate: classes and exits must match exactly, scores
 //!   and logits within the tolerance.
-//! - Timing: a ResNet-101-shaped plan with random weights, batch 1/64/256, f32/f16.
+//! - [`gpu_check`] adds the latency table of [`super::bench`].
 //!
-//! The reference here is deliberately naive (NCHW loops) and independent of the
-//! library's CPU backend.
+//! The reference ([`super::reference`]) is deliberately naive (NCHW loops) and
+//! independent of the library's CPU backend.
 
 use std::io::Write;
 
+use super::reference::{norm_max_err, ref_alloc, ref_op, ref_run, Rng};
+use super::synthetic::{buf, resnet_bottleneck_plan, tiny_densenet, tiny_resnet, view};
 use super::CudaBackend;
 use crate::backend::{Backend, Precision};
-use crate::plan::{
-    decide, Buffer, Conv, ExitRule, Gate, Head, Op, Plan, PreAct, SampleResult, Stage, View,
-};
+use crate::plan::{Buffer, Conv, Head, Op, Plan, PreAct, Stage, View};
 use crate::{Error, Result};
-
-// ---------------------------------------------------------------- random numbers
-
-/// SplitMix64: deterministic, dependency-free.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    /// Integer in [lo, hi].
-    pub fn int(&mut self, lo: i32, hi: i32) -> f32 {
-        (lo + (self.next_u64() % (hi - lo + 1) as u64) as i32) as f32
-    }
-    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform() * scale).collect()
-    }
-    pub fn ints(&mut self, n: usize, lo: i32, hi: i32) -> Vec<f32> {
-        (0..n).map(|_| self.int(lo, hi)).collect()
-    }
-}
-
-// ---------------------------------------------------------------- reference
-
-/// Buffers of the reference: per plan buffer, `n × channels × h × w` (NCHW).
-type RefBufs = Vec<Vec<f32>>;
-
-fn ref_alloc(plan: &Plan, n: usize) -> RefBufs {
-    plan.buffers
-        .iter()
-        .map(|b| vec![0.0; n * b.channels * b.h * b.w])
-        .collect()
-}
-
-fn pre_apply(pre: &Option<PreAct>, c: usize, v: f32) -> f32 {
-    match pre {
-        Some(p) => {
-            let y = v * p.scale[c] + p.shift[c];
-            if p.relu {
-                y.max(0.0)
-            } else {
-                y
-            }
-        }
-        None => v,
-    }
-}
-
-/// Reads channel `c` of view `v`, sample `s`, pixel `i`.
-fn at(plan: &Plan, bufs: &RefBufs, v: &View, s: usize, c: usize, i: usize) -> f32 {
-    let b = &plan.buffers[v.buf];
-    bufs[v.buf][(s * b.channels + v.offset + c) * b.h * b.w + i]
-}
-
-fn ref_op(plan: &Plan, op: &Op, bufs: &mut RefBufs, n: usize) {
-    match op {
-        Op::Conv(c) => {
-            let (ci, k, r) = (c.input.channels, c.output.channels, c.kernel);
-            let mut out = vec![0.0f32; n * k * c.out_h * c.out_w];
-            let mut x = vec![0.0f32; ci * c.in_h * c.in_w];
-            for s in 0..n {
-                for ch in 0..ci {
-                    for i in 0..c.in_h * c.in_w {
-                        x[ch * c.in_h * c.in_w + i] =
-                            pre_apply(&c.pre, ch, at(plan, bufs, &c.input, s, ch, i));
-                    }
-                }
-                for o in 0..k {
-                    for y in 0..c.out_h {
-                        for xo in 0..c.out_w {
-                            let mut acc = 0.0f64;
-                            for ch in 0..ci {
-                                for dy in 0..r {
-                                    let iy = (y * c.stride + dy) as isize - c.pad as isize;
-                                    if iy < 0 || iy >= c.in_h as isize {
-                                        continue;
-                                    }
-                                    for dx in 0..r {
-                                        let ix = (xo * c.stride + dx) as isize - c.pad as isize;
-                                        if ix < 0 || ix >= c.in_w as isize {
-                                            continue;
-                                        }
-                                        let wv = c.weight[((o * ci + ch) * r + dy) * r + dx];
-                                        let xv = x[ch * c.in_h * c.in_w
-                                            + iy as usize * c.in_w
-                                            + ix as usize];
-                                        acc += wv as f64 * xv as f64;
-                                    }
-                                }
-                            }
-                            let i = y * c.out_w + xo;
-                            let mut v = acc as f32 + c.bias[o];
-                            if let Some(res) = &c.residual {
-                                v += at(plan, bufs, res, s, o, i);
-                            }
-                            if c.relu {
-                                v = v.max(0.0);
-                            }
-                            out[(s * k + o) * c.out_h * c.out_w + i] = v;
-                        }
-                    }
-                }
-            }
-            write_view(plan, bufs, &c.output, &out, n);
-        }
-        Op::ShortcutA {
-            input,
-            output,
-            in_h,
-            in_w,
-            stride,
-            pad_before,
-        } => {
-            let (oh, ow) = (in_h.div_ceil(*stride), in_w.div_ceil(*stride));
-            let k = output.channels;
-            let mut out = vec![0.0f32; n * k * oh * ow];
-            for s in 0..n {
-                for o in 0..k {
-                    let Some(c) = o.checked_sub(*pad_before).filter(|&c| c < input.channels) else {
-                        continue;
-                    };
-                    for y in 0..oh {
-                        for x in 0..ow {
-                            out[((s * k + o) * oh + y) * ow + x] =
-                                at(plan, bufs, input, s, c, y * stride * in_w + x * stride);
-                        }
-                    }
-                }
-            }
-            write_view(plan, bufs, output, &out, n);
-        }
-        Op::AvgPool2 {
-            input,
-            output,
-            in_h,
-            in_w,
-            pre,
-        } => {
-            let (oh, ow) = (in_h / 2, in_w / 2);
-            let k = input.channels;
-            let mut out = vec![0.0f32; n * k * oh * ow];
-            for s in 0..n {
-                for c in 0..k {
-                    for y in 0..oh {
-                        for x in 0..ow {
-                            let mut sum = 0.0;
-                            for dy in 0..2 {
-                                for dx in 0..2 {
-                                    let i = (2 * y + dy) * in_w + 2 * x + dx;
-                                    sum += pre_apply(pre, c, at(plan, bufs, input, s, c, i));
-                                }
-                            }
-                            out[((s * k + c) * oh + y) * ow + x] = sum * 0.25;
-                        }
-                    }
-                }
-            }
-            write_view(plan, bufs, output, &out, n);
-        }
-    }
-}
-
-/// Writes dense `n × v.channels × h × w` values into view `v`.
-fn write_view(plan: &Plan, bufs: &mut RefBufs, v: &View, dense: &[f32], n: usize) {
-    let b = &plan.buffers[v.buf];
-    let hw = b.h * b.w;
-    for s in 0..n {
-        for c in 0..v.channels {
-            let src = (s * v.channels + c) * hw;
-            let dst = (s * b.channels + v.offset + c) * hw;
-            bufs[v.buf][dst..dst + hw].copy_from_slice(&dense[src..src + hw]);
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn ref_gap_linear(
-    plan: &Plan,
-    bufs: &RefBufs,
-    input: &View,
-    hw: usize,
-    pre: &Option<PreAct>,
-    weight: &[f32],
-    bias: &[f32],
-    s: usize,
-) -> Vec<f32> {
-    let c = input.channels;
-    let feat: Vec<f64> = (0..c)
-        .map(|ch| {
-            (0..hw)
-                .map(|i| pre_apply(pre, ch, at(plan, bufs, input, s, ch, i)) as f64)
-                .sum::<f64>()
-                / hw as f64
-        })
-        .collect();
-    (0..plan.classes)
-        .map(|j| {
-            let dot: f64 = (0..c).map(|ch| weight[j * c + ch] as f64 * feat[ch]).sum();
-            (dot + bias[j] as f64) as f32
-        })
-        .collect()
-}
-
-/// Reference pass. With `calibrate = Some(fractions)`, gate `g`'s threshold is placed
-/// in the widest gap between the confidences of the samples reaching it, near the
-/// `fractions[g]` quantile from the top; the chosen thresholds are written to `plan`.
-/// Returns the results and, per gate, the distance from the threshold to the nearest
-/// confidence (the margin a GPU decision may err by without flipping).
-pub fn ref_run(
-    plan: &mut Plan,
-    images: &[f32],
-    n: usize,
-    calibrate: Option<&[f32]>,
-) -> (Vec<SampleResult>, Vec<f32>) {
-    let mut bufs = ref_alloc(plan, n);
-    let dense: Vec<f32> = images.to_vec();
-    let input = plan.input;
-    write_view(plan, &mut bufs, &input, &dense, n);
-    let mut results: Vec<Option<SampleResult>> = vec![None; n];
-    let mut margins = vec![f32::INFINITY; plan.gates.len()];
-    for si in 0..plan.stages.len() {
-        for op in plan.stages[si].ops.clone() {
-            ref_op(plan, &op, &mut bufs, n);
-        }
-        let Some(g) = plan.gate_after(si) else {
-            continue;
-        };
-        let gate = plan.gates[g].clone();
-        let mut decided = Vec::new();
-        for (s, r) in results.iter().enumerate() {
-            if r.is_none() {
-                let scores = ref_gap_linear(
-                    plan,
-                    &bufs,
-                    &gate.input,
-                    gate.h * gate.w,
-                    &None,
-                    &gate.weight,
-                    &gate.bias,
-                    s,
-                );
-                let (class, conf) = decide(&scores, gate.rule);
-                decided.push((s, class, conf, scores));
-            }
-        }
-        if let Some(fr) = calibrate {
-            let mut confs: Vec<f32> = decided.iter().map(|d| d.2).collect();
-            confs.sort_by(|a, b| b.total_cmp(a));
-            let t = if confs.len() < 2 {
-                f32::INFINITY
-            } else {
-                let want = ((fr.get(g).copied().unwrap_or(0.5)) * confs.len() as f32) as usize;
-                let lo = want.saturating_sub(confs.len() / 4).max(1);
-                let hi = (want + confs.len() / 4).min(confs.len() - 1).max(lo);
-                let best = (lo..=hi)
-                    .max_by(|&a, &b| {
-                        (confs[a - 1] - confs[a]).total_cmp(&(confs[b - 1] - confs[b]))
-                    })
-                    .unwrap_or(1);
-                0.5 * (confs[best - 1] + confs[best])
-            };
-            plan.gates[g].threshold = t;
-        }
-        let t = plan.gates[g].threshold;
-        for (s, class, conf, scores) in decided {
-            margins[g] = margins[g].min((conf - t).abs());
-            if conf >= t {
-                results[s] = Some(SampleResult {
-                    class,
-                    exit: Some(g),
-                    score: conf,
-                    logits: scores,
-                });
-            }
-        }
-    }
-    let head = plan.head.clone();
-    let out = results
-        .into_iter()
-        .enumerate()
-        .map(|(s, r)| {
-            r.unwrap_or_else(|| {
-                let logits = ref_gap_linear(
-                    plan,
-                    &bufs,
-                    &head.input,
-                    head.h * head.w,
-                    &head.pre,
-                    &head.weight,
-                    &head.bias,
-                    s,
-                );
-                let (class, score) = decide(&logits, ExitRule::Hinge);
-                SampleResult {
-                    class,
-                    exit: None,
-                    score,
-                    logits,
-                }
-            })
-        })
-        .collect();
-    (out, margins)
-}
-
-// ---------------------------------------------------------------- op cases
-
-/// Normalised max error: `max|got − want| / max|want|` (0 when both are all zero).
-pub fn norm_max_err(got: &[f32], want: &[f32]) -> f64 {
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    let mut num = 0.0f64;
-    let mut den = 0.0f64;
-    for (&g, &w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        num = num.max((g as f64 - w as f64).abs());
-        den = den.max((w as f64).abs());
-    }
-    if num == 0.0 {
-        0.0
-    } else {
-        num / den.max(1e-30)
-    }
-}
 
 fn tolerance(p: Precision) -> f64 {
     match p {
         Precision::F32 => 1e-4,
         Precision::F16 => 1e-2,
     }
-}
-
-fn buf(channels: usize, h: usize, w: usize) -> Buffer {
-    Buffer { channels, h, w }
 }
 
 /// A plan whose only stage is `op` over `buffers` (ids from 1; buffer 0 is the
@@ -415,14 +73,6 @@ fn op_plan(mut buffers: Vec<Buffer>, op: Op) -> Plan {
             weight: vec![0.0; 3],
             bias: vec![0.0],
         },
-    }
-}
-
-fn view(buf: usize, offset: usize, channels: usize) -> View {
-    View {
-        buf,
-        offset,
-        channels,
     }
 }
 
@@ -734,301 +384,6 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     Ok(())
 }
 
-// ---------------------------------------------------------------- small networks
-
-#[allow(clippy::too_many_arguments)]
-fn conv_op(
-    rng: &mut Rng,
-    input: View,
-    output: View,
-    hw: usize,
-    r: usize,
-    stride: usize,
-    pre: Option<PreAct>,
-    residual: Option<View>,
-    relu: bool,
-) -> Op {
-    let pad = r / 2;
-    let out_hw = (hw + 2 * pad - r) / stride + 1;
-    let (c, k) = (input.channels, output.channels);
-    let scale = (2.0 / (c * r * r) as f32).sqrt() * 1.2;
-    Op::Conv(Conv {
-        input,
-        output,
-        in_h: hw,
-        in_w: hw,
-        out_h: out_hw,
-        out_w: out_hw,
-        kernel: r,
-        stride,
-        pad,
-        weight: rng.vec(k * c * r * r, scale),
-        bias: rng.vec(k, 0.1),
-        pre,
-        residual,
-        relu,
-    })
-}
-
-fn random_pre(rng: &mut Rng, c: usize) -> PreAct {
-    PreAct {
-        scale: (0..c).map(|_| 0.8 + 0.4 * rng.uniform()).collect(),
-        shift: rng.vec(c, 0.2),
-        relu: true,
-    }
-}
-
-fn stage(name: &str, ops: Vec<Op>, output: View, hw: usize) -> Stage {
-    Stage {
-        name: name.into(),
-        ops,
-        output,
-        out_h: hw,
-        out_w: hw,
-        flops: 0,
-        params: 0,
-    }
-}
-
-fn gate(
-    rng: &mut Rng,
-    after: usize,
-    input: View,
-    hw: usize,
-    classes: usize,
-    rule: ExitRule,
-) -> Gate {
-    Gate {
-        after_stage: after,
-        input,
-        h: hw,
-        w: hw,
-        weight: rng.vec(
-            classes * input.channels,
-            2.0 / (input.channels as f32).sqrt(),
-        ),
-        bias: rng.vec(classes, 0.2),
-        threshold: 0.0,
-        rule,
-    }
-}
-
-/// A small He et al. ResNet: 16/32/64 channels, one BasicBlock per stage, option-A
-/// shortcuts, gates after stages 0 (hinge) and 1 (ce).
-pub fn tiny_resnet(seed: u64, classes: usize) -> Plan {
-    let mut rng = Rng::new(seed);
-    // buffers: 0 input; per resolution a, t, b (block in, mid, out) and s (shortcut)
-    let mut buffers = vec![buf(3, 32, 32)];
-    let mut stages = Vec::new();
-    let widths = [16usize, 32, 64];
-    let mut prev = View {
-        buf: 0,
-        offset: 0,
-        channels: 3,
-    };
-    let mut hw = 32;
-    for (si, &w) in widths.iter().enumerate() {
-        let base = buffers.len();
-        let stride = if si == 0 { 1 } else { 2 };
-        let ohw = hw / stride;
-        for _ in 0..4 {
-            buffers.push(buf(w, ohw, ohw));
-        }
-        let (a, t, b, s) = (
-            view(base, 0, w),
-            view(base + 1, 0, w),
-            view(base + 2, 0, w),
-            view(base + 3, 0, w),
-        );
-        let mut ops = Vec::new();
-        let block_in = if si == 0 {
-            ops.push(conv_op(&mut rng, prev, a, 32, 3, 1, None, None, true));
-            a
-        } else {
-            prev
-        };
-        ops.push(conv_op(
-            &mut rng, block_in, t, hw, 3, stride, None, None, true,
-        ));
-        let shortcut = if si == 0 {
-            a
-        } else {
-            ops.push(Op::ShortcutA {
-                input: prev,
-                output: s,
-                in_h: hw,
-                in_w: hw,
-                stride: 2,
-                pad_before: (w - prev.channels) / 2,
-            });
-            s
-        };
-        ops.push(conv_op(
-            &mut rng,
-            t,
-            b,
-            ohw,
-            3,
-            1,
-            None,
-            Some(shortcut),
-            true,
-        ));
-        stages.push(stage(&format!("layer{}", si + 1), ops, b, ohw));
-        prev = b;
-        hw = ohw;
-    }
-    let gates = vec![
-        gate(&mut rng, 0, stages[0].output, 32, classes, ExitRule::Hinge),
-        gate(&mut rng, 1, stages[1].output, 16, classes, ExitRule::Ce),
-    ];
-    let head = Head {
-        input: prev,
-        h: hw,
-        w: hw,
-        pre: None,
-        weight: rng.vec(classes * prev.channels, 2.0 / (prev.channels as f32).sqrt()),
-        bias: rng.vec(classes, 0.1),
-    };
-    Plan {
-        arch: "tiny-resnet".into(),
-        classes,
-        buffers,
-        input: View {
-            buf: 0,
-            offset: 0,
-            channels: 3,
-        },
-        stages,
-        gates,
-        head,
-    }
-}
-
-/// A small DenseNet-BC: growth `growth` (3 gives unaligned channel windows), two layers per block, new channels written in front
-/// of the block buffer (windows, no copies), transitions with pre-activated 1×1 convs
-/// and 2×2 average pools, gates after the transitions, pre-activated head.
-pub fn tiny_densenet(seed: u64, classes: usize, growth: usize) -> Plan {
-    let mut rng = Rng::new(seed);
-    let k = growth;
-    let layers = 2;
-    let mut buffers = vec![buf(3, 32, 32)];
-    let mut stages = Vec::new();
-    let mut block_in_ch = 8; // stem width
-    let mut hw = 32;
-    // Stem writes into the back of block 1's buffer.
-    let mut block_buf = buffers.len();
-    buffers.push(buf(block_in_ch + layers * k, hw, hw));
-    let mut pending_stem = Some(conv_op(
-        &mut rng,
-        view(0, 0, 3),
-        view(block_buf, layers * k, block_in_ch),
-        32,
-        3,
-        1,
-        None,
-        None,
-        false,
-    ));
-    for bi in 0..3 {
-        let total = block_in_ch + layers * k;
-        let tmp = buffers.len();
-        buffers.push(buf(4 * k, hw, hw));
-        let mut ops: Vec<Op> = pending_stem.take().into_iter().collect();
-        for l in 0..layers {
-            let have = block_in_ch + l * k;
-            let inp = view(block_buf, total - have, have);
-            let pre1 = random_pre(&mut rng, have);
-            ops.push(conv_op(
-                &mut rng,
-                inp,
-                view(tmp, 0, 4 * k),
-                hw,
-                1,
-                1,
-                Some(pre1),
-                None,
-                false,
-            ));
-            let pre2 = random_pre(&mut rng, 4 * k);
-            let new = view(block_buf, total - have - k, k);
-            ops.push(conv_op(
-                &mut rng,
-                view(tmp, 0, 4 * k),
-                new,
-                hw,
-                3,
-                1,
-                Some(pre2),
-                None,
-                false,
-            ));
-        }
-        let full = view(block_buf, 0, total);
-        if bi == 2 {
-            stages.push(stage(&format!("dense{}", bi + 1), ops, full, hw));
-            let head = Head {
-                input: full,
-                h: hw,
-                w: hw,
-                pre: Some(random_pre(&mut rng, total)),
-                weight: rng.vec(classes * total, 2.0 / (total as f32).sqrt()),
-                bias: rng.vec(classes, 0.1),
-            };
-            let gates = vec![
-                gate(&mut rng, 0, stages[0].output, 16, classes, ExitRule::Hinge),
-                gate(&mut rng, 1, stages[1].output, 8, classes, ExitRule::Hinge),
-            ];
-            return Plan {
-                arch: "tiny-densenet".into(),
-                classes,
-                buffers,
-                input: view(0, 0, 3),
-                stages,
-                gates,
-                head,
-            };
-        }
-        // Transition: pre-activated 1x1 conv to half the channels, then 2x2 pool into
-        // the back of the next block's buffer.
-        let half = total / 2;
-        let tbuf = buffers.len();
-        buffers.push(buf(half, hw, hw));
-        let pre = random_pre(&mut rng, total);
-        ops.push(conv_op(
-            &mut rng,
-            full,
-            view(tbuf, 0, half),
-            hw,
-            1,
-            1,
-            Some(pre),
-            None,
-            false,
-        ));
-        let next_buf = buffers.len();
-        buffers.push(buf(half + layers * k, hw / 2, hw / 2));
-        let out = view(next_buf, layers * k, half);
-        ops.push(Op::AvgPool2 {
-            input: view(tbuf, 0, half),
-            output: out,
-            in_h: hw,
-            in_w: hw,
-            pre: None,
-        });
-        stages.push(stage(
-            &format!("dense{}+trans{}", bi + 1, bi + 1),
-            ops,
-            out,
-            hw / 2,
-        ));
-        block_buf = next_buf;
-        block_in_ch = half;
-        hw /= 2;
-    }
-    unreachable!("the loop returns at its last block")
-}
-
 fn random_images(rng: &mut Rng, n: usize) -> Vec<f32> {
     rng.vec(n * 3 * 32 * 32, 1.5)
 }
@@ -1181,205 +536,53 @@ pub fn selfcheck_with(
     Ok(tally.fail == 0)
 }
 
-// ---------------------------------------------------------------- timing
-
-/// A CIFAR ResNet with ImageNet-style Bottleneck blocks (`blocks` per layer, widths
-/// 64/128/256/512 × 4, strides 1/2/2/2, projection shortcuts), random weights, gates
-/// after stages 0 and 1 with infinite thresholds (no exits). `[3, 4, 23, 3]` is
-/// ResNet-101's shape. Stage `s` is layer `s + 1`; the stem belongs to stage 0.
-pub fn resnet_bottleneck_plan(blocks: [usize; 4], classes: usize, seed: u64) -> Plan {
-    let mut rng = Rng::new(seed);
-    let mut buffers = vec![buf(3, 32, 32), buf(64, 32, 32)];
-    let mut prev = view(1, 0, 64);
-    let mut pending = vec![conv_op(
-        &mut rng,
-        view(0, 0, 3),
-        prev,
-        32,
-        3,
-        1,
-        None,
-        None,
-        true,
-    )];
-    let mut stages = Vec::new();
-    let mut hw = 32;
-    for (li, &nb) in blocks.iter().enumerate() {
-        let mid = 64 << li;
-        let out_ch = mid * 4;
-        let stride = if li == 0 { 1 } else { 2 };
-        let ohw = hw / stride;
-        let base = buffers.len();
-        buffers.push(buf(out_ch, ohw, ohw)); // ping
-        buffers.push(buf(out_ch, ohw, ohw)); // pong
-        buffers.push(buf(mid, hw, hw)); // conv1 out of a strided block
-        buffers.push(buf(mid, ohw, ohw)); // conv1 out
-        buffers.push(buf(mid, ohw, ohw)); // conv2 out
-        buffers.push(buf(out_ch, ohw, ohw)); // projection shortcut
-        let mut ops = std::mem::take(&mut pending);
-        let mut x = prev;
-        let mut x_hw = hw;
-        for bi in 0..nb {
-            let s = if bi == 0 { stride } else { 1 };
-            let t1 = if x_hw != ohw {
-                view(base + 2, 0, mid)
-            } else {
-                view(base + 3, 0, mid)
-            };
-            let t2 = view(base + 4, 0, mid);
-            let out = view(base + (bi % 2), 0, out_ch);
-            ops.push(conv_op(&mut rng, x, t1, x_hw, 1, 1, None, None, true));
-            ops.push(conv_op(&mut rng, t1, t2, x_hw, 3, s, None, None, true));
-            let shortcut = if bi == 0 {
-                let sc = view(base + 5, 0, out_ch);
-                ops.push(conv_op(&mut rng, x, sc, x_hw, 1, s, None, None, false));
-                sc
-            } else {
-                x
-            };
-            // Keep the residual stream bounded over 30-odd blocks of random weights.
-            let mut c3 = conv_op(&mut rng, t2, out, ohw, 1, 1, None, Some(shortcut), true);
-            if let Op::Conv(c) = &mut c3 {
-                c.weight.iter_mut().for_each(|w| *w *= 0.3);
-            }
-            ops.push(c3);
-            x = out;
-            x_hw = ohw;
-        }
-        stages.push(stage(&format!("layer{}", li + 1), ops, x, ohw));
-        prev = x;
-        hw = ohw;
+/// A ResNet-101-shaped plan (random weights, no exits) on the GPU against the
+/// reference at batch 1 in f32, and f16 against f32 at batch 8: the real layer shapes,
+/// where split-K and the aligned tensor-core kernels do the work.
+pub fn deep_check(report: &mut dyn Write) -> Result<bool> {
+    let plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 77);
+    let mut rng = Rng::new(78);
+    let images = rng.vec(8 * 3 * 32 * 32, 1.5);
+    let mut f32_be = CudaBackend::new(Precision::F32)?;
+    let got32 = f32_be.run(&plan, &images, 8)?;
+    let mut ref_plan = plan.clone();
+    let (want, _) = ref_run(&mut ref_plan, &images[..3 * 32 * 32], 1, None);
+    let err_ref = norm_max_err(&got32[0].logits, &want[0].logits);
+    let mut f16_be = CudaBackend::new(Precision::F16)?;
+    let got16 = f16_be.run(&plan, &images, 8)?;
+    let mut err16 = 0.0f64;
+    let mut same = 0;
+    for (a, b) in got16.iter().zip(&got32) {
+        err16 = err16.max(norm_max_err(&a.logits, &b.logits));
+        same += usize::from(a.class == b.class);
     }
-    let mut gates = vec![
-        gate(&mut rng, 0, stages[0].output, 32, classes, ExitRule::Hinge),
-        gate(&mut rng, 1, stages[1].output, 16, classes, ExitRule::Hinge),
-    ];
-    for g in &mut gates {
-        g.threshold = f32::INFINITY;
-    }
-    let head = Head {
-        input: prev,
-        h: hw,
-        w: hw,
-        pre: None,
-        weight: rng.vec(classes * prev.channels, 1.0 / (prev.channels as f32).sqrt()),
-        bias: rng.vec(classes, 0.1),
-    };
-    Plan {
-        arch: format!("resnet-bottleneck{blocks:?}-random"),
-        classes,
-        buffers,
-        input: view(0, 0, 3),
-        stages,
-        gates,
-        head,
-    }
-}
-
-/// FLOPs per sample of each stage's convolutions (2 × MACs).
-pub fn stage_conv_flops(plan: &Plan) -> Vec<f64> {
-    plan.stages
-        .iter()
-        .map(|s| {
-            s.ops
-                .iter()
-                .map(|op| match op {
-                    Op::Conv(c) => {
-                        2.0 * (c.output.channels
-                            * c.input.channels
-                            * c.kernel
-                            * c.kernel
-                            * c.out_h
-                            * c.out_w) as f64
-                    }
-                    _ => 0.0,
-                })
-                .sum()
-        })
-        .collect()
-}
-
-fn quantile_from_top(mut v: Vec<f32>, frac: f32) -> f32 {
-    if v.is_empty() {
-        return f32::INFINITY;
-    }
-    v.sort_by(|a, b| b.total_cmp(a));
-    let i = ((frac * v.len() as f32) as usize).min(v.len() - 1);
-    if i == 0 {
-        v[0]
-    } else {
-        0.5 * (v[i - 1] + v[i])
-    }
-}
-
-/// Latency of a ResNet-101-shaped plan (random weights) per batch and precision, with
-/// no exits and with thresholds set on the GPU's own scores for ~50% / ~30% exits at
-/// the two gates. Medians of `iters` graph replays, timed with CUDA events.
-pub fn timing(report: &mut dyn Write, batches: &[usize], iters: usize) -> Result<()> {
-    let mut plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 2024);
-    let sf = stage_conv_flops(&plan);
-    let full: f64 = sf.iter().sum();
+    let ok32 = err_ref <= 1e-3 && got32[0].class == want[0].class;
+    let ok16 = err16 <= 5e-2;
     writeln!(
         report,
-        "timing: {} ({:.2} GFLOPs/sample), medians of {iters} CUDA-graph replays",
+        "{:4} deep {} f32 vs reference n=1: logit err {err_ref:.2e} (tol 1e-3), class {} vs {}",
+        if ok32 { "ok" } else { "FAIL" },
         plan.arch,
-        full / 1e9
+        got32[0].class,
+        want[0].class
     )
     .map_err(io_err)?;
     writeln!(
         report,
-        "{:<6} {:>6} {:>10} {:>10} {:>9} | {:>10} {:>8} {:>12}",
-        "prec", "batch", "ms", "img/s", "TFLOP/s", "exit ms", "speedup", "exits g0/g1"
+        "{:4} deep {} f16 vs f32 n=8: logit err {err16:.2e} (tol 5e-2), same class {same}/8",
+        if ok16 { "ok" } else { "FAIL" },
+        plan.arch
     )
     .map_err(io_err)?;
-    let mut rng = Rng::new(5);
-    for p in [Precision::F32, Precision::F16] {
-        let mut be = CudaBackend::new(p)?;
-        for &b in batches {
-            let images = random_images(&mut rng, b);
-            for g in &mut plan.gates {
-                g.threshold = f32::INFINITY;
-            }
-            let ms = be.time_passes(&plan, &images, b, iters)?;
-            // Thresholds from the GPU's own confidences: everything leaves at gate 0,
-            // take the median; then everything left leaves at gate 1, take 60%.
-            plan.gates[0].threshold = f32::NEG_INFINITY;
-            let r0 = be.run(&plan, &images, b)?;
-            plan.gates[0].threshold = quantile_from_top(r0.iter().map(|r| r.score).collect(), 0.5);
-            plan.gates[1].threshold = f32::NEG_INFINITY;
-            let r1 = be.run(&plan, &images, b)?;
-            let at1: Vec<f32> = r1
-                .iter()
-                .filter(|r| r.exit == Some(1))
-                .map(|r| r.score)
-                .collect();
-            plan.gates[1].threshold = quantile_from_top(at1, 0.6);
-            let r = be.run(&plan, &images, b)?;
-            let e0 = r.iter().filter(|r| r.exit == Some(0)).count();
-            let e1 = r.iter().filter(|r| r.exit == Some(1)).count();
-            let exit_ms = be.time_passes(&plan, &images, b, iters)?;
-            writeln!(
-                report,
-                "{:<6} {b:>6} {ms:>10.3} {:>10.0} {:>9.2} | {exit_ms:>10.3} {:>7.2}x {:>5}/{:<5}",
-                format!("{p:?}").to_lowercase(),
-                b as f64 / ms * 1e3,
-                full * b as f64 / ms / 1e9,
-                ms / exit_ms,
-                e0,
-                e1
-            )
-            .map_err(io_err)?;
-        }
-    }
-    Ok(())
+    Ok(ok32 && ok16)
 }
 
-/// Everything `dgate-rt gpu-check` prints: device, kernel self-check, f32/f16 agreement
-/// on a ResNet-101-shaped plan, and the latency table. `Ok(true)` when all checks passed.
+/// Everything `dgate-rt gpu-check` prints: device, [`selfcheck`], [`deep_check`] and
+/// the latency table of [`super::bench::timing`]. `Ok(true)` when every check passed;
+/// an error in one part is reported and the next part still runs.
 pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
     writeln!(report, "device: {}", super::device_name()?).map_err(io_err)?;
     let t = std::time::Instant::now();
-    // An error in one part is reported and the next part still runs: GPU time is scarce.
     let mut ok = match selfcheck(report) {
         Ok(ok) => ok,
         Err(e) => {
@@ -1389,7 +592,16 @@ pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
     };
     writeln!(report, "selfcheck took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
     let t = std::time::Instant::now();
-    if let Err(e) = timing(report, &[1, 64, 256], 20) {
+    match deep_check(report) {
+        Ok(deep) => ok &= deep,
+        Err(e) => {
+            writeln!(report, "FAIL deep check stopped: {e}").map_err(io_err)?;
+            ok = false;
+        }
+    }
+    writeln!(report, "deep check took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
+    let t = std::time::Instant::now();
+    if let Err(e) = super::bench::timing(report, &[1, 64, 256], 20) {
         writeln!(report, "FAIL timing stopped: {e}").map_err(io_err)?;
         ok = false;
     }
@@ -1400,6 +612,7 @@ pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::cuda::synthetic::stage_conv_flops;
 
     #[test]
     fn synthetic_plans_are_valid() {
@@ -1458,6 +671,26 @@ mod tests {
         assert_eq!(
             bufs[1],
             vec![0., 0., 0., 0., 0., 2., 8., 10., 16., 18., 24., 26., 0., 0., 0., 0.]
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing_of_reference {
+    use super::*;
+
+    /// How long the deep check's reference pass takes (run with --ignored).
+    #[test]
+    #[ignore]
+    fn reference_resnet101_batch1() {
+        let mut plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 77);
+        let images = Rng::new(78).vec(3 * 32 * 32, 1.5);
+        let t = std::time::Instant::now();
+        let (r, _) = ref_run(&mut plan, &images, 1, None);
+        println!(
+            "reference ResNet-101 n=1: {:.1} s, logits {:?}",
+            t.elapsed().as_secs_f64(),
+            r[0].logits
         );
     }
 }
