@@ -532,6 +532,14 @@ impl Prepared {
         })
     }
 
+    /// The kernel chosen for a convolution op.
+    pub fn conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
+        match self.ops.get(stage)?.get(op)? {
+            DevOp::Conv { kernel, .. } => Some(kernel.clone()),
+            _ => None,
+        }
+    }
+
     fn count_ptr(&self, level: usize) -> u64 {
         self.counts.ptr + 4 * level as u64
     }

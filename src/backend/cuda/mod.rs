@@ -232,13 +232,23 @@ impl CudaBackend {
         self.stage_images(images, n)?;
         self.launch_pass(plan, n)?; // warm-up, and capture
         self.dev.sync()?;
+        self.median_ms(iters, |be| be.launch_pass(plan, n))
+    }
+
+    /// Median milliseconds of `iters` runs of `work` (which enqueues on the stream),
+    /// timed with CUDA events, or with the wall clock in the emulator.
+    fn median_ms(
+        &mut self,
+        iters: usize,
+        mut work: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<f64> {
         let mut times = Vec::with_capacity(iters);
         for _ in 0..iters.max(1) {
             let (ctx, stream) = match (self.dev.context(), self.dev.stream()) {
                 (Some(c), Some(s)) => (c.clone(), s.clone()),
                 _ => {
                     let t = std::time::Instant::now();
-                    self.launch_pass(plan, n)?;
+                    work(self)?;
                     times.push(t.elapsed().as_secs_f64() * 1e3);
                     continue;
                 }
@@ -248,7 +258,7 @@ impl CudaBackend {
             let start = ctx.new_event(flags).map_err(ev)?;
             let end = ctx.new_event(flags).map_err(ev)?;
             start.record(&stream).map_err(ev)?;
-            self.launch_pass(plan, n)?;
+            work(self)?;
             end.record(&stream).map_err(ev)?;
             end.synchronize().map_err(ev)?;
             times.push(start.elapsed_ms(&end).map_err(ev)? as f64);
@@ -289,6 +299,26 @@ impl CudaBackend {
         let prep = self.prepared_mut_ref()?;
         prep.enqueue_stage(dev, plan, stage, 0, n)?;
         dev.sync()
+    }
+
+    /// Median milliseconds of stage `stage` alone (kernel by kernel, no graph).
+    pub(crate) fn op_test_time_stage(
+        &mut self,
+        plan: &Plan,
+        stage: usize,
+        n: usize,
+        iters: usize,
+    ) -> Result<f64> {
+        self.op_test_run_stage(plan, stage, n)?; // warm-up
+        self.median_ms(iters, |be| {
+            let prep = be.prepared_mut_ref()?;
+            prep.enqueue_stage(&be.dev, plan, stage, 0, n)
+        })
+    }
+
+    /// The conv kernel the resident plan uses for op `op` of stage `stage`.
+    pub(crate) fn op_test_conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
+        self.prepared.as_ref()?.conv_kernel(stage, op)
     }
 
     pub(crate) fn op_test_read(&mut self, plan: &Plan, buf: usize, n: usize) -> Result<Vec<f32>> {

@@ -20,59 +20,18 @@
 use std::io::Write;
 
 use super::reference::{norm_max_err, ref_alloc, ref_op, ref_run, Rng};
-use super::synthetic::{buf, resnet_bottleneck_plan, tiny_densenet, tiny_resnet, view};
+use super::synthetic::{
+    buf, resnet_bottleneck_plan, single_op_plan, tiny_densenet, tiny_resnet, view,
+};
 use super::CudaBackend;
 use crate::backend::{Backend, Precision};
-use crate::plan::{Buffer, Conv, Head, Op, Plan, PreAct, Stage, View};
+use crate::plan::{Conv, Op, Plan, PreAct};
 use crate::{Error, Result};
 
 fn tolerance(p: Precision) -> f64 {
     match p {
         Precision::F32 => 1e-4,
         Precision::F16 => 1e-2,
-    }
-}
-
-/// A plan whose only stage is `op` over `buffers` (ids from 1; buffer 0 is the
-/// unused 3×32×32 input the plan format requires).
-fn op_plan(mut buffers: Vec<Buffer>, op: Op) -> Plan {
-    buffers.insert(0, buf(3, 32, 32));
-    let out = buffers[1].clone();
-    Plan {
-        arch: "op-test".into(),
-        classes: 1,
-        buffers,
-        input: View {
-            buf: 0,
-            offset: 0,
-            channels: 3,
-        },
-        stages: vec![Stage {
-            name: "op".into(),
-            ops: vec![op],
-            output: View {
-                buf: 1,
-                offset: 0,
-                channels: out.channels,
-            },
-            out_h: out.h,
-            out_w: out.w,
-            flops: 0,
-            params: 0,
-        }],
-        gates: vec![],
-        head: Head {
-            input: View {
-                buf: 0,
-                offset: 0,
-                channels: 3,
-            },
-            h: 32,
-            w: 32,
-            pre: None,
-            weight: vec![0.0; 3],
-            bias: vec![0.0],
-        },
     }
 }
 
@@ -166,7 +125,7 @@ fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
             }
         }
     });
-    op_plan(
+    single_op_plan(
         buffers,
         Op::Conv(Conv {
             input: view(2, cc.in_win.1, cc.c),
@@ -315,7 +274,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     ];
     for (c, hw, s, padb, k, iw, ow) in shortcut_cases {
         let ohw = hw.div_ceil(s);
-        let plan = op_plan(
+        let plan = single_op_plan(
             vec![buf(ow.0, ohw, ohw), buf(iw.0, hw, hw)],
             Op::ShortcutA {
                 input: view(2, iw.1, c),
@@ -360,7 +319,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                     },
                     relu: true,
                 });
-                let plan = op_plan(
+                let plan = single_op_plan(
                     vec![buf(ow.0, hw / 2, hw / 2), buf(iw.0, hw, hw)],
                     Op::AvgPool2 {
                         input: view(2, iw.1, c),
@@ -605,6 +564,12 @@ pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
         writeln!(report, "FAIL timing stopped: {e}").map_err(io_err)?;
         ok = false;
     }
+    let layers = super::bench::layer_table(report, &[Precision::F32, Precision::F16], 256, 10)
+        .and_then(|()| super::bench::layer_table(report, &[Precision::F16], 1, 20));
+    if let Err(e) = layers {
+        writeln!(report, "FAIL layer table stopped: {e}").map_err(io_err)?;
+        ok = false;
+    }
     writeln!(report, "timing took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
     Ok(ok)
 }
@@ -654,7 +619,7 @@ mod tests {
 
     #[test]
     fn shortcut_reference_pads_channels_evenly() {
-        let plan = op_plan(
+        let plan = single_op_plan(
             vec![buf(4, 2, 2), buf(2, 4, 4)],
             Op::ShortcutA {
                 input: view(2, 0, 2),

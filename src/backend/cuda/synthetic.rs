@@ -94,6 +94,49 @@ pub fn gate(
     }
 }
 
+/// A plan whose only stage is `op` over `buffers` (ids from 1; buffer 0 is the
+/// unused 3×32×32 input the plan format requires).
+pub fn single_op_plan(mut buffers: Vec<Buffer>, op: Op) -> Plan {
+    buffers.insert(0, buf(3, 32, 32));
+    let out = buffers[1].clone();
+    Plan {
+        arch: "op-test".into(),
+        classes: 1,
+        buffers,
+        input: View {
+            buf: 0,
+            offset: 0,
+            channels: 3,
+        },
+        stages: vec![Stage {
+            name: "op".into(),
+            ops: vec![op],
+            output: View {
+                buf: 1,
+                offset: 0,
+                channels: out.channels,
+            },
+            out_h: out.h,
+            out_w: out.w,
+            flops: 0,
+            params: 0,
+        }],
+        gates: vec![],
+        head: Head {
+            input: View {
+                buf: 0,
+                offset: 0,
+                channels: 3,
+            },
+            h: 32,
+            w: 32,
+            pre: None,
+            weight: vec![0.0; 3],
+            bias: vec![0.0],
+        },
+    }
+}
+
 /// A small He et al. ResNet: 16/32/64 channels, one BasicBlock per stage, option-A
 /// shortcuts, gates after stages 0 (hinge) and 1 (ce).
 pub fn tiny_resnet(seed: u64, classes: usize) -> Plan {
@@ -315,9 +358,15 @@ pub fn tiny_densenet(seed: u64, classes: usize, growth: usize) -> Plan {
 /// after stages 0 and 1 with infinite thresholds (no exits). `[3, 4, 23, 3]` is
 /// ResNet-101's shape. Stage `s` is layer `s + 1`; the stem belongs to stage 0.
 pub fn resnet_bottleneck_plan(blocks: [usize; 4], classes: usize, seed: u64) -> Plan {
+    bottleneck_plan(blocks, 64, classes, seed)
+}
+
+/// [`resnet_bottleneck_plan`] with stem and first-layer width `width` instead of 64
+/// (small widths for the CPU emulator).
+pub fn bottleneck_plan(blocks: [usize; 4], width: usize, classes: usize, seed: u64) -> Plan {
     let mut rng = Rng::new(seed);
-    let mut buffers = vec![buf(3, 32, 32), buf(64, 32, 32)];
-    let mut prev = view(1, 0, 64);
+    let mut buffers = vec![buf(3, 32, 32), buf(width, 32, 32)];
+    let mut prev = view(1, 0, width);
     let mut pending = vec![conv_op(
         &mut rng,
         view(0, 0, 3),
@@ -332,7 +381,7 @@ pub fn resnet_bottleneck_plan(blocks: [usize; 4], classes: usize, seed: u64) -> 
     let mut stages = Vec::new();
     let mut hw = 32;
     for (li, &nb) in blocks.iter().enumerate() {
-        let mid = 64 << li;
+        let mid = width << li;
         let out_ch = mid * 4;
         let stride = if li == 0 { 1 } else { 2 };
         let ohw = hw / stride;
