@@ -25,7 +25,7 @@ use super::synthetic::{
 };
 use super::CudaBackend;
 use crate::backend::{Backend, Precision};
-use crate::plan::{Conv, Op, Plan, PreAct};
+use crate::plan::{Conv, Op, Plan, PreAct, SampleResult};
 use crate::{Error, Result};
 
 fn tolerance(p: Precision) -> f64 {
@@ -348,18 +348,31 @@ fn random_images(rng: &mut Rng, n: usize) -> Vec<f32> {
 }
 
 /// Runs `plan` on the GPU and the reference; returns (failures, description).
+/// Reference outcomes already computed, keyed by (plan name, batch, fractions, f16):
+/// the calibrated plan, the results and the decision margins.
+type RefCache = std::collections::HashMap<String, (Plan, Vec<SampleResult>, Vec<f32>)>;
+
 fn compare_pass(
     be: &mut CudaBackend,
-    plan: &mut Plan,
+    plan: &Plan,
     n: usize,
     seed: u64,
     fractions: &[f32],
+    cache: &mut RefCache,
 ) -> Result<(bool, String)> {
     let mut rng = Rng::new(seed);
     let mut images = random_images(&mut rng, n);
     round_to(be.precision(), &mut images);
-    let (want, margins) = ref_run(plan, &images, n, Some(fractions));
-    let got = be.run(plan, &images, n)?;
+    let key = format!("{} {n} {fractions:?} {:?}", plan.arch, be.precision());
+    let (plan, want, margins) = cache
+        .entry(key)
+        .or_insert_with(|| {
+            let mut calibrated = plan.clone();
+            let (want, margins) = ref_run(&mut calibrated, &images, n, Some(fractions));
+            (calibrated, want, margins)
+        })
+        .clone();
+    let got = be.run(&plan, &images, n)?;
     let tol = tolerance(be.precision());
     let mut worst = 0.0f64;
     let mut flips = 0;
@@ -403,6 +416,7 @@ fn check_passes(
     tally: &mut Tally,
     quick: bool,
     extra: bool,
+    cache: &mut RefCache,
 ) -> Result<()> {
     let conv = be.conv_kernel().to_string();
     let graph_modes: &[bool] = if be.is_emulated() {
@@ -433,14 +447,13 @@ fn check_passes(
     for &graphs in graph_modes {
         be.set_graphs(graphs);
         for (plan, n) in &cases {
-            let mut plan = plan.clone();
             let fractions: &[[f32; 2]] = if quick {
                 &[[0.5, 0.4]]
             } else {
                 &[[0.5, 0.4], [0.0, 0.0], [1.0, 1.0]]
             };
             for fr in fractions {
-                let (ok, desc) = compare_pass(be, &mut plan, *n, 99 + *n as u64, fr)?;
+                let (ok, desc) = compare_pass(be, plan, *n, 99 + *n as u64, fr, cache)?;
                 let what = format!(
                     "{conv} {} {desc}",
                     if graphs { "graph" } else { "launches" }
@@ -473,15 +486,16 @@ pub fn selfcheck_with(
     quick: bool,
 ) -> Result<bool> {
     let mut tally = Tally { pass: 0, fail: 0 };
+    let mut cache = RefCache::new();
     for p in [Precision::F32, Precision::F16] {
         let mut be = make(p)?;
         writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
         check_ops(&mut be, report, &mut tally)?;
-        check_passes(&mut be, report, &mut tally, quick, false)?;
+        check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
         if p == Precision::F16 {
             for k in ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"] {
                 be.set_conv_kernel(k)?;
-                check_passes(&mut be, report, &mut tally, quick, true)?;
+                check_passes(&mut be, report, &mut tally, quick, true, &mut cache)?;
             }
             be.set_conv_kernel("auto")?;
         }
