@@ -585,7 +585,8 @@ fn gpu_check() -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("../shared/data"));
     dgate_rt::backend::cuda::CudaBackend::new(Precision::F32).context("gpu-check needs a GPU")?;
     let mut out = std::io::stdout();
-    let mut ok = true;
+    println!("== ops and synthetic networks against the reference, kernel timings");
+    let mut ok = dgate_rt::backend::cuda::selfcheck::gpu_check(&mut out)?;
     println!("== whole networks against the CPU backend");
     ok &= dgate_rt::gpucheck::random_nets(&mut out, &dgate_rt::gpucheck::cuda_engine)?;
     println!(

@@ -1,0 +1,88 @@
+// batch.cu: moving samples into, within and out of the batch.
+//
+//   pack_input_{f32,f16}: the host's normalised NCHW f32 images -> the plan's input
+//       view (NHWC, storage type). Also starts the pass: *count = n, idx[i] = i.
+//       One thread per (sample, pixel, channel), channel fastest on the write side.
+//   compact_scan_i32: after a gate, an exclusive prefix sum over keep[0..*count_in)
+//       gives each survivor its new slot; writes src_of[new] = old,
+//       idx_out[new] = idx_in[old] and *count_out. One block of SCAN_THREADS threads:
+//       each thread owns a contiguous chunk (serial sum), chunk sums are scanned in
+//       shared memory (Hillis-Steele), then each thread writes its chunk. Batches
+//       are at most a few thousand, so one block is enough and keeps it one launch.
+//   compact_gather_{f32,f16}: scratch[new] = view[src_of[new]] for new < *count_out.
+//   compact_copy_{f32,f16}: view[new] = scratch[new]. Gathering through a scratch
+//       buffer avoids the read/write race of an in-place gather.
+//       One thread per (slot, pixel, channel).
+#include "common.cuh"
+
+#define MOVE_THREADS 256
+#define SCAN_THREADS 1024
+
+template <typename T>
+__device__ __forceinline__ void pack_input(const PackParams& p) {
+    const long long e = (long long)blockIdx.x * MOVE_THREADS + threadIdx.x;
+    if (e == 0) *p.count = p.n;
+    if (e < p.n) p.idx[e] = (int)e;
+    const long long total = (long long)p.n * p.HW * p.C;
+    if (e >= total) return;
+    const int c = (int)(e % p.C);
+    const long long pix = e / p.C;
+    const long long s = pix / p.HW;
+    const int i = (int)(pix - s * p.HW);
+    const float v = p.images[(s * p.C + c) * p.HW + i];
+    ((T*)p.out)[pix * p.out_stride + p.out_off + c] = from_f32<T>(v);
+}
+
+DGATE_KERNEL(compact_scan_i32, CompactParams, SCAN_THREADS) {
+    __shared__ int sums[SCAN_THREADS];
+    const int n = *p.count_in;
+    const int chunk = (n + SCAN_THREADS - 1) / SCAN_THREADS;
+    const int t = threadIdx.x;
+    const int lo = min(t * chunk, n);
+    const int hi = min(lo + chunk, n);
+    int local = 0;
+    for (int i = lo; i < hi; ++i) local += p.keep[i] != 0;
+    sums[t] = local;
+    __syncthreads();
+    for (int o = 1; o < SCAN_THREADS; o <<= 1) {
+        const int add = t >= o ? sums[t - o] : 0;
+        __syncthreads();
+        sums[t] += add;
+        __syncthreads();
+    }
+    int slot = sums[t] - local;
+    for (int i = lo; i < hi; ++i) {
+        if (p.keep[i] != 0) {
+            p.src_of[slot] = i;
+            p.idx_out[slot] = p.idx_in[i];
+            ++slot;
+        }
+    }
+    if (t == SCAN_THREADS - 1) *p.count_out = sums[t];
+}
+
+template <typename T>
+__device__ __forceinline__ void compact_move(const CompactParams& p, bool gather) {
+    const long long e = (long long)blockIdx.x * MOVE_THREADS + threadIdx.x;
+    const long long per = (long long)p.HW * p.C;
+    if (e >= (long long)*p.count_out * per) return;
+    const int slot = (int)(e / per);
+    const long long within = e - slot * per;
+    const int c = (int)(within % p.C);
+    const long long i = within / p.C;
+    T* buf = (T*)p.buf;
+    T* scratch = (T*)p.scratch;
+    if (gather) {
+        const long long src = (long long)p.src_of[slot] * p.HW + i;
+        scratch[e] = buf[src * p.stride + p.off + c];
+    } else {
+        buf[((long long)slot * p.HW + i) * p.stride + p.off + c] = scratch[e];
+    }
+}
+
+DGATE_KERNEL(pack_input_f32, PackParams, MOVE_THREADS) { pack_input<float>(p); }
+DGATE_KERNEL(pack_input_f16, PackParams, MOVE_THREADS) { pack_input<__half>(p); }
+DGATE_KERNEL(compact_gather_f32, CompactParams, MOVE_THREADS) { compact_move<float>(p, true); }
+DGATE_KERNEL(compact_gather_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, true); }
+DGATE_KERNEL(compact_copy_f32, CompactParams, MOVE_THREADS) { compact_move<float>(p, false); }
+DGATE_KERNEL(compact_copy_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, false); }

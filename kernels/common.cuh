@@ -1,0 +1,145 @@
+// common.cuh: what every kernel file shares.
+//
+// - The launch-parameter structs. Each is passed by value as the kernel's only
+//   argument and is mirrored field for field by a `#[repr(C)]` struct in
+//   src/backend/cuda/params.rs. The Rust side passes `-DDGATE_SIZEOF_<NAME>=<size>`
+//   to NVRTC, so a layout drift between the two fails at compile time (CI included).
+// - Storage-type helpers: activations and conv weights are stored as `float` (f32
+//   plans) or `__half` (f16 plans); all arithmetic is f32.
+// - The pre-activation `relu?(x * scale[c] + shift[c])` applied on load (DenseNet).
+//
+// Layout everywhere: activations NHWC. A "view" is a channel window
+// `[off, off + C)` of a buffer whose pixel stride is `stride` channels, so DenseNet's
+// concatenation needs no copy. Sample `s`, pixel `i`, channel `c` lives at
+// `((s * HW) + i) * stride + off + c`.
+//
+// Survivors: `count` points at the number of live samples (device memory, written by
+// the input packer or by the last compaction). Grids are sized for the largest
+// batch and blocks past the live samples return at once, so no kernel needs the
+// host to know how many samples left at a gate.
+#pragma once
+#ifdef DGATE_HOST_EMU
+#include "host_emu.cuh"
+#else
+#include <cuda_fp16.h>
+// A kernel takes its parameter struct by value; the host emulator defines these
+// differently (see host_emu.cuh).
+#define DGATE_KERNEL(name, Params, threads) extern "C" __global__ void __launch_bounds__(threads) name(const Params p)
+#define DGATE_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
+
+struct ConvParams {
+    const void* in;
+    void* out;
+    const void* weight;     // [R*R*C][ldw], or [K][ldw] for conv_mmavec (see conv.cu)
+    const float* bias;      // [K]
+    const void* residual;   // may be null; same pixels as `out`
+    const float* pre_scale; // null: no pre-activation
+    const float* pre_shift;
+    const int* count;
+    float* workspace;       // split-K partial sums [M][K], zero between uses
+    int in_stride, in_off, C;
+    int out_stride, out_off, K;
+    int res_stride, res_off;
+    int H, W, P, Q, R, stride, pad;
+    int pre_relu, relu, ldw;
+};
+
+struct ShortcutParams {
+    const void* in;
+    void* out;
+    const int* count;
+    int in_stride, in_off, C;
+    int out_stride, out_off, K;
+    int H, W, P, Q, stride, pad_before;
+};
+
+struct PoolParams {
+    const void* in;
+    void* out;
+    const float* pre_scale;
+    const float* pre_shift;
+    const int* count;
+    int in_stride, in_off, C;
+    int out_stride, out_off;
+    int H, W, P, Q, pre_relu;
+};
+
+// Gate and head: global average pool of a view, then `scores = W x + b`.
+struct GapLinearParams {
+    const void* in;
+    const float* weight;    // [classes][C]
+    const float* bias;      // [classes]
+    const float* pre_scale;
+    const float* pre_shift;
+    const int* count;
+    const int* idx;         // slot -> input position
+    int* keep;              // gate only: 1 = goes on
+    int* out_class;         // per input position
+    int* out_exit;
+    float* out_score;
+    float* out_logits;      // [n][classes]
+    int in_stride, in_off, C, HW;
+    int classes, pre_relu, rule, exit_id;
+    float threshold;
+    int is_gate;
+    int vec;                // channels per pooling load: 1, 4 (f32) or 8 (f16)
+    int groups;             // pixel groups pooled in parallel
+};
+
+struct CompactParams {
+    const int* keep;
+    const int* count_in;
+    int* count_out;
+    const int* idx_in;
+    int* idx_out;
+    int* src_of;            // new slot -> old slot
+    void* buf;
+    void* scratch;          // dense [slot][HW][C]
+    int stride, off, C, HW;
+    int n_max, pad0;
+};
+
+struct PackParams {
+    const float* images;    // [n][3][HW] NCHW
+    void* out;
+    int* count;
+    int* idx;
+    int n, out_stride, out_off, HW;
+    int C, pad0;
+};
+
+#ifdef DGATE_SIZEOF_CONV
+static_assert(sizeof(ConvParams) == DGATE_SIZEOF_CONV, "ConvParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_SHORTCUT
+static_assert(sizeof(ShortcutParams) == DGATE_SIZEOF_SHORTCUT, "ShortcutParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_POOL
+static_assert(sizeof(PoolParams) == DGATE_SIZEOF_POOL, "PoolParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_GAP_LINEAR
+static_assert(sizeof(GapLinearParams) == DGATE_SIZEOF_GAP_LINEAR, "GapLinearParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_COMPACT
+static_assert(sizeof(CompactParams) == DGATE_SIZEOF_COMPACT, "CompactParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_PACK
+static_assert(sizeof(PackParams) == DGATE_SIZEOF_PACK, "PackParams differs from its Rust mirror");
+#endif
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+
+// DenseNet's BN-ReLU before a consumer; a no-op when `scale` is null.
+__device__ __forceinline__ float pre_act(float v, const float* scale, const float* shift, int relu, int c) {
+    if (scale != nullptr) {
+        v = fmaf(v, scale[c], shift[c]);
+        if (relu) v = fmaxf(v, 0.0f);
+    }
+    return v;
+}

@@ -1,0 +1,672 @@
+// conv.cu: 2-D convolution as an implicit GEMM, with a fused epilogue.
+//
+// GEMM view (as in CUTLASS): M = live samples * P * Q output pixels, N = K output
+// channels, reduction K = R * R * C, ordered (r, s, c) so that consecutive reduction
+// indices are consecutive channels of one NHWC pixel (coalesced loads). The A tile
+// (pixels x reduction) is gathered from the input view on the fly: each row's
+// (sample, y0, x0) and each column's (r, s, c) are decoded once per tile into shared
+// tables. The optional pre-activation `relu?(x*scale[c]+shift[c])` is applied as A is
+// loaded, and zero padding after it (PyTorch's order). B is the weight, repacked on
+// the host to [R*R*C][ldw] with output channels contiguous. Epilogue:
+// `out = relu?(acc + bias[k] + residual)`, written into the output view.
+//
+// Variants:
+//   conv_simt_{f32,f16}: 64x64x16 tile, 256 threads, each thread a 4x4 block of
+//       outputs in f32 registers. f16 loads half and converts; the reference path.
+//   conv_mma_f16: 64x64x32 tile, 128 threads = 4 warps in 2x2, each warp 32x32 as
+//       2x4 tensor-core mma.sync m16n8k16 tiles (f16 inputs, f32 accumulation), issued
+//       as inline PTX so that no CUDA header beyond cuda_fp16.h is needed (the NVRTC
+//       wheels lack mma.h's crt/ part). Operands staged in shared memory as f16 bits,
+//       A as [pixel][k], B as [out channel][k] (both k-contiguous, as the fragments
+//       want pairs of consecutive k); the epilogue writes from the accumulators.
+//   conv_mmavec_f16: the same warp tile, 128x64x32 block tile, 256 threads = 4x2 warps,
+//       for aligned layers only (C, K, the input view's offset and pixel stride all
+//       multiples of 8; output and residual offsets/strides even): operands move as
+//       16-byte chunks of 8 channels, B is packed [K][R*R*C] (k-contiguous, the shape
+//       the fragments want), and the next k-tile is fetched into registers while the
+//       current one is multiplied (two shared buffers, one barrier per k-tile).
+//       Split-K: blockIdx.z takes a contiguous range of k-tiles and, when gridDim.z > 1,
+//       atomically adds its partial sums to an f32 workspace [M][K]; then
+//       conv_splitk_epilogue_f16 applies bias/residual/ReLU, writes the output and
+//       zeroes the workspace for the next layer. Used where the output is too small to
+//       fill the GPU (batch 1, 4x4 and 8x8 maps).
+//   conv_mmaasync_f16: for aligned layers without pre-activation and K >= 128: a
+//       128x128x32 block tile, 256 threads = 2x4 warps of 64x32 (4x4 MMAs per k-step),
+//       operands copied global -> shared by cp.async (no register staging; out-of-range
+//       chunks zero-filled by the copy itself), two stages: the copy of k-tile i+1 is in
+//       flight while tile i is multiplied. Same B packing and split-K as conv_mmavec.
+// All variants handle any H, W, stride, padding; the first three any C and K (every
+// load and store is bounds checked). Blocks whose first pixel belongs to a sample past
+// `*count` return at once.
+#include "common.cuh"
+
+#define SIMT_BM 64
+#define SIMT_BN 64
+#define SIMT_BK 16
+#define SIMT_THREADS 256
+
+#define VEC_BM 128
+#define VEC_BN 64
+#define VEC_BK 32
+#define VEC_THREADS 256
+#define EPILOGUE_THREADS 256
+
+#define ASY_BM 128
+#define ASY_BN 128
+#define ASY_BK 32
+#define ASY_THREADS 256
+
+#define MMA_BM 64
+#define MMA_BN 64
+#define MMA_BK 32
+#define MMA_THREADS 128
+
+// Decodes output pixel `m` into the input pixel base of its sample and the top-left
+// input coordinate of its receptive field; base = -1 marks a row past the batch.
+__device__ __forceinline__ void conv_row_info(const ConvParams& p, int m, int M, int* base, int* y0, int* x0) {
+    if (m >= M) {
+        *base = -1;
+        *y0 = 0;
+        *x0 = 0;
+        return;
+    }
+    const int pq = p.P * p.Q;
+    const int n = m / pq;
+    const int rem = m - n * pq;
+    const int pp = rem / p.Q;
+    const int q = rem - pp * p.Q;
+    *base = n * p.H * p.W;
+    *y0 = pp * p.stride - p.pad;
+    *x0 = q * p.stride - p.pad;
+}
+
+// Decodes reduction index `kd` into (r, s, c); c = -1 marks a column past K.
+__device__ __forceinline__ void conv_k_info(const ConvParams& p, int kd, int Kd, int* c, int* r, int* s) {
+    if (kd >= Kd) {
+        *c = -1;
+        *r = 0;
+        *s = 0;
+        return;
+    }
+    const int rs = kd / p.C;
+    *c = kd - rs * p.C;
+    *r = rs / p.R;
+    *s = rs - *r * p.R;
+}
+
+template <typename T>
+__device__ __forceinline__ float conv_load_a(const ConvParams& p, const T* in, int base, int y0, int x0, int c, int r,
+                                             int s) {
+    if (base < 0 || c < 0) return 0.0f;
+    const int y = y0 + r;
+    const int x = x0 + s;
+    if (y < 0 || y >= p.H || x < 0 || x >= p.W) return 0.0f;
+    const float v = to_f32(in[(size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c]);
+    return pre_act(v, p.pre_scale, p.pre_shift, p.pre_relu, c);
+}
+
+template <typename T>
+__device__ __forceinline__ void conv_store(const ConvParams& p, int m, int k, float v) {
+    v += p.bias[k];
+    if (p.residual != nullptr) {
+        v += to_f32(((const T*)p.residual)[(size_t)m * p.res_stride + p.res_off + k]);
+    }
+    if (p.relu) v = fmaxf(v, 0.0f);
+    ((T*)p.out)[(size_t)m * p.out_stride + p.out_off + k] = from_f32<T>(v);
+}
+
+template <typename T>
+__device__ __forceinline__ void conv_simt(const ConvParams& p) {
+    __shared__ float As[SIMT_BK][SIMT_BM + 4];
+    __shared__ float Bs[SIMT_BK][SIMT_BN + 4];
+    __shared__ int rbase[SIMT_BM], ry0[SIMT_BM], rx0[SIMT_BM];
+    __shared__ int kc[SIMT_BK], kr[SIMT_BK], ks[SIMT_BK];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * SIMT_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * SIMT_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int tid = threadIdx.x;
+    const T* in = (const T*)p.in;
+    const T* w = (const T*)p.weight;
+
+    if (tid < SIMT_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+
+    const int ty = tid / 16;
+    const int tx = tid % 16;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < Kd; k0 += SIMT_BK) {
+        if (tid < SIMT_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < SIMT_BM * SIMT_BK / SIMT_THREADS; ++i) {
+            const int e = tid + i * SIMT_THREADS;
+            const int row = e / SIMT_BK;
+            const int col = e % SIMT_BK;
+            As[col][row] = conv_load_a(p, in, rbase[row], ry0[row], rx0[row], kc[col], kr[col], ks[col]);
+        }
+#pragma unroll
+        for (int i = 0; i < SIMT_BK * SIMT_BN / SIMT_THREADS; ++i) {
+            const int e = tid + i * SIMT_THREADS;
+            const int row = e / SIMT_BN;
+            const int col = e % SIMT_BN;
+            const int kd = k0 + row;
+            const int k = n0 + col;
+            Bs[row][col] = (kd < Kd && k < p.K) ? to_f32(w[(size_t)kd * p.ldw + k]) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < SIMT_BK; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int m = m0 + ty * 4 + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int k = n0 + tx * 4 + j;
+            if (k < p.K) conv_store<T>(p, m, k, acc[i][j]);
+        }
+    }
+}
+
+// One m16n8k16 tensor-core MMA, f16 inputs, f32 accumulators (PTX ISA fragment
+// layout: g = lane / 4, t = lane % 4; A regs hold rows g / g+8, cols 2t.. and 2t+8..;
+// B regs hold k = 2t.. and 2t+8.. of column g; D holds (g, 2t..2t+1), (g+8, 2t..2t+1)).
+__device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const unsigned* b) {
+#ifdef DGATE_HOST_EMU
+    emu_mma_16816(d, a, b);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+__device__ __forceinline__ unsigned ld_pair(const unsigned short* p) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 4);
+#endif
+    return *(const unsigned*)p;
+}
+
+// 16-byte load/store (8 halves); the emulator checks the alignment the GPU requires.
+__device__ __forceinline__ uint4 ld128(const void* p) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    return *(const uint4*)p;
+}
+__device__ __forceinline__ void st128(void* p, uint4 v) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    *(uint4*)p = v;
+}
+
+__device__ __forceinline__ void conv_mma(const ConvParams& p) {
+    // Rows padded by 8 halves (16 bytes): the fragment loads of a warp (8 rows x 4
+    // words) then hit 32 distinct banks.
+    constexpr int LDS = MMA_BK + 8;
+    __shared__ __align__(16) unsigned short As[MMA_BM * LDS];  // [pixel][k], f16 bits
+    __shared__ __align__(16) unsigned short Bs[MMA_BN * LDS];  // [out channel][k]
+    __shared__ int rbase[MMA_BM], ry0[MMA_BM], rx0[MMA_BM];
+    __shared__ int kc[MMA_BK], kr[MMA_BK], ks[MMA_BK];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * MMA_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * MMA_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 2) * 32;
+    const int wn = (warp % 2) * 32;
+    const __half* in = (const __half*)p.in;
+    const unsigned short* w = (const unsigned short*)p.weight;
+
+    if (tid < MMA_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    for (int k0 = 0; k0 < Kd; k0 += MMA_BK) {
+        if (tid < MMA_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < MMA_BM * MMA_BK / MMA_THREADS; ++i) {
+            const int e = tid + i * MMA_THREADS;
+            const int row = e / MMA_BK;
+            const int col = e % MMA_BK;
+            const float v = conv_load_a(p, in, rbase[row], ry0[row], rx0[row], kc[col], kr[col], ks[col]);
+            As[row * LDS + col] = __half_as_ushort(__float2half_rn(v));
+        }
+#pragma unroll
+        for (int i = 0; i < MMA_BK * MMA_BN / MMA_THREADS; ++i) {
+            const int e = tid + i * MMA_THREADS;
+            const int n = e % MMA_BN;
+            const int k = e / MMA_BN;
+            const int kd = k0 + k;
+            const int oc = n0 + n;
+            Bs[n * LDS + k] = (kd < Kd && oc < p.K) ? w[(size_t)kd * p.ldw + oc] : (unsigned short)0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MMA_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const unsigned short* r0 = As + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(r0);
+                a[mt][1] = ld_pair(r0 + 8 * LDS);
+                a[mt][2] = ld_pair(r0 + 8);
+                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* c0 = Bs + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(c0);
+                b[nt][1] = ld_pair(c0 + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = m0 + wm + mt * 16 + g + half * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k < p.K) conv_store<__half>(p, m, k, acc[mt][nt][half * 2]);
+                if (k + 1 < p.K) conv_store<__half>(p, m, k + 1, acc[mt][nt][half * 2 + 1]);
+            }
+        }
+    }
+}
+
+// 8 consecutive f16 values (16 bytes).
+struct Chunk {
+    uint4 v;
+};
+
+__device__ __forceinline__ unsigned pre_act_pair(unsigned bits, const ConvParams& p, int c) {
+    __half lo, hi;
+    lo = __ushort_as_half((unsigned short)(bits & 0xffffu));
+    hi = __ushort_as_half((unsigned short)(bits >> 16));
+    const float a = pre_act(__half2float(lo), p.pre_scale, p.pre_shift, p.pre_relu, c);
+    const float b = pre_act(__half2float(hi), p.pre_scale, p.pre_shift, p.pre_relu, c + 1);
+    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
+__device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int k, float v0, float v1) {
+    v0 += p.bias[k];
+    v1 += p.bias[k + 1];
+    if (p.residual != nullptr) {
+        const __half* rp = (const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k;
+#ifdef DGATE_HOST_EMU
+        emu_check_align(rp, 4);
+#endif
+        const unsigned r = *(const unsigned*)rp;
+        v0 += __half2float(__ushort_as_half((unsigned short)(r & 0xffffu)));
+        v1 += __half2float(__ushort_as_half((unsigned short)(r >> 16)));
+    }
+    if (p.relu) {
+        v0 = fmaxf(v0, 0.0f);
+        v1 = fmaxf(v1, 0.0f);
+    }
+    const unsigned out = (unsigned)__half_as_ushort(__float2half_rn(v0)) |
+                         ((unsigned)__half_as_ushort(__float2half_rn(v1)) << 16);
+    __half* op = (__half*)p.out + (size_t)m * p.out_stride + p.out_off + k;
+#ifdef DGATE_HOST_EMU
+    emu_check_align(op, 4);
+#endif
+    *(unsigned*)op = out;
+}
+
+__device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
+    constexpr int LDS = VEC_BK + 8;  // 80-byte rows: 16-byte aligned, conflict-free fragments
+    __shared__ __align__(16) unsigned short As[2][VEC_BM * LDS];
+    __shared__ __align__(16) unsigned short Bs[2][VEC_BN * LDS];
+    __shared__ int rbase[VEC_BM], ry0[VEC_BM], rx0[VEC_BM];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * VEC_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * VEC_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 2) * 32;
+    const int wn = (warp % 2) * 32;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+
+    if (tid < VEC_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+    __syncthreads();
+
+    // This thread's chunks: A rows ra and ra + 64, B row (output channel) rb, all at
+    // chunk column kc of the k-tile.
+    const int kc = tid % 4;
+    const int ra = tid / 4;
+    const int rb = tid / 4;
+    Chunk a_reg[2], b_reg;
+
+    auto fetch = [&](int kt) {
+        const int kd = kt * VEC_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = ra + i * 64;
+            a_reg[i].v = make_uint4(0u, 0u, 0u, 0u);
+            const int base = rbase[row];
+            const int y = ry0[row] + r;
+            const int x = rx0[row] + s;
+            if (base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
+                const __half* src = in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c;
+                uint4 v = ld128(src);
+                if (p.pre_scale != nullptr) {
+                    v.x = pre_act_pair(v.x, p, c);
+                    v.y = pre_act_pair(v.y, p, c + 2);
+                    v.z = pre_act_pair(v.z, p, c + 4);
+                    v.w = pre_act_pair(v.w, p, c + 6);
+                }
+                a_reg[i].v = v;
+            }
+        }
+        const int oc = n0 + rb;
+        b_reg.v = make_uint4(0u, 0u, 0u, 0u);
+        if (oc < p.K && kd < Kd) b_reg.v = ld128(w + (size_t)oc * p.ldw + kd);
+    };
+    auto stash = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) st128(&As[buf][(ra + i * 64) * LDS + kc * 8], a_reg[i].v);
+        st128(&Bs[buf][rb * LDS + kc * 8], b_reg.v);
+    };
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    fetch(kt0);
+    stash(0);
+    __syncthreads();
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        const bool more = kt + 1 < kt1;
+        if (more) fetch(kt + 1);  // global loads in flight during the MMAs below
+        const unsigned short* A = As[buf];
+        const unsigned short* B = Bs[buf];
+#pragma unroll
+        for (int kk = 0; kk < VEC_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const unsigned short* r0 = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(r0);
+                a[mt][1] = ld_pair(r0 + 8 * LDS);
+                a[mt][2] = ld_pair(r0 + 8);
+                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* c0 = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(c0);
+                b[nt][1] = ld_pair(c0 + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        if (more) stash(buf ^ 1);
+        __syncthreads();
+    }
+
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int m = m0 + wm + mt * 16 + g + hf * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k >= p.K) continue;  // K is a multiple of 8, so k + 1 < K too
+                const float v0 = acc[mt][nt][hf * 2];
+                const float v1 = acc[mt][nt][hf * 2 + 1];
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
+                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
+                } else {
+                    conv_store_pair(p, m, k, v0, v1);
+                }
+            }
+        }
+    }
+}
+
+// 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
+// zero-fills the destination without reading the source.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(smem, 16);
+    if (valid) {
+        emu_check_align(gmem, 16);
+        std::memcpy(smem, gmem, 16);
+    } else {
+        std::memset(smem, 0, 16);
+    }
+#else
+    unsigned long long shared_addr;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)shared_addr), "l"(gmem),
+                 "r"(valid ? 16 : 0));
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef DGATE_HOST_EMU
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most `N` committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef DGATE_HOST_EMU
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+
+__device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
+    constexpr int LDS = ASY_BK + 8;
+    __shared__ __align__(16) unsigned short As[2][ASY_BM * LDS];
+    __shared__ __align__(16) unsigned short Bs[2][ASY_BN * LDS];
+    __shared__ int rbase[ASY_BM], ry0[ASY_BM], rx0[ASY_BM];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * ASY_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * ASY_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + ASY_BK - 1) / ASY_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 4) * 64;
+    const int wn = (warp % 4) * 32;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+
+    if (tid < ASY_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+    __syncthreads();
+
+    // This thread's chunks: rows r0 and r0 + 64 of A and of B, chunk column kc.
+    const int kc = tid % 4;
+    const int r0 = tid / 4;
+
+    auto issue = [&](int kt, int buf) {
+        const int kd = kt * ASY_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = r0 + i * 64;
+            const int base = rbase[row];
+            const int y = ry0[row] + r;
+            const int x = rx0[row] + s;
+            const bool ok = base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W;
+            const __half* src = ok ? in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c : in;
+            cp_async16(&As[buf][row * LDS + kc * 8], src, ok);
+            const int oc = n0 + row;
+            const bool okb = oc < p.K && kd < Kd;
+            cp_async16(&Bs[buf][row * LDS + kc * 8], okb ? w + (size_t)oc * p.ldw + kd : w, okb);
+        }
+        cp_async_commit();
+    };
+
+    float acc[4][4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    issue(kt0, 0);
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        if (kt + 1 < kt1) {
+            issue(kt + 1, buf ^ 1);
+            cp_async_wait<1>();  // this tile's group is done; the next may still fly
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // every thread's copies of this tile are visible
+        const unsigned short* A = As[buf];
+        const unsigned short* B = Bs[buf];
+#pragma unroll
+        for (int kk = 0; kk < ASY_BK; kk += 16) {
+            unsigned a[4][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt) {
+                const unsigned short* q = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(q);
+                a[mt][1] = ld_pair(q + 8 * LDS);
+                a[mt][2] = ld_pair(q + 8);
+                a[mt][3] = ld_pair(q + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* q = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(q);
+                b[nt][1] = ld_pair(q + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        __syncthreads();  // the buffer is refilled by the next iteration's issue
+    }
+
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int m = m0 + wm + mt * 16 + g + hf * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const int k = n0 + wn + nt * 8 + 2 * t;
+                if (k >= p.K) continue;
+                const float v0 = acc[mt][nt][hf * 2];
+                const float v1 = acc[mt][nt][hf * 2 + 1];
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
+                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
+                } else {
+                    conv_store_pair(p, m, k, v0, v1);
+                }
+            }
+        }
+    }
+}
+
+// Finishes a split-K convolution: one thread per output (pixel, channel).
+__device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
+    const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
+    const long long M = (long long)*p.count * p.P * p.Q;
+    if (e >= M * p.K) return;
+    const int m = (int)(e / p.K);
+    const int k = (int)(e - (long long)m * p.K);
+    const float v = p.workspace[e];
+    p.workspace[e] = 0.0f;
+    conv_store<__half>(p, m, k, v);
+}
+
+DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
+DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
+DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
+DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
+DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue(p); }
+DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }

@@ -1,0 +1,131 @@
+// gate.cu: global average pool + linear, for decision gates and the classifier head.
+//
+//   gate_fused_{f32,f16}: pools the gate's input view, scores s = W x + b, takes the
+//       arg-max (ties to the lowest index) and the confidence (rule 0, hinge: max score;
+//       rule 1, ce: max softmax probability = 1 / sum_j exp(s_j - max)), compares it with
+//       the threshold, and writes keep[slot]. An exiting sample's class, confidence,
+//       exit index and scores are written at its input position (idx[slot]) at once,
+//       so results need no later scatter. One launch per gate.
+//   head_gap_{f32,f16}: the same with the optional pre-activation, no threshold: every
+//       live sample gets class = arg-max logit, score = max logit, exit = -1.
+//
+// One block per batch slot (grid = largest batch; slots >= *count return). Pooling:
+// thread (u, g) sums channel unit u (`vec` consecutive channels: 8 f16 or 4 f32 in one
+// 16-byte load where the view is aligned, else 1) over pixels g, g + groups, ...; the
+// `groups` partial sums per channel meet in shared memory. The host picks `groups` so
+// that units x groups fills the block: a 32x32 map at batch 1 is read by the whole
+// block, not by one thread per channel. Then warp w computes classes w, w + 16, ...
+// with a shuffle reduction, and thread 0 decides.
+// Dynamic shared memory: (C + classes + groups x C) floats.
+#include "common.cuh"
+
+#define GAP_THREADS 512
+
+// Loads `vec` channels (1, 4 f32 or 8 f16) starting at `src` as floats.
+template <typename T>
+__device__ __forceinline__ void load_unit(const T* src, int vec, float* v);
+
+template <>
+__device__ __forceinline__ void load_unit<float>(const float* src, int vec, float* v) {
+    if (vec == 4) {
+#ifdef DGATE_HOST_EMU
+        emu_check_align(src, 16);
+#endif
+        const uint4 u = *(const uint4*)src;
+        v[0] = __uint_as_float(u.x);
+        v[1] = __uint_as_float(u.y);
+        v[2] = __uint_as_float(u.z);
+        v[3] = __uint_as_float(u.w);
+    } else {
+        v[0] = src[0];
+    }
+}
+
+template <>
+__device__ __forceinline__ void load_unit<__half>(const __half* src, int vec, float* v) {
+    if (vec == 8) {
+#ifdef DGATE_HOST_EMU
+        emu_check_align(src, 16);
+#endif
+        const uint4 u = *(const uint4*)src;
+        const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            v[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
+            v[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
+        }
+    } else {
+        v[0] = __half2float(src[0]);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void gap_linear(const GapLinearParams& p) {
+    DGATE_DYNAMIC_SHARED(float, sm);
+    float* feat = sm;
+    float* scores = sm + p.C;
+    float* part = sm + p.C + p.classes;  // [groups][C]
+    const int slot = blockIdx.x;
+    if (slot >= *p.count) return;
+    const T* in = (const T*)p.in;
+    const size_t base = (size_t)slot * p.HW;
+    const float inv = 1.0f / (float)p.HW;
+    const int units = p.C / p.vec;
+    for (int e = threadIdx.x; e < units * p.groups; e += GAP_THREADS) {
+        const int u = e % units;
+        const int grp = e / units;
+        const int c0 = u * p.vec;
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        for (int i = grp; i < p.HW; i += p.groups) {
+            float v[8];
+            load_unit<T>(in + (base + i) * p.in_stride + p.in_off + c0, p.vec, v);
+            for (int j = 0; j < p.vec; ++j) acc[j] += pre_act(v[j], p.pre_scale, p.pre_shift, p.pre_relu, c0 + j);
+        }
+        for (int j = 0; j < p.vec; ++j) part[grp * p.C + c0 + j] = acc[j];
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < p.C; c += GAP_THREADS) {
+        float sum = 0.0f;
+        for (int grp = 0; grp < p.groups; ++grp) sum += part[grp * p.C + c];
+        feat[c] = sum * inv;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32;
+    for (int j = warp; j < p.classes; j += GAP_THREADS / 32) {
+        const float* wj = p.weight + (size_t)j * p.C;
+        float dot = 0.0f;
+        for (int c = lane; c < p.C; c += 32) dot = fmaf(wj[c], feat[c], dot);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+        if (lane == 0) scores[j] = dot + p.bias[j];
+    }
+    __syncthreads();
+    if (threadIdx.x != 0) return;
+    int best = 0;
+    for (int j = 1; j < p.classes; ++j)
+        if (scores[j] > scores[best]) best = j;
+    const float m = scores[best];
+    float conf = m;
+    if (p.rule == 1) {
+        float z = 0.0f;
+        for (int j = 0; j < p.classes; ++j) z += expf(scores[j] - m);
+        conf = 1.0f / z;
+    }
+    bool leave = true;
+    if (p.is_gate) {
+        leave = conf >= p.threshold;
+        p.keep[slot] = leave ? 0 : 1;
+    }
+    if (!leave) return;
+    const int dst = p.idx[slot];
+    p.out_class[dst] = best;
+    p.out_exit[dst] = p.exit_id;
+    p.out_score[dst] = conf;
+    for (int j = 0; j < p.classes; ++j) p.out_logits[(size_t)dst * p.classes + j] = scores[j];
+}
+
+DGATE_KERNEL(gate_fused_f32, GapLinearParams, GAP_THREADS) { gap_linear<float>(p); }
+DGATE_KERNEL(gate_fused_f16, GapLinearParams, GAP_THREADS) { gap_linear<__half>(p); }
+DGATE_KERNEL(head_gap_f32, GapLinearParams, GAP_THREADS) { gap_linear<float>(p); }
+DGATE_KERNEL(head_gap_f16, GapLinearParams, GAP_THREADS) { gap_linear<__half>(p); }

@@ -1,0 +1,245 @@
+// host_emu.cuh: the subset of CUDA these kernels use, emulated on the CPU, so that
+// the very same kernel sources can be tested where there is no GPU (CI, dev boxes).
+// Compiled with a host C++ compiler and -DDGATE_HOST_EMU (see
+// kernels::build_emulator); never seen by NVRTC.
+//
+// Execution model: a launch runs its blocks one after another; the threads of a block
+// are fibers (ucontext) on one OS thread, switched only at barriers, so shared memory
+// is simply `static` storage. __syncthreads() releases when every thread of the block
+// that has not returned is waiting; warp-level operations (shuffles, the m16n8k16
+// MMA) use a warp barrier the same way. A barrier nobody can release aborts with a
+// message (a real GPU would hang). The MMA follows the PTX ISA fragment layout, so a
+// layout mistake in conv.cu shows up as wrong numbers here too; rounding differs from
+// the hardware's (products are summed in f32 in a fixed order).
+#pragma once
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+using std::max;
+using std::min;
+
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+struct EmuDim3 {
+    unsigned x, y, z;
+};
+inline EmuDim3 threadIdx, blockIdx, blockDim, gridDim;
+
+struct __half {
+    unsigned short x;
+};
+inline __half __float2half_rn(float f) {
+    _Float16 h = (_Float16)f;
+    __half r;
+    std::memcpy(&r.x, &h, 2);
+    return r;
+}
+inline float __half2float(__half h) {
+    _Float16 v;
+    std::memcpy(&v, &h.x, 2);
+    return (float)v;
+}
+inline unsigned short __half_as_ushort(__half h) { return h.x; }
+inline __half __ushort_as_half(unsigned short x) {
+    __half h;
+    h.x = x;
+    return h;
+}
+
+inline float __uint_as_float(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+struct alignas(16) uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
+
+// The GPU faults on misaligned vector accesses; x86 does not, so check here.
+inline void emu_check_align(const void* p, unsigned bytes) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        std::fprintf(stderr, "host_emu: misaligned %u-byte access at %p\n", bytes, p);
+        std::abort();
+    }
+}
+
+// Fibers never run concurrently, so a plain add is atomic here.
+inline float atomicAdd(float* p, float v) {
+    const float old = *p;
+    *p = old + v;
+    return old;
+}
+
+namespace emu {
+enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
+constexpr size_t STACK_BYTES = 64 * 1024;
+struct Fiber {
+    ucontext_t ctx;
+    char* stack = nullptr;
+    State state = DONE;
+};
+inline std::vector<Fiber> fibers;
+inline ucontext_t scheduler;
+inline unsigned current = 0;
+inline void (*kernel)(const void*) = nullptr;
+inline const void* params = nullptr;
+inline std::vector<unsigned char> dynamic_smem;
+inline float xchg_f[1024];
+inline unsigned xchg_u[1024][6];
+
+inline void wait(State s) {
+    fibers[current].state = s;
+    swapcontext(&fibers[current].ctx, &scheduler);
+}
+
+inline void trampoline() {
+    kernel(params);
+    fibers[current].state = DONE;
+}
+
+inline void run_block(unsigned threads) {
+    for (unsigned i = 0; i < threads; ++i) {
+        Fiber& f = fibers[i];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = STACK_BYTES;
+        f.ctx.uc_link = &scheduler;
+        makecontext(&f.ctx, trampoline, 0);
+        f.state = RUNNABLE;
+    }
+    for (;;) {
+        bool ran = false;
+        for (unsigned i = 0; i < threads; ++i) {
+            if (fibers[i].state != RUNNABLE) continue;
+            current = i;
+            threadIdx = {i, 0, 0};
+            swapcontext(&scheduler, &fibers[i].ctx);
+            ran = true;
+        }
+        if (ran) continue;
+        unsigned live = 0, at_block = 0;
+        for (unsigned i = 0; i < threads; ++i) {
+            live += fibers[i].state != DONE;
+            at_block += fibers[i].state == WAIT_BLOCK;
+        }
+        if (live == 0) return;
+        bool released = false;
+        for (unsigned w = 0; w * 32 < threads; ++w) {
+            unsigned wl = 0, ww = 0;
+            for (unsigned i = w * 32; i < std::min(threads, w * 32 + 32); ++i) {
+                wl += fibers[i].state != DONE;
+                ww += fibers[i].state == WAIT_WARP;
+            }
+            if (wl > 0 && ww == wl) {
+                for (unsigned i = w * 32; i < std::min(threads, w * 32 + 32); ++i) fibers[i].state = RUNNABLE;
+                released = true;
+            }
+        }
+        if (!released && at_block == live) {
+            for (unsigned i = 0; i < threads; ++i)
+                if (fibers[i].state == WAIT_BLOCK) fibers[i].state = RUNNABLE;
+            released = true;
+        }
+        if (!released) {
+            std::fprintf(stderr, "host_emu: deadlock in block (%u, %u): %u live threads, %u at __syncthreads\n",
+                         blockIdx.x, blockIdx.y, live, at_block);
+            std::abort();
+        }
+    }
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::wait(emu::WAIT_BLOCK); }
+inline void emu_syncwarp() { emu::wait(emu::WAIT_WARP); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    const unsigned t = threadIdx.x;
+    emu::xchg_f[t] = v;
+    emu_syncwarp();
+    const float r = emu::xchg_f[(t & ~31u) | ((t & 31u) ^ (unsigned)lane_mask)];
+    emu_syncwarp();
+    return r;
+}
+
+inline float emu_half_bits(unsigned bits) {
+    __half h;
+    h.x = (unsigned short)bits;
+    return __half2float(h);
+}
+
+// d += A(16x16, row) * B(16x8, col) for the warp, fragments as in the PTX ISA.
+inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
+    const unsigned t = threadIdx.x;
+    std::memcpy(emu::xchg_u[t], a, 16);
+    std::memcpy(emu::xchg_u[t] + 4, b, 8);
+    emu_syncwarp();
+    const unsigned base = t & ~31u;
+    float A[16][16], B[16][8];
+    for (unsigned l = 0; l < 32; ++l) {
+        const unsigned* r = emu::xchg_u[base + l];
+        const unsigned g = l / 4, q = l % 4;
+        for (unsigned h = 0; h < 2; ++h) {
+            A[g][2 * q + h] = emu_half_bits(r[0] >> (16 * h));
+            A[g + 8][2 * q + h] = emu_half_bits(r[1] >> (16 * h));
+            A[g][2 * q + 8 + h] = emu_half_bits(r[2] >> (16 * h));
+            A[g + 8][2 * q + 8 + h] = emu_half_bits(r[3] >> (16 * h));
+            B[2 * q + h][g] = emu_half_bits(r[4] >> (16 * h));
+            B[2 * q + 8 + h][g] = emu_half_bits(r[5] >> (16 * h));
+        }
+    }
+    emu_syncwarp();
+    const unsigned lane = t & 31u, g = lane / 4, q = lane % 4;
+    for (unsigned k = 0; k < 16; ++k) {
+        d[0] += A[g][k] * B[k][2 * q];
+        d[1] += A[g][k] * B[k][2 * q + 1];
+        d[2] += A[g + 8][k] * B[k][2 * q];
+        d[3] += A[g + 8][k] * B[k][2 * q + 1];
+    }
+}
+
+#define DGATE_KERNEL(name, Params, threads)                                                   \
+    static void name##_body(const Params& p);                                                 \
+    extern "C" void name(const void* raw) { name##_body(*static_cast<const Params*>(raw)); } \
+    static void name##_body(const Params& p)
+
+#define DGATE_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem.data())
+
+// Runs `k` over a grid of (gx, gy) blocks of `threads` threads. Only one copy of this
+// (and of the state above) may exist per process: the shared object is built from one
+// translation unit per kernel file, and this symbol is defined in conv.cu alone.
+#ifdef DGATE_EMU_DEFINE_LAUNCH
+extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned threads,
+                                unsigned smem, const void* p) {
+    if (threads == 0 || threads > 1024) return 1;
+    while (emu::fibers.size() < threads) {
+        emu::fibers.emplace_back();
+        emu::fibers.back().stack = static_cast<char*>(std::malloc(emu::STACK_BYTES));
+        if (emu::fibers.back().stack == nullptr) return 2;
+    }
+    emu::kernel = k;
+    emu::params = p;
+    emu::dynamic_smem.assign(smem + 16, 0);
+    blockDim = {threads, 1, 1};
+    gridDim = {gx, gy, gz};
+    for (unsigned bz = 0; bz < gz; ++bz)
+        for (unsigned by = 0; by < gy; ++by)
+            for (unsigned bx = 0; bx < gx; ++bx) {
+                blockIdx = {bx, by, bz};
+                emu::run_block(threads);
+            }
+    return 0;
+}
+#endif

@@ -1,0 +1,466 @@
+//! The CUDA context, stream and loaded kernels of one backend instance, plus small
+//! helpers for raw device memory. Everything here returns `crate::Error`.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::kernels::{self, KernelFile};
+use crate::backend::Precision;
+use crate::{Error, Result};
+
+pub(crate) fn cuda_err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+    move |e| Error::Cuda(format!("{what}: {e}"))
+}
+
+/// Probes for the driver library and NVRTC without calling into either: with
+/// cudarc's dynamic loading a missing library would panic at the first call.
+pub fn probe() -> Result<()> {
+    // SAFETY: only tries to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::CudaUnavailable(
+            "the CUDA driver library (libcuda.so) was not found".into(),
+        ));
+    }
+    if !kernels::nvrtc_present() {
+        return Err(Error::CudaUnavailable(
+            "NVRTC (libnvrtc.so) was not found".into(),
+        ));
+    }
+    let count = CudaContext::device_count()
+        .map_err(|e| Error::CudaUnavailable(format!("cuInit/cuDeviceGetCount: {e}")))?;
+    if count < 1 {
+        return Err(Error::CudaUnavailable("no CUDA device".into()));
+    }
+    Ok(())
+}
+
+enum Storage {
+    Cuda(CudaSlice<u8>),
+    /// Host memory of the CPU emulator; `u128` for 16-byte alignment.
+    Host(Vec<u128>),
+}
+
+/// Device memory with its address; freed on drop.
+pub(crate) struct Mem {
+    storage: Storage,
+    pub ptr: u64,
+    pub bytes: usize,
+}
+
+type EmuKernel = unsafe extern "C" fn(*const c_void);
+type EmuLaunch = unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, u32, *const c_void) -> i32;
+
+/// Where kernels run: a CUDA device, or the CPU emulator built from the same sources
+/// (`kernels/host_emu.cuh`), which has no streams, graphs or timers.
+pub(crate) enum Engine {
+    Cuda {
+        ctx: Arc<CudaContext>,
+        stream: Arc<CudaStream>,
+        functions: HashMap<String, CudaFunction>,
+    },
+    Emu {
+        launch: EmuLaunch,
+        functions: HashMap<String, EmuKernel>,
+    },
+}
+
+pub(crate) struct Device {
+    pub engine: Engine,
+    /// Streaming multiprocessors (sizes split-K); the emulator pretends an H100's.
+    pub sms: usize,
+    pub name: String,
+    pub arch: String,
+    pub precision: Precision,
+}
+
+impl Device {
+    pub fn new(precision: Precision) -> Result<Self> {
+        probe()?;
+        let ctx = CudaContext::new(0).map_err(|e| Error::CudaUnavailable(format!("{e}")))?;
+        // Graph capture: no cudarc event bookkeeping on our allocations (one stream).
+        // SAFETY: every allocation and launch of this backend goes to `stream`.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        let name = ctx.name().map_err(cuda_err("cuDeviceGetName"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(cuda_err("compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda_err("multiprocessor count"))?
+            .max(1) as usize;
+        let mut functions = HashMap::new();
+        for (file, cubin) in kernels::cubins_for_arch(&arch)? {
+            let module = ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| Error::Cuda(format!("loading {}: {e}", file.file_name())))?;
+            for &sym in symbols(file) {
+                let f = module
+                    .load_function(sym)
+                    .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
+                functions.insert(sym.to_string(), f);
+            }
+        }
+        Ok(Device {
+            engine: Engine::Cuda {
+                ctx,
+                stream,
+                functions,
+            },
+            sms,
+            name,
+            arch,
+            precision,
+        })
+    }
+
+    /// The CPU emulator: `lib` is a shared object from [`kernels::build_emulator`].
+    pub fn new_emulated(precision: Precision, lib: &std::path::Path) -> Result<Self> {
+        let handle = emu_dlopen(lib)?;
+        // SAFETY: the symbol is `dgate_emu_launch` of host_emu.cuh, of this signature.
+        let launch: EmuLaunch =
+            unsafe { std::mem::transmute(emu_dlsym(handle, "dgate_emu_launch")?) };
+        let mut functions = HashMap::new();
+        for file in KernelFile::ALL {
+            for &sym in symbols(file) {
+                // SAFETY: every kernel symbol of the emulator takes a pointer to its
+                // parameter struct (DGATE_KERNEL in host_emu.cuh).
+                let f: EmuKernel = unsafe { std::mem::transmute(emu_dlsym(handle, sym)?) };
+                functions.insert(sym.to_string(), f);
+            }
+        }
+        Ok(Device {
+            engine: Engine::Emu { launch, functions },
+            sms: 132,
+            name: "CPU emulator".into(),
+            arch: "host".into(),
+            precision,
+        })
+    }
+
+    pub fn is_emulated(&self) -> bool {
+        matches!(self.engine, Engine::Emu { .. })
+    }
+
+    /// The CUDA stream (`None` for the emulator).
+    pub fn stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.engine {
+            Engine::Cuda { stream, .. } => Some(stream),
+            Engine::Emu { .. } => None,
+        }
+    }
+
+    pub fn context(&self) -> Option<&Arc<CudaContext>> {
+        match &self.engine {
+            Engine::Cuda { ctx, .. } => Some(ctx),
+            Engine::Emu { .. } => None,
+        }
+    }
+
+    pub fn dtype(&self) -> &'static str {
+        match self.precision {
+            Precision::F32 => "f32",
+            Precision::F16 => "f16",
+        }
+    }
+
+    pub fn elem_bytes(&self) -> usize {
+        match self.precision {
+            Precision::F32 => 4,
+            Precision::F16 => 2,
+        }
+    }
+
+    /// Checks that a kernel of this name is loaded.
+    pub fn has_function(&self, name: &str) -> Result<()> {
+        let found = match &self.engine {
+            Engine::Cuda { functions, .. } => functions.contains_key(name),
+            Engine::Emu { functions, .. } => functions.contains_key(name),
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(Error::Cuda(format!("no kernel named {name}")))
+        }
+    }
+
+    pub fn launch<P: DeviceRepr>(
+        &self,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        self.launch3(name, (grid.0, grid.1, 1), block, smem, params)
+    }
+
+    pub fn launch3<P: DeviceRepr>(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        let missing = || Error::Cuda(format!("no kernel named {name}"));
+        match &self.engine {
+            Engine::Cuda {
+                stream, functions, ..
+            } => {
+                let f = functions.get(name).ok_or_else(missing)?;
+                let cfg = LaunchConfig {
+                    grid_dim: grid,
+                    block_dim: (block, 1, 1),
+                    shared_mem_bytes: smem,
+                };
+                let mut b = stream.launch_builder(f);
+                b.arg(params);
+                // SAFETY: `params` is the `#[repr(C)]` mirror of the kernel's only
+                // parameter (sizes checked at compile time); every address in it is live
+                // device memory sized for the launch's largest batch.
+                unsafe { b.launch(cfg) }
+                    .map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
+            }
+            Engine::Emu { launch, functions } => {
+                let f = functions.get(name).ok_or_else(missing)?;
+                // SAFETY: as above, with host addresses; the emulator runs synchronously.
+                let rc = unsafe {
+                    launch(
+                        *f,
+                        grid.0,
+                        grid.1,
+                        grid.2,
+                        block,
+                        smem,
+                        params as *const P as *const c_void,
+                    )
+                };
+                if rc != 0 {
+                    return Err(Error::Cuda(format!(
+                        "emulated launch of {name} failed ({rc})"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn alloc(&self, bytes: usize) -> Result<Mem> {
+        let len = bytes.max(256).div_ceil(16) * 16;
+        match &self.engine {
+            Engine::Cuda { stream, .. } => {
+                let slice = stream
+                    .alloc_zeros::<u8>(len)
+                    .map_err(|e| Error::Cuda(format!("allocating {len} bytes: {e}")))?;
+                let ptr = {
+                    let (ptr, _sync) = slice.device_ptr(stream);
+                    ptr
+                };
+                Ok(Mem {
+                    storage: Storage::Cuda(slice),
+                    ptr,
+                    bytes: len,
+                })
+            }
+            Engine::Emu { .. } => {
+                let v = vec![0u128; len / 16];
+                let ptr = v.as_ptr() as u64;
+                Ok(Mem {
+                    storage: Storage::Host(v),
+                    ptr,
+                    bytes: len,
+                })
+            }
+        }
+    }
+
+    pub fn upload_bytes(&self, mem: &mut Mem, data: &[u8]) -> Result<()> {
+        if data.len() > mem.bytes {
+            return Err(Error::Cuda(format!(
+                "upload of {} bytes into {} bytes",
+                data.len(),
+                mem.bytes
+            )));
+        }
+        match (&self.engine, &mut mem.storage) {
+            (Engine::Cuda { stream, .. }, Storage::Cuda(slice)) => {
+                let mut view = slice
+                    .try_slice_mut(0..data.len())
+                    .ok_or_else(|| Error::Cuda("upload out of range".into()))?;
+                stream
+                    .memcpy_htod(data, &mut view)
+                    .map_err(cuda_err("cuMemcpyHtoD"))
+            }
+            (Engine::Emu { .. }, Storage::Host(v)) => {
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(v.as_mut_slice());
+                bytes[..data.len()].copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(Error::Cuda("memory of another engine".into())),
+        }
+    }
+
+    pub fn download_bytes(&self, mem: &Mem, bytes: usize) -> Result<Vec<u8>> {
+        if bytes > mem.bytes {
+            return Err(Error::Cuda(format!(
+                "download of {bytes} from {}",
+                mem.bytes
+            )));
+        }
+        match (&self.engine, &mem.storage) {
+            (Engine::Cuda { stream, .. }, Storage::Cuda(slice)) => {
+                let view = slice
+                    .try_slice(0..bytes)
+                    .ok_or_else(|| Error::Cuda("download out of range".into()))?;
+                let mut out = vec![0u8; bytes];
+                stream
+                    .memcpy_dtoh(&view, &mut out)
+                    .map_err(cuda_err("cuMemcpyDtoH"))?;
+                self.sync()?;
+                Ok(out)
+            }
+            (Engine::Emu { .. }, Storage::Host(v)) => {
+                let all: &[u8] = bytemuck::cast_slice(v.as_slice());
+                Ok(all[..bytes].to_vec())
+            }
+            _ => Err(Error::Cuda("memory of another engine".into())),
+        }
+    }
+
+    /// Uploads f32 values stored as the plan's storage type (activations, conv weights).
+    pub fn upload_storage(&self, values: &[f32]) -> Result<Mem> {
+        let bytes = storage_bytes(self.precision, values);
+        let mut mem = self.alloc(bytes.len())?;
+        self.upload_bytes(&mut mem, &bytes)?;
+        Ok(mem)
+    }
+
+    /// Uploads f32 values as f32 (biases, scales, gate weights).
+    pub fn upload_f32(&self, values: &[f32]) -> Result<Mem> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let mut mem = self.alloc(bytes.len())?;
+        self.upload_bytes(&mut mem, bytes)?;
+        Ok(mem)
+    }
+
+    pub fn sync(&self) -> Result<()> {
+        match &self.engine {
+            Engine::Cuda { stream, .. } => stream.synchronize().map_err(cuda_err("synchronize")),
+            Engine::Emu { .. } => Ok(()),
+        }
+    }
+}
+
+pub(crate) fn storage_bytes(precision: Precision, values: &[f32]) -> Vec<u8> {
+    match precision {
+        Precision::F32 => bytemuck::cast_slice(values).to_vec(),
+        Precision::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_bits().to_le_bytes())
+            .collect(),
+    }
+}
+
+pub(crate) fn storage_to_f32(precision: Precision, bytes: &[u8]) -> Vec<f32> {
+    match precision {
+        Precision::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Precision::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .collect(),
+    }
+}
+
+/// The `extern "C"` symbols of each file (`{op}_{variant}_{dtype}`).
+pub fn symbols(file: KernelFile) -> &'static [&'static str] {
+    match file {
+        KernelFile::Conv => &[
+            "conv_simt_f32",
+            "conv_simt_f16",
+            "conv_mma_f16",
+            "conv_mmavec_f16",
+            "conv_mmaasync_f16",
+            "conv_splitk_epilogue_f16",
+        ],
+        KernelFile::Pool => &[
+            "shortcut_a_f32",
+            "shortcut_a_f16",
+            "avgpool2_pre_f32",
+            "avgpool2_pre_f16",
+        ],
+        KernelFile::Gate => &[
+            "gate_fused_f32",
+            "gate_fused_f16",
+            "head_gap_f32",
+            "head_gap_f16",
+        ],
+        KernelFile::Batch => &[
+            "pack_input_f32",
+            "pack_input_f16",
+            "compact_scan_i32",
+            "compact_gather_f32",
+            "compact_gather_f16",
+            "compact_copy_f32",
+            "compact_copy_f16",
+        ],
+    }
+}
+
+extern "C" {
+    fn dlopen(filename: *const c_char, flag: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+    fn dlerror() -> *mut c_char;
+}
+const RTLD_NOW: c_int = 2;
+
+fn dl_error(what: String) -> Error {
+    // SAFETY: dlerror returns null or a NUL-terminated string owned by libc.
+    let msg = unsafe {
+        let e = dlerror();
+        if e.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(e).to_string_lossy().into_owned()
+        }
+    };
+    Error::CudaUnavailable(format!("{what}: {msg}"))
+}
+
+fn emu_dlopen(lib: &std::path::Path) -> Result<*mut c_void> {
+    let path = CString::new(lib.to_string_lossy().as_bytes())
+        .map_err(|_| Error::Config("emulator path contains NUL".into()))?;
+    // SAFETY: a plain dlopen of a library we built; it is never closed (kernels keep
+    // function pointers into it for the life of the process).
+    let h = unsafe { dlopen(path.as_ptr(), RTLD_NOW) };
+    if h.is_null() {
+        return Err(dl_error(format!("dlopen {}", lib.display())));
+    }
+    Ok(h)
+}
+
+fn emu_dlsym(handle: *mut c_void, name: &str) -> Result<*mut c_void> {
+    let c = CString::new(name).map_err(|_| Error::Config("symbol contains NUL".into()))?;
+    // SAFETY: `handle` is a live dlopen handle.
+    let f = unsafe { dlsym(handle, c.as_ptr()) };
+    if f.is_null() {
+        return Err(dl_error(format!("dlsym {name}")));
+    }
+    Ok(f)
+}

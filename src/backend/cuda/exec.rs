@@ -1,0 +1,1005 @@
+//! A plan made resident on the device: weights uploaded once, activation buffers and
+//! per-pass state preallocated for a batch capacity, and the launch sequence of one
+//! forward pass (which is what a CUDA graph captures).
+//!
+//! Per-pass state: `counts[l]` is the number of live samples at level `l` (level 0:
+//! the input batch; level g + 1: after gate g's compaction) and `idx[l][slot]` the
+//! input position of the sample in that slot. Results (class, exit, score, logits)
+//! are written by the gate or head kernel directly at the input position.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use cudarc::driver::CudaGraph;
+
+/// A captured CUDA graph that may move between threads with its engine.
+///
+/// cudarc leaves `CudaGraph` `!Send` because it holds raw driver handles; CUDA graph and
+/// executable-graph handles are not tied to the thread that made them, and the backend
+/// owning them is `Send` but not `Sync` (one thread uses it at a time), and launches bind
+/// the context to the calling thread first.
+pub struct Graph(pub CudaGraph);
+// SAFETY: see above: handles are thread-agnostic and never used from two threads at once.
+unsafe impl Send for Graph {}
+
+impl std::ops::Deref for Graph {
+    type Target = CudaGraph;
+    fn deref(&self) -> &CudaGraph {
+        &self.0
+    }
+}
+
+use super::device::{storage_bytes, storage_to_f32, Device, Mem};
+use super::params::*;
+use crate::plan::{Conv, ExitRule, Op, Plan, PreAct, View};
+use crate::{Error, Result};
+
+const CONV_TILE_M: usize = 64;
+const CONV_TILE_N: usize = 64;
+const CONV_SIMT_THREADS: u32 = 256;
+const CONV_MMA_THREADS: u32 = 128;
+const CONV_VEC_TILE_M: usize = 128;
+const CONV_VEC_TILE_N: usize = 64;
+const CONV_VEC_TILE_K: usize = 32;
+const CONV_VEC_THREADS: u32 = 256;
+const CONV_ASYNC_TILE_M: usize = 128;
+const CONV_ASYNC_TILE_N: usize = 128;
+const CONV_ASYNC_THREADS: u32 = 256;
+const MAX_SPLIT_K: usize = 16;
+const ELEMENTWISE_THREADS: u32 = 256;
+const GAP_THREADS: usize = 512;
+/// Static shared memory is limited to 48 KiB without an opt-in.
+const GAP_SMEM_LIMIT: usize = 48 * 1024;
+const SCAN_THREADS: u32 = 1024;
+const IMAGE_FLOATS: usize = 3 * 32 * 32;
+
+struct DevPre {
+    scale: Mem,
+    shift: Mem,
+    relu: bool,
+}
+
+enum DevOp {
+    Conv {
+        /// The kernel chosen for this layer; the weight is packed for it.
+        kernel: String,
+        weight: Mem,
+        bias: Mem,
+        pre: Option<DevPre>,
+    },
+    ShortcutA,
+    AvgPool2 {
+        pre: Option<DevPre>,
+    },
+}
+
+struct DevLinear {
+    weight: Mem,
+    bias: Mem,
+    pre: Option<DevPre>,
+}
+
+pub(crate) struct Prepared {
+    /// Identity of the plan's structure and weights (not thresholds).
+    pub key: u64,
+    /// Thresholds and rules the captured graphs were built with.
+    pub decisions: Vec<(u32, ExitRule)>,
+    pub capacity: usize,
+    pub classes: usize,
+    buffers: Vec<Mem>,
+    ops: Vec<Vec<DevOp>>,
+    gates: Vec<DevLinear>,
+    head: DevLinear,
+    counts: Mem,
+    /// Split-K partial sums; zero between convolutions.
+    workspace: Mem,
+    workspace_floats: usize,
+    idx: Vec<Mem>,
+    keep: Mem,
+    src_of: Mem,
+    scratch: Mem,
+    pub staging: Mem,
+    out_class: Mem,
+    out_exit: Mem,
+    out_score: Mem,
+    out_logits: Mem,
+    pub graphs: HashMap<usize, Graph>,
+}
+
+fn hash_values(h: &mut DefaultHasher, v: &[f32]) {
+    v.len().hash(h);
+    // A sample is enough to tell plans apart; all of a 40 M-weight network would
+    // cost more than the pass it guards. `CudaBackend::prepare` forces a reload.
+    let step = (v.len() / 4096).max(1);
+    for x in v.iter().step_by(step) {
+        x.to_bits().hash(h);
+    }
+    if let Some(x) = v.last() {
+        x.to_bits().hash(h);
+    }
+}
+
+fn hash_pre(h: &mut DefaultHasher, p: &Option<PreAct>) {
+    if let Some(p) = p {
+        hash_values(h, &p.scale);
+        hash_values(h, &p.shift);
+        p.relu.hash(h);
+    }
+}
+
+/// Identity of a plan for the weight cache: its address, its structure (via Debug of
+/// the small parts) and a sample of every weight tensor.
+pub(crate) fn plan_key(plan: &Plan) -> u64 {
+    let mut h = DefaultHasher::new();
+    (plan as *const Plan as usize).hash(&mut h);
+    format!("{:?}{:?}{}", plan.buffers, plan.input, plan.classes).hash(&mut h);
+    for s in &plan.stages {
+        s.output.buf.hash(&mut h);
+        for op in &s.ops {
+            match op {
+                Op::Conv(c) => {
+                    format!(
+                        "{:?}{:?}{:?}{} {} {} {} {} {} {} {}",
+                        c.input,
+                        c.output,
+                        c.residual,
+                        c.in_h,
+                        c.in_w,
+                        c.out_h,
+                        c.out_w,
+                        c.kernel,
+                        c.stride,
+                        c.pad,
+                        c.relu
+                    )
+                    .hash(&mut h);
+                    hash_values(&mut h, &c.weight);
+                    hash_values(&mut h, &c.bias);
+                    hash_pre(&mut h, &c.pre);
+                }
+                Op::ShortcutA { .. } => format!("{op:?}").hash(&mut h),
+                Op::AvgPool2 {
+                    input,
+                    output,
+                    in_h,
+                    in_w,
+                    pre,
+                } => {
+                    format!("{input:?}{output:?}{in_h}{in_w}").hash(&mut h);
+                    hash_pre(&mut h, pre);
+                }
+            }
+        }
+    }
+    for g in &plan.gates {
+        format!("{:?}{}{}{}", g.input, g.h, g.w, g.after_stage).hash(&mut h);
+        hash_values(&mut h, &g.weight);
+        hash_values(&mut h, &g.bias);
+    }
+    format!("{:?}{}{}", plan.head.input, plan.head.h, plan.head.w).hash(&mut h);
+    hash_values(&mut h, &plan.head.weight);
+    hash_values(&mut h, &plan.head.bias);
+    hash_pre(&mut h, &plan.head.pre);
+    h.finish()
+}
+
+pub(crate) fn decisions(plan: &Plan) -> Vec<(u32, ExitRule)> {
+    plan.gates
+        .iter()
+        .map(|g| (g.threshold.to_bits(), g.rule))
+        .collect()
+}
+
+fn cfg_err(msg: String) -> Error {
+    Error::Config(format!("plan: {msg}"))
+}
+
+fn check_view(plan: &Plan, v: &View, h: usize, w: usize, what: &str) -> Result<()> {
+    let b = plan
+        .buffers
+        .get(v.buf)
+        .ok_or_else(|| cfg_err(format!("{what}: buffer {} does not exist", v.buf)))?;
+    if v.channels == 0 || v.offset + v.channels > b.channels {
+        return Err(cfg_err(format!(
+            "{what}: channels [{}, {}) outside buffer {} of {} channels",
+            v.offset,
+            v.offset + v.channels,
+            v.buf,
+            b.channels
+        )));
+    }
+    if b.h != h || b.w != w {
+        return Err(cfg_err(format!(
+            "{what}: expects {h}x{w} but buffer {} is {}x{}",
+            v.buf, b.h, b.w
+        )));
+    }
+    Ok(())
+}
+
+fn check_pre(pre: &Option<PreAct>, c: usize, what: &str) -> Result<()> {
+    if let Some(p) = pre {
+        if p.scale.len() != c || p.shift.len() != c {
+            return Err(cfg_err(format!(
+                "{what}: pre-activation has {}/{} values for {c} channels",
+                p.scale.len(),
+                p.shift.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Rejects plans whose kernels would read or write out of bounds.
+pub(crate) fn validate(plan: &Plan) -> Result<()> {
+    let b = plan
+        .buffers
+        .get(plan.input.buf)
+        .ok_or_else(|| cfg_err("input buffer missing".into()))?;
+    check_view(plan, &plan.input, b.h, b.w, "input")?;
+    if plan.input.channels != 3 || b.h != 32 || b.w != 32 {
+        return Err(cfg_err("the input view must be 3 x 32 x 32".into()));
+    }
+    if plan.classes == 0 {
+        return Err(cfg_err("zero classes".into()));
+    }
+    for (si, s) in plan.stages.iter().enumerate() {
+        for (oi, op) in s.ops.iter().enumerate() {
+            let what = format!("stage {si} op {oi}");
+            match op {
+                Op::Conv(c) => {
+                    check_view(plan, &c.input, c.in_h, c.in_w, &what)?;
+                    check_view(plan, &c.output, c.out_h, c.out_w, &what)?;
+                    if let Some(r) = &c.residual {
+                        check_view(plan, r, c.out_h, c.out_w, &what)?;
+                        if r.channels != c.output.channels {
+                            return Err(cfg_err(format!("{what}: residual channels differ")));
+                        }
+                    }
+                    let (k, ci, r) = (c.output.channels, c.input.channels, c.kernel);
+                    if c.weight.len() != k * ci * r * r || c.bias.len() != k {
+                        return Err(cfg_err(format!("{what}: weight/bias sizes")));
+                    }
+                    if c.stride == 0 || r == 0 {
+                        return Err(cfg_err(format!("{what}: zero stride or kernel")));
+                    }
+                    let want_h = (c.in_h + 2 * c.pad)
+                        .checked_sub(r)
+                        .map(|x| x / c.stride + 1);
+                    let want_w = (c.in_w + 2 * c.pad)
+                        .checked_sub(r)
+                        .map(|x| x / c.stride + 1);
+                    if want_h != Some(c.out_h) || want_w != Some(c.out_w) {
+                        return Err(cfg_err(format!("{what}: output size")));
+                    }
+                    check_pre(&c.pre, ci, &what)?;
+                }
+                Op::ShortcutA {
+                    input,
+                    output,
+                    in_h,
+                    in_w,
+                    stride,
+                    pad_before,
+                } => {
+                    if *stride == 0 {
+                        return Err(cfg_err(format!("{what}: zero stride")));
+                    }
+                    check_view(plan, input, *in_h, *in_w, &what)?;
+                    let (oh, ow) = (in_h.div_ceil(*stride), in_w.div_ceil(*stride));
+                    check_view(plan, output, oh, ow, &what)?;
+                    if output.channels < input.channels + pad_before {
+                        return Err(cfg_err(format!("{what}: shortcut channels")));
+                    }
+                }
+                Op::AvgPool2 {
+                    input,
+                    output,
+                    in_h,
+                    in_w,
+                    pre,
+                } => {
+                    check_view(plan, input, *in_h, *in_w, &what)?;
+                    check_view(plan, output, in_h / 2, in_w / 2, &what)?;
+                    if output.channels != input.channels {
+                        return Err(cfg_err(format!("{what}: pool channels")));
+                    }
+                    check_pre(pre, input.channels, &what)?;
+                }
+            }
+        }
+        let ob = plan
+            .buffers
+            .get(s.output.buf)
+            .ok_or_else(|| cfg_err(format!("stage {si}: output buffer")))?;
+        check_view(plan, &s.output, ob.h, ob.w, &format!("stage {si} output"))?;
+    }
+    for (gi, g) in plan.gates.iter().enumerate() {
+        let what = format!("gate {gi}");
+        if g.after_stage + 1 >= plan.stages.len() {
+            return Err(cfg_err(format!("{what}: after the last stage")));
+        }
+        if gi > 0 && plan.gates[gi - 1].after_stage >= g.after_stage {
+            return Err(cfg_err(format!("{what}: gates out of order")));
+        }
+        check_view(plan, &g.input, g.h, g.w, &what)?;
+        if g.weight.len() != plan.classes * g.input.channels || g.bias.len() != plan.classes {
+            return Err(cfg_err(format!("{what}: weight/bias sizes")));
+        }
+        if !gap_fits(g.input.channels, plan.classes) {
+            return Err(cfg_err(format!("{what}: too many channels or classes")));
+        }
+    }
+    let hd = &plan.head;
+    check_view(plan, &hd.input, hd.h, hd.w, "head")?;
+    if hd.weight.len() != plan.classes * hd.input.channels || hd.bias.len() != plan.classes {
+        return Err(cfg_err("head: weight/bias sizes".into()));
+    }
+    check_pre(&hd.pre, hd.input.channels, "head")?;
+    if !gap_fits(hd.input.channels, plan.classes) {
+        return Err(cfg_err("head: too many channels or classes".into()));
+    }
+    Ok(())
+}
+
+/// Conv weight `[K][C][R][R]` -> `[(r, s, c)][K]` (output channels contiguous), or
+/// `[K][(r, s, c)]` when `k_major` (for conv_mmavec).
+fn pack_conv_weight(w: &[f32], k: usize, c: usize, r: usize, k_major: bool) -> Vec<f32> {
+    let kd = r * r * c;
+    let mut out = vec![0.0f32; kd * k];
+    for o in 0..k {
+        for ci in 0..c {
+            for y in 0..r {
+                for x in 0..r {
+                    let src = ((o * c + ci) * r + y) * r + x;
+                    let row = (y * r + x) * c + ci;
+                    if k_major {
+                        out[o * kd + row] = w[src];
+                    } else {
+                        out[row * k + o] = w[src];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether conv_mmavec's 16-byte loads and paired stores are aligned for this layer.
+fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
+    let stride = |v: &View| plan.buffers[v.buf].channels;
+    c.input.channels.is_multiple_of(8)
+        && c.output.channels.is_multiple_of(8)
+        && stride(&c.input).is_multiple_of(8)
+        && c.input.offset.is_multiple_of(8)
+        && stride(&c.output).is_multiple_of(2)
+        && c.output.offset.is_multiple_of(2)
+        && c.residual
+            .as_ref()
+            .is_none_or(|r| stride(r).is_multiple_of(2) && r.offset.is_multiple_of(2))
+}
+
+/// The kernel for one convolution under a policy: `auto` (the fastest that applies),
+/// or a kernel name; the aligned-only kernels fall back where they do not apply
+/// (conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16).
+pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
+    let aligned = vec_aligned(plan, c);
+    let async_ok = aligned && c.pre.is_none() && c.output.channels >= CONV_ASYNC_TILE_N;
+    match (policy, dtype) {
+        ("auto", "f32") => "conv_simt_f32".into(),
+        ("auto", _) | ("conv_mmaasync_f16", _) if async_ok => "conv_mmaasync_f16".into(),
+        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) if aligned => {
+            "conv_mmavec_f16".into()
+        }
+        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) => "conv_mma_f16".into(),
+        (name, _) => name.into(),
+    }
+}
+
+/// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
+/// GPU when the output alone gives fewer than half a wave.
+fn split_k(
+    (tile_m, tile_n): (usize, usize),
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> usize {
+    let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
+    let ktiles = kd.div_ceil(CONV_VEC_TILE_K);
+    if tiles * 2 > sms || ktiles < 8 || m * k > workspace_floats {
+        return 1;
+    }
+    sms.div_ceil(tiles).min(ktiles / 4).clamp(1, MAX_SPLIT_K)
+}
+
+fn upload_pre(dev: &Device, pre: &Option<PreAct>) -> Result<Option<DevPre>> {
+    pre.as_ref()
+        .map(|p| {
+            Ok(DevPre {
+                scale: dev.upload_f32(&p.scale)?,
+                shift: dev.upload_f32(&p.shift)?,
+                relu: p.relu,
+            })
+        })
+        .transpose()
+}
+
+fn pre_ptrs(p: &Option<DevPre>) -> (u64, u64, i32) {
+    match p {
+        Some(p) => (p.scale.ptr, p.shift.ptr, p.relu as i32),
+        None => (0, 0, 0),
+    }
+}
+
+/// How a gate/head pools its view: channels per load, pixel groups, shared bytes.
+fn gap_layout(dev: &Device, plan: &Plan, input: &View, hw: usize) -> (usize, usize, usize) {
+    let stride = plan.buffers[input.buf].channels;
+    let lanes = 16 / dev.elem_bytes(); // channels in one 16-byte load
+    let aligned = [input.channels, stride, input.offset]
+        .iter()
+        .all(|v| v.is_multiple_of(lanes));
+    let vec = if aligned { lanes } else { 1 };
+    let units = input.channels / vec;
+    let fixed = (input.channels + plan.classes) * 4;
+    let per_group = input.channels * 4;
+    let fit = GAP_SMEM_LIMIT.saturating_sub(fixed) / per_group;
+    let groups = (GAP_THREADS / units).clamp(1, hw.max(1)).min(fit.max(1));
+    (vec, groups, fixed + groups * per_group)
+}
+
+/// Largest channel count a gate or head can pool within the shared-memory limit.
+fn gap_fits(channels: usize, classes: usize) -> bool {
+    (2 * channels + classes) * 4 <= GAP_SMEM_LIMIT
+}
+
+fn blocks(total: usize, per: usize) -> u32 {
+    total.div_ceil(per).min(u32::MAX as usize) as u32
+}
+
+impl Prepared {
+    pub fn new(dev: &Device, plan: &Plan, capacity: usize, policy: &str) -> Result<Self> {
+        validate(plan)?;
+        let eb = dev.elem_bytes();
+        let buffers = plan
+            .buffers
+            .iter()
+            .map(|b| dev.alloc(capacity * b.channels * b.h * b.w * eb))
+            .collect::<Result<Vec<_>>>()?;
+        let mut ops = Vec::with_capacity(plan.stages.len());
+        for s in &plan.stages {
+            let mut dev_ops = Vec::with_capacity(s.ops.len());
+            for op in &s.ops {
+                dev_ops.push(match op {
+                    Op::Conv(c) => {
+                        let kernel = choose_conv_kernel(policy, dev.dtype(), plan, c);
+                        dev.has_function(&kernel)?;
+                        let packed = pack_conv_weight(
+                            &c.weight,
+                            c.output.channels,
+                            c.input.channels,
+                            c.kernel,
+                            kernel == "conv_mmavec_f16" || kernel == "conv_mmaasync_f16",
+                        );
+                        DevOp::Conv {
+                            kernel,
+                            weight: dev.upload_storage(&packed)?,
+                            bias: dev.upload_f32(&c.bias)?,
+                            pre: upload_pre(dev, &c.pre)?,
+                        }
+                    }
+                    Op::ShortcutA { .. } => DevOp::ShortcutA,
+                    Op::AvgPool2 { pre, .. } => DevOp::AvgPool2 {
+                        pre: upload_pre(dev, pre)?,
+                    },
+                });
+            }
+            ops.push(dev_ops);
+        }
+        let gates = plan
+            .gates
+            .iter()
+            .map(|g| {
+                Ok(DevLinear {
+                    weight: dev.upload_f32(&g.weight)?,
+                    bias: dev.upload_f32(&g.bias)?,
+                    pre: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = DevLinear {
+            weight: dev.upload_f32(&plan.head.weight)?,
+            bias: dev.upload_f32(&plan.head.bias)?,
+            pre: upload_pre(dev, &plan.head.pre)?,
+        };
+        let levels = plan.gates.len() + 1;
+        let scratch_elems = plan
+            .gates
+            .iter()
+            .map(|g| g.h * g.w * plan.stages[g.after_stage].output.channels)
+            .max()
+            .unwrap_or(0);
+        let ints = capacity * 4;
+        // Split-K only runs when the output has at most sms/2 tiles (see split_k).
+        let workspace_floats = (dev.sms / 2 + 1) * CONV_ASYNC_TILE_M * CONV_ASYNC_TILE_N;
+        Ok(Prepared {
+            workspace: dev.alloc(workspace_floats * 4)?,
+            workspace_floats,
+            key: plan_key(plan),
+            decisions: decisions(plan),
+            capacity,
+            classes: plan.classes,
+            buffers,
+            ops,
+            gates,
+            head,
+            counts: dev.alloc(levels * 4)?,
+            idx: (0..levels)
+                .map(|_| dev.alloc(ints))
+                .collect::<Result<Vec<_>>>()?,
+            keep: dev.alloc(ints)?,
+            src_of: dev.alloc(ints)?,
+            scratch: dev.alloc(capacity * scratch_elems * eb)?,
+            staging: dev.alloc(capacity * IMAGE_FLOATS * 4)?,
+            out_class: dev.alloc(ints)?,
+            out_exit: dev.alloc(ints)?,
+            out_score: dev.alloc(ints)?,
+            out_logits: dev.alloc(capacity * plan.classes * 4)?,
+            graphs: HashMap::new(),
+        })
+    }
+
+    /// The kernel chosen for a convolution op.
+    pub fn conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
+        match self.ops.get(stage)?.get(op)? {
+            DevOp::Conv { kernel, .. } => Some(kernel.clone()),
+            _ => None,
+        }
+    }
+
+    fn count_ptr(&self, level: usize) -> u64 {
+        self.counts.ptr + 4 * level as u64
+    }
+
+    fn view_ptr(&self, v: &View) -> u64 {
+        self.buffers[v.buf].ptr
+    }
+
+    /// Enqueues the whole forward pass for `n` images already in `staging`.
+    pub fn enqueue(&self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
+        let dt = dev.dtype();
+        let input_buf = &plan.buffers[plan.input.buf];
+        let pack = PackParams {
+            images: self.staging.ptr,
+            out: self.view_ptr(&plan.input),
+            count: self.count_ptr(0),
+            idx: self.idx[0].ptr,
+            n: n as i32,
+            out_stride: input_buf.channels as i32,
+            out_off: plan.input.offset as i32,
+            hw: 1024,
+            c: 3,
+            pad0: 0,
+        };
+        dev.launch(
+            &format!("pack_input_{dt}"),
+            (blocks(n * IMAGE_FLOATS, ELEMENTWISE_THREADS as usize), 1),
+            ELEMENTWISE_THREADS,
+            0,
+            &pack,
+        )?;
+        let mut level = 0;
+        for s in 0..plan.stages.len() {
+            self.enqueue_stage(dev, plan, s, level, n)?;
+            if let Some(g) = plan.gate_after(s) {
+                self.enqueue_gate(dev, plan, g, level, n)?;
+                level += 1;
+            }
+        }
+        self.enqueue_head(dev, plan, level, n)
+    }
+
+    pub fn enqueue_stage(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        s: usize,
+        level: usize,
+        n: usize,
+    ) -> Result<()> {
+        let dt = dev.dtype();
+        let count = self.count_ptr(level);
+        for (op, dop) in plan.stages[s].ops.iter().zip(&self.ops[s]) {
+            match (op, dop) {
+                (
+                    Op::Conv(c),
+                    DevOp::Conv {
+                        kernel,
+                        weight,
+                        bias,
+                        pre,
+                    },
+                ) => {
+                    let (ps, pb, pr) = pre_ptrs(pre);
+                    let (res_ptr, res_stride, res_off) = match &c.residual {
+                        Some(r) => (
+                            self.view_ptr(r),
+                            plan.buffers[r.buf].channels as i32,
+                            r.offset as i32,
+                        ),
+                        None => (0, 0, 0),
+                    };
+                    let p = ConvParams {
+                        input: self.view_ptr(&c.input),
+                        out: self.view_ptr(&c.output),
+                        weight: weight.ptr,
+                        bias: bias.ptr,
+                        residual: res_ptr,
+                        pre_scale: ps,
+                        pre_shift: pb,
+                        count,
+                        workspace: self.workspace.ptr,
+                        in_stride: plan.buffers[c.input.buf].channels as i32,
+                        in_off: c.input.offset as i32,
+                        c: c.input.channels as i32,
+                        out_stride: plan.buffers[c.output.buf].channels as i32,
+                        out_off: c.output.offset as i32,
+                        k: c.output.channels as i32,
+                        res_stride,
+                        res_off,
+                        h: c.in_h as i32,
+                        w: c.in_w as i32,
+                        p: c.out_h as i32,
+                        q: c.out_w as i32,
+                        r: c.kernel as i32,
+                        stride: c.stride as i32,
+                        pad: c.pad as i32,
+                        pre_relu: pr,
+                        relu: c.relu as i32,
+                        ldw: c.output.channels as i32,
+                    };
+                    let m = n * c.out_h * c.out_w;
+                    let kd = c.kernel * c.kernel * c.input.channels;
+                    let k_major = match kernel.as_str() {
+                        "conv_mmavec_f16" => {
+                            Some((CONV_VEC_TILE_M, CONV_VEC_TILE_N, CONV_VEC_THREADS))
+                        }
+                        "conv_mmaasync_f16" => {
+                            Some((CONV_ASYNC_TILE_M, CONV_ASYNC_TILE_N, CONV_ASYNC_THREADS))
+                        }
+                        _ => None,
+                    };
+                    if let Some((tm, tn, threads)) = k_major {
+                        let mut p = p;
+                        p.ldw = kd as i32;
+                        let shape = (m, c.output.channels, kd);
+                        let splits = split_k((tm, tn), shape, dev.sms, self.workspace_floats);
+                        let grid = (blocks(m, tm), blocks(c.output.channels, tn), splits as u32);
+                        dev.launch3(kernel, grid, threads, 0, &p)?;
+                        if splits > 1 {
+                            dev.launch(
+                                "conv_splitk_epilogue_f16",
+                                (
+                                    blocks(m * c.output.channels, ELEMENTWISE_THREADS as usize),
+                                    1,
+                                ),
+                                ELEMENTWISE_THREADS,
+                                0,
+                                &p,
+                            )?;
+                        }
+                    } else {
+                        let grid = (
+                            blocks(m, CONV_TILE_M),
+                            blocks(c.output.channels, CONV_TILE_N),
+                        );
+                        let threads = if kernel.starts_with("conv_mma") {
+                            CONV_MMA_THREADS
+                        } else {
+                            CONV_SIMT_THREADS
+                        };
+                        dev.launch(kernel, grid, threads, 0, &p)?;
+                    }
+                }
+                (
+                    Op::ShortcutA {
+                        input,
+                        output,
+                        in_h,
+                        in_w,
+                        stride,
+                        pad_before,
+                    },
+                    DevOp::ShortcutA,
+                ) => {
+                    let (oh, ow) = (in_h.div_ceil(*stride), in_w.div_ceil(*stride));
+                    let p = ShortcutParams {
+                        input: self.view_ptr(input),
+                        out: self.view_ptr(output),
+                        count,
+                        in_stride: plan.buffers[input.buf].channels as i32,
+                        in_off: input.offset as i32,
+                        c: input.channels as i32,
+                        out_stride: plan.buffers[output.buf].channels as i32,
+                        out_off: output.offset as i32,
+                        k: output.channels as i32,
+                        h: *in_h as i32,
+                        w: *in_w as i32,
+                        p: oh as i32,
+                        q: ow as i32,
+                        stride: *stride as i32,
+                        pad_before: *pad_before as i32,
+                    };
+                    let total = n * oh * ow * output.channels;
+                    dev.launch(
+                        &format!("shortcut_a_{dt}"),
+                        (blocks(total, ELEMENTWISE_THREADS as usize), 1),
+                        ELEMENTWISE_THREADS,
+                        0,
+                        &p,
+                    )?;
+                }
+                (
+                    Op::AvgPool2 {
+                        input,
+                        output,
+                        in_h,
+                        in_w,
+                        ..
+                    },
+                    DevOp::AvgPool2 { pre },
+                ) => {
+                    let (ps, pb, pr) = pre_ptrs(pre);
+                    let (oh, ow) = (in_h / 2, in_w / 2);
+                    let p = PoolParams {
+                        input: self.view_ptr(input),
+                        out: self.view_ptr(output),
+                        pre_scale: ps,
+                        pre_shift: pb,
+                        count,
+                        in_stride: plan.buffers[input.buf].channels as i32,
+                        in_off: input.offset as i32,
+                        c: input.channels as i32,
+                        out_stride: plan.buffers[output.buf].channels as i32,
+                        out_off: output.offset as i32,
+                        h: *in_h as i32,
+                        w: *in_w as i32,
+                        p: oh as i32,
+                        q: ow as i32,
+                        pre_relu: pr,
+                    };
+                    let total = n * oh * ow * input.channels;
+                    dev.launch(
+                        &format!("avgpool2_pre_{dt}"),
+                        (blocks(total, ELEMENTWISE_THREADS as usize), 1),
+                        ELEMENTWISE_THREADS,
+                        0,
+                        &p,
+                    )?;
+                }
+                _ => return Err(Error::Cuda("prepared plan does not match the plan".into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Parameters and dynamic shared memory of a gate/head launch.
+    fn gap_params(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        lin: &DevLinear,
+        input: &View,
+        hw: usize,
+        level: usize,
+    ) -> (GapLinearParams, u32) {
+        let (ps, pb, pr) = pre_ptrs(&lin.pre);
+        let (vec, groups, smem) = gap_layout(dev, plan, input, hw);
+        let p = GapLinearParams {
+            input: self.view_ptr(input),
+            weight: lin.weight.ptr,
+            bias: lin.bias.ptr,
+            pre_scale: ps,
+            pre_shift: pb,
+            count: self.count_ptr(level),
+            idx: self.idx[level].ptr,
+            keep: self.keep.ptr,
+            out_class: self.out_class.ptr,
+            out_exit: self.out_exit.ptr,
+            out_score: self.out_score.ptr,
+            out_logits: self.out_logits.ptr,
+            in_stride: plan.buffers[input.buf].channels as i32,
+            in_off: input.offset as i32,
+            c: input.channels as i32,
+            hw: hw as i32,
+            classes: plan.classes as i32,
+            pre_relu: pr,
+            rule: 0,
+            exit_id: -1,
+            threshold: 0.0,
+            is_gate: 0,
+            vec: vec as i32,
+            groups: groups as i32,
+        };
+        (p, smem as u32)
+    }
+
+    fn enqueue_gate(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        g: usize,
+        level: usize,
+        n: usize,
+    ) -> Result<()> {
+        let dt = dev.dtype();
+        let gate = &plan.gates[g];
+        let (mut p, smem) = self.gap_params(
+            dev,
+            plan,
+            &self.gates[g],
+            &gate.input,
+            gate.h * gate.w,
+            level,
+        );
+        p.rule = match gate.rule {
+            ExitRule::Hinge => 0,
+            ExitRule::Ce => 1,
+        };
+        p.exit_id = g as i32;
+        p.threshold = gate.threshold;
+        p.is_gate = 1;
+        dev.launch(
+            &format!("gate_fused_{dt}"),
+            (n as u32, 1),
+            GAP_THREADS as u32,
+            smem,
+            &p,
+        )?;
+
+        let out = &plan.stages[gate.after_stage].output;
+        let ob = &plan.buffers[out.buf];
+        let cp = CompactParams {
+            keep: self.keep.ptr,
+            count_in: self.count_ptr(level),
+            count_out: self.count_ptr(level + 1),
+            idx_in: self.idx[level].ptr,
+            idx_out: self.idx[level + 1].ptr,
+            src_of: self.src_of.ptr,
+            buf: self.view_ptr(out),
+            scratch: self.scratch.ptr,
+            stride: ob.channels as i32,
+            off: out.offset as i32,
+            c: out.channels as i32,
+            hw: (ob.h * ob.w) as i32,
+            n_max: n as i32,
+            pad0: 0,
+        };
+        dev.launch("compact_scan_i32", (1, 1), SCAN_THREADS, 0, &cp)?;
+        let total = n * ob.h * ob.w * out.channels;
+        let grid = (blocks(total, ELEMENTWISE_THREADS as usize), 1);
+        dev.launch(
+            &format!("compact_gather_{dt}"),
+            grid,
+            ELEMENTWISE_THREADS,
+            0,
+            &cp,
+        )?;
+        dev.launch(
+            &format!("compact_copy_{dt}"),
+            grid,
+            ELEMENTWISE_THREADS,
+            0,
+            &cp,
+        )
+    }
+
+    fn enqueue_head(&self, dev: &Device, plan: &Plan, level: usize, n: usize) -> Result<()> {
+        let dt = dev.dtype();
+        let h = &plan.head;
+        let (p, smem) = self.gap_params(dev, plan, &self.head, &h.input, h.h * h.w, level);
+        dev.launch(
+            &format!("head_gap_{dt}"),
+            (n as u32, 1),
+            GAP_THREADS as u32,
+            smem,
+            &p,
+        )
+    }
+
+    /// Reads the per-input results of the last pass.
+    pub fn results(&self, dev: &Device, n: usize) -> Result<Vec<crate::plan::SampleResult>> {
+        let to_i32 = |b: Vec<u8>| -> Vec<i32> {
+            b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let to_f32 = |b: Vec<u8>| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let class = to_i32(dev.download_bytes(&self.out_class, n * 4)?);
+        let exit = to_i32(dev.download_bytes(&self.out_exit, n * 4)?);
+        let score = to_f32(dev.download_bytes(&self.out_score, n * 4)?);
+        let logits = to_f32(dev.download_bytes(&self.out_logits, n * self.classes * 4)?);
+        let k = self.classes;
+        (0..n)
+            .map(|i| {
+                let c = class[i];
+                if c < 0 || c as usize >= k || exit[i] < -1 || exit[i] >= self.gates.len() as i32 {
+                    return Err(Error::Cuda(format!(
+                        "sample {i} got no valid result (class {c}, exit {})",
+                        exit[i]
+                    )));
+                }
+                Ok(crate::plan::SampleResult {
+                    class: c as usize,
+                    exit: if exit[i] < 0 {
+                        None
+                    } else {
+                        Some(exit[i] as usize)
+                    },
+                    score: score[i],
+                    logits: logits[i * k..(i + 1) * k].to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks every result invalid so that a sample nobody wrote is caught.
+    pub fn clear_results(&mut self, dev: &Device, n: usize) -> Result<()> {
+        let bytes: Vec<u8> = (0..n).flat_map(|_| (-9i32).to_le_bytes()).collect();
+        dev.upload_bytes(&mut self.out_exit, &bytes)
+    }
+
+    // --- single-op access for the self-check ---
+
+    /// Writes per-sample NCHW values into a whole buffer (all its channels).
+    pub fn write_buffer(
+        &mut self,
+        dev: &Device,
+        plan: &Plan,
+        buf: usize,
+        nchw: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let b = &plan.buffers[buf];
+        let hw = b.h * b.w;
+        let mut nhwc = vec![0.0f32; n * hw * b.channels];
+        for s in 0..n {
+            for c in 0..b.channels {
+                for i in 0..hw {
+                    nhwc[(s * hw + i) * b.channels + c] = nchw[(s * b.channels + c) * hw + i];
+                }
+            }
+        }
+        let bytes = storage_bytes(dev.precision, &nhwc);
+        dev.upload_bytes(&mut self.buffers[buf], &bytes)
+    }
+
+    /// Reads a whole buffer back as per-sample NCHW f32.
+    pub fn read_buffer(&self, dev: &Device, plan: &Plan, buf: usize, n: usize) -> Result<Vec<f32>> {
+        let b = &plan.buffers[buf];
+        let hw = b.h * b.w;
+        let bytes =
+            dev.download_bytes(&self.buffers[buf], n * hw * b.channels * dev.elem_bytes())?;
+        let nhwc = storage_to_f32(dev.precision, &bytes);
+        let mut out = vec![0.0f32; n * hw * b.channels];
+        for s in 0..n {
+            for c in 0..b.channels {
+                for i in 0..hw {
+                    out[(s * b.channels + c) * hw + i] = nhwc[(s * hw + i) * b.channels + c];
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets the live count of level 0 (what the input packer does in a full pass).
+    pub fn set_live(&mut self, dev: &Device, n: usize) -> Result<()> {
+        let idx: Vec<u8> = (0..n as i32).flat_map(|i| i.to_le_bytes()).collect();
+        dev.upload_bytes(&mut self.idx[0], &idx)?;
+        dev.upload_bytes(&mut self.counts, &(n as i32).to_le_bytes())
+    }
+}

@@ -1,0 +1,358 @@
+//! CUDA backend: hand-written kernels (`kernels/*.cu`) compiled at run time by NVRTC
+//! for the device's architecture, NHWC activations, f32 or f16 storage with f32
+//! accumulation (tensor cores for f16 convolutions).
+//!
+//! A forward pass never returns to the host between stages: the gate kernel decides
+//! per sample and writes exiting samples' results straight to their input positions,
+//! the compaction kernels pack survivors into a dense batch whose size stays in device
+//! memory, and later kernels read that size and let blocks past it return at once.
+//! The pass is therefore one fixed launch sequence per batch size, captured once into
+//! a CUDA graph and replayed (set `DGATE_CUDA_GRAPHS=0` to launch kernel by kernel).
+//!
+//! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
+//! `common.cuh`), `device` (context or CPU emulator, memory), `exec` (a plan made
+//! resident, the launch sequence), [`selfcheck`] (every op and small networks against
+//! [`reference`]), [`synthetic`] (random-weight plans), [`bench`] (latency table).
+
+pub mod bench;
+mod device;
+mod exec;
+pub mod kernels;
+pub mod params;
+pub mod reference;
+pub mod selfcheck;
+pub mod synthetic;
+
+pub use kernels::{compile_all_for_arch, KernelFile};
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+
+use crate::backend::{check_batch, Backend, Precision};
+use crate::plan::{Plan, SampleResult};
+use crate::{Error, Result};
+use device::Device;
+use exec::Prepared;
+
+/// Whether a CUDA device, its driver and NVRTC are usable here; the reason if not.
+/// Never panics.
+pub fn available() -> Result<()> {
+    device::probe()
+}
+
+/// A short description of device 0 for reports, e.g. `NVIDIA H200 (sm_90, 139 GiB)`.
+pub fn device_name() -> Result<String> {
+    device::probe()?;
+    let ctx =
+        cudarc::driver::CudaContext::new(0).map_err(|e| Error::CudaUnavailable(format!("{e}")))?;
+    let name = ctx.name().map_err(|e| Error::Cuda(format!("{e}")))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| Error::Cuda(format!("{e}")))?;
+    let mem = ctx.total_mem().map_err(|e| Error::Cuda(format!("{e}")))?;
+    let nvrtc = kernels::nvrtc_version()
+        .map(|(a, b)| format!(", NVRTC {a}.{b}"))
+        .unwrap_or_default();
+    Ok(format!(
+        "{name} (sm_{major}{minor}, {:.0} GiB{nvrtc})",
+        mem as f64 / (1u64 << 30) as f64
+    ))
+}
+
+pub struct CudaBackend {
+    dev: Device,
+    conv_kernel: String,
+    use_graphs: bool,
+    prepared: Option<Prepared>,
+}
+
+impl CudaBackend {
+    /// Opens device 0 and compiles (once per process and architecture) every kernel.
+    /// `Err(Error::CudaUnavailable)` without a driver, NVRTC or GPU; never panics.
+    pub fn new(precision: Precision) -> Result<Self> {
+        let dev = Device::new(precision)?;
+        // DGATE_CONV names a conv kernel policy for experiments (see set_conv_kernel).
+        let conv_kernel = std::env::var("DGATE_CONV").unwrap_or_else(|_| "auto".into());
+        let use_graphs = std::env::var("DGATE_CUDA_GRAPHS").as_deref() != Ok("0");
+        Ok(CudaBackend {
+            dev,
+            conv_kernel,
+            use_graphs,
+            prepared: None,
+        })
+    }
+
+    /// A backend whose kernels run in the CPU emulator (`kernels/host_emu.cuh`), built
+    /// by [`kernels::build_emulator`]: slow, no graphs, for testing without a GPU.
+    pub fn new_emulated(precision: Precision, emulator: &std::path::Path) -> Result<Self> {
+        let dev = Device::new_emulated(precision, emulator)?;
+        let conv_kernel = "auto".to_string();
+        Ok(CudaBackend {
+            dev,
+            conv_kernel,
+            use_graphs: false,
+            prepared: None,
+        })
+    }
+
+    /// Whether kernels run in the CPU emulator rather than on a GPU.
+    pub fn is_emulated(&self) -> bool {
+        self.dev.is_emulated()
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.dev.precision
+    }
+
+    /// The convolution kernel policy: `auto` or a kernel name.
+    pub fn conv_kernel(&self) -> &str {
+        &self.conv_kernel
+    }
+
+    /// Chooses the convolution kernels: `auto` (f32: conv_simt_f32; f16: conv_mmavec_f16
+    /// where the layer's channels are aligned to 8, else conv_mma_f16), or one kernel
+    /// for every layer (`conv_simt_f32`, `conv_simt_f16`, `conv_mma_f16`,
+    /// `conv_mmavec_f16`, the last falling back to conv_mma_f16 where unaligned).
+    /// The resident plan is dropped: weights are packed per kernel.
+    pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
+        if name != "auto" {
+            self.dev.has_function(name)?;
+            if !name.starts_with("conv_") || !name.ends_with(self.dev.dtype()) {
+                return Err(Error::Config(format!(
+                    "{name} is not a convolution kernel for {}",
+                    self.dev.dtype()
+                )));
+            }
+        }
+        self.conv_kernel = name.to_string();
+        self.prepared = None;
+        Ok(())
+    }
+
+    /// Turns CUDA-graph capture and replay on or off (on by default).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.use_graphs = on && !self.dev.is_emulated();
+    }
+
+    /// Uploads `plan`'s weights and allocates buffers for batches up to `max_batch`,
+    /// replacing whatever plan was resident. `run` does this on its own when it sees a
+    /// different plan (or a larger batch); call it to control when the upload happens
+    /// or after changing weights in place.
+    pub fn prepare(&mut self, plan: &Plan, max_batch: usize) -> Result<()> {
+        self.prepared = None;
+        self.prepared = Some(Prepared::new(
+            &self.dev,
+            plan,
+            max_batch.max(1),
+            &self.conv_kernel,
+        )?);
+        Ok(())
+    }
+
+    fn ensure_prepared(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        let key = exec::plan_key(plan);
+        let ok = match &self.prepared {
+            Some(p) => p.key == key && p.capacity >= n,
+            None => false,
+        };
+        if !ok {
+            let cap = self
+                .prepared
+                .as_ref()
+                .filter(|p| p.key == key)
+                .map_or(n, |p| p.capacity.max(n));
+            self.prepare(plan, cap)?;
+        }
+        let decisions = exec::decisions(plan);
+        if let Some(p) = self.prepared.as_mut() {
+            if p.decisions != decisions {
+                // Thresholds are baked into captured graphs.
+                p.graphs.clear();
+                p.decisions = decisions;
+            }
+        }
+        Ok(())
+    }
+
+    /// Enqueues one forward pass (images already staged): replays the graph for `n`,
+    /// capturing it first if needed, or launches kernel by kernel.
+    fn launch_pass(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        let use_graphs = self.use_graphs;
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        let stream = match dev.stream() {
+            Some(s) if use_graphs => s,
+            _ => return prep.enqueue(dev, plan, n),
+        };
+        if !prep.graphs.contains_key(&n) {
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
+            let enq = prep.enqueue(dev, plan, n);
+            let graph = stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
+            enq?;
+            let graph =
+                graph?.ok_or_else(|| Error::Cuda("graph capture produced nothing".into()))?;
+            prep.graphs.insert(n, exec::Graph(graph));
+        }
+        match prep.graphs.get(&n) {
+            Some(g) => g
+                .launch()
+                .map_err(|e| Error::Cuda(format!("graph launch: {e}"))),
+            None => Err(Error::Cuda("graph missing".into())),
+        }
+    }
+
+    /// Stages `images` (n × 3 × 32 × 32, NCHW) for the next pass.
+    fn stage_images(&mut self, images: &[f32], n: usize) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        dev.upload_bytes(&mut prep.staging, bytemuck::cast_slice(images))?;
+        prep.clear_results(dev, n)
+    }
+
+    /// Runs `iters` passes on the staged batch and returns the median milliseconds per
+    /// pass, timed with CUDA events (for benchmarks; results are left on the device).
+    pub fn time_passes(
+        &mut self,
+        plan: &Plan,
+        images: &[f32],
+        n: usize,
+        iters: usize,
+    ) -> Result<f64> {
+        check_batch(images, n)?;
+        self.ensure_prepared(plan, n)?;
+        self.stage_images(images, n)?;
+        self.launch_pass(plan, n)?; // warm-up, and capture
+        self.dev.sync()?;
+        self.median_ms(iters, |be| be.launch_pass(plan, n))
+    }
+
+    /// Median milliseconds of `iters` runs of `work` (which enqueues on the stream),
+    /// timed with CUDA events, or with the wall clock in the emulator.
+    fn median_ms(
+        &mut self,
+        iters: usize,
+        mut work: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<f64> {
+        let mut times = Vec::with_capacity(iters);
+        for _ in 0..iters.max(1) {
+            let (ctx, stream) = match (self.dev.context(), self.dev.stream()) {
+                (Some(c), Some(s)) => (c.clone(), s.clone()),
+                _ => {
+                    let t = std::time::Instant::now();
+                    work(self)?;
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                    continue;
+                }
+            };
+            let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("event: {e}"));
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let start = ctx.new_event(flags).map_err(ev)?;
+            let end = ctx.new_event(flags).map_err(ev)?;
+            start.record(&stream).map_err(ev)?;
+            work(self)?;
+            end.record(&stream).map_err(ev)?;
+            end.synchronize().map_err(ev)?;
+            times.push(start.elapsed_ms(&end).map_err(ev)? as f64);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+
+    // --- single-op access for the self-check ---
+
+    pub(crate) fn op_test_prepare(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        self.prepare(plan, n)?;
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.set_live(dev, n)
+    }
+
+    pub(crate) fn op_test_write(
+        &mut self,
+        plan: &Plan,
+        buf: usize,
+        nchw: &[f32],
+        n: usize,
+    ) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.write_buffer(dev, plan, buf, nchw, n)
+    }
+
+    pub(crate) fn op_test_run_stage(&mut self, plan: &Plan, stage: usize, n: usize) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self.prepared_mut_ref()?;
+        prep.enqueue_stage(dev, plan, stage, 0, n)?;
+        dev.sync()
+    }
+
+    /// Median milliseconds of stage `stage` alone (kernel by kernel, no graph).
+    pub(crate) fn op_test_time_stage(
+        &mut self,
+        plan: &Plan,
+        stage: usize,
+        n: usize,
+        iters: usize,
+    ) -> Result<f64> {
+        self.op_test_run_stage(plan, stage, n)?; // warm-up
+        self.median_ms(iters, |be| {
+            let prep = be.prepared_mut_ref()?;
+            prep.enqueue_stage(&be.dev, plan, stage, 0, n)
+        })
+    }
+
+    /// The conv kernel the resident plan uses for op `op` of stage `stage`.
+    pub(crate) fn op_test_conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
+        self.prepared.as_ref()?.conv_kernel(stage, op)
+    }
+
+    pub(crate) fn op_test_read(&mut self, plan: &Plan, buf: usize, n: usize) -> Result<Vec<f32>> {
+        let dev = &self.dev;
+        let prep = self.prepared_mut_ref()?;
+        prep.read_buffer(dev, plan, buf, n)
+    }
+
+    fn prepared_mut_ref(&self) -> Result<&Prepared> {
+        self.prepared
+            .as_ref()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!(
+            "cuda ({}, {}, {})",
+            self.dev.name,
+            self.dev.arch,
+            self.dev.dtype()
+        )
+    }
+
+    fn run(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<SampleResult>> {
+        check_batch(images, n)?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.ensure_prepared(plan, n)?;
+        self.stage_images(images, n)?;
+        self.launch_pass(plan, n)?;
+        self.dev.sync()?;
+        self.prepared_mut_ref()?.results(&self.dev, n)
+    }
+}

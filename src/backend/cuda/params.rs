@@ -1,0 +1,167 @@
+//! Launch-parameter structs, mirrored field for field in `kernels/common.cuh`.
+//! Device pointers travel as `u64` (`CUdeviceptr`); a null pointer means "absent".
+//! Their sizes are passed to NVRTC as `-DDGATE_SIZEOF_*` and checked there by
+//! `static_assert`, so a mismatch fails every compile, with or without a GPU.
+
+use cudarc::driver::DeviceRepr;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvParams {
+    pub input: u64,
+    pub out: u64,
+    pub weight: u64,
+    pub bias: u64,
+    pub residual: u64,
+    pub pre_scale: u64,
+    pub pre_shift: u64,
+    pub count: u64,
+    pub workspace: u64,
+    pub in_stride: i32,
+    pub in_off: i32,
+    pub c: i32,
+    pub out_stride: i32,
+    pub out_off: i32,
+    pub k: i32,
+    pub res_stride: i32,
+    pub res_off: i32,
+    pub h: i32,
+    pub w: i32,
+    pub p: i32,
+    pub q: i32,
+    pub r: i32,
+    pub stride: i32,
+    pub pad: i32,
+    pub pre_relu: i32,
+    pub relu: i32,
+    pub ldw: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShortcutParams {
+    pub input: u64,
+    pub out: u64,
+    pub count: u64,
+    pub in_stride: i32,
+    pub in_off: i32,
+    pub c: i32,
+    pub out_stride: i32,
+    pub out_off: i32,
+    pub k: i32,
+    pub h: i32,
+    pub w: i32,
+    pub p: i32,
+    pub q: i32,
+    pub stride: i32,
+    pub pad_before: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolParams {
+    pub input: u64,
+    pub out: u64,
+    pub pre_scale: u64,
+    pub pre_shift: u64,
+    pub count: u64,
+    pub in_stride: i32,
+    pub in_off: i32,
+    pub c: i32,
+    pub out_stride: i32,
+    pub out_off: i32,
+    pub h: i32,
+    pub w: i32,
+    pub p: i32,
+    pub q: i32,
+    pub pre_relu: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GapLinearParams {
+    pub input: u64,
+    pub weight: u64,
+    pub bias: u64,
+    pub pre_scale: u64,
+    pub pre_shift: u64,
+    pub count: u64,
+    pub idx: u64,
+    pub keep: u64,
+    pub out_class: u64,
+    pub out_exit: u64,
+    pub out_score: u64,
+    pub out_logits: u64,
+    pub in_stride: i32,
+    pub in_off: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub classes: i32,
+    pub pre_relu: i32,
+    /// 0: hinge (max score), 1: ce (max softmax probability).
+    pub rule: i32,
+    /// Gate index written as the exit of leaving samples; -1 for the head.
+    pub exit_id: i32,
+    pub threshold: f32,
+    pub is_gate: i32,
+    /// Channels per pooling load: 1, 4 (f32) or 8 (f16).
+    pub vec: i32,
+    /// Pixel groups pooled in parallel.
+    pub groups: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompactParams {
+    pub keep: u64,
+    pub count_in: u64,
+    pub count_out: u64,
+    pub idx_in: u64,
+    pub idx_out: u64,
+    pub src_of: u64,
+    pub buf: u64,
+    pub scratch: u64,
+    pub stride: i32,
+    pub off: i32,
+    pub c: i32,
+    pub hw: i32,
+    pub n_max: i32,
+    pub pad0: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackParams {
+    pub images: u64,
+    pub out: u64,
+    pub count: u64,
+    pub idx: u64,
+    pub n: i32,
+    pub out_stride: i32,
+    pub out_off: i32,
+    pub hw: i32,
+    pub c: i32,
+    pub pad0: i32,
+}
+
+// SAFETY: plain `#[repr(C)]` data (integers, floats, device addresses), laid out as
+// the CUDA structs of the same name; the sizes are checked at kernel compile time.
+unsafe impl DeviceRepr for ConvParams {}
+unsafe impl DeviceRepr for ShortcutParams {}
+unsafe impl DeviceRepr for PoolParams {}
+unsafe impl DeviceRepr for GapLinearParams {}
+unsafe impl DeviceRepr for CompactParams {}
+unsafe impl DeviceRepr for PackParams {}
+
+/// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
+pub fn sizes() -> [(&'static str, usize); 6] {
+    use std::mem::size_of;
+    [
+        ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
+        ("DGATE_SIZEOF_SHORTCUT", size_of::<ShortcutParams>()),
+        ("DGATE_SIZEOF_POOL", size_of::<PoolParams>()),
+        ("DGATE_SIZEOF_GAP_LINEAR", size_of::<GapLinearParams>()),
+        ("DGATE_SIZEOF_COMPACT", size_of::<CompactParams>()),
+        ("DGATE_SIZEOF_PACK", size_of::<PackParams>()),
+    ]
+}

@@ -1,0 +1,675 @@
+//! Self-check of the CUDA backend against a straightforward CPU reference. Runs where
+//! there is no Rust toolchain (the GPU machine runs the release binary's `gpu-check`),
+//! so it lives in the library.
+//!
+//! - Every op on seeded random inputs over a table of awkward shapes (7×7, 3 channels,
+//!   channel counts not multiples of 8 or 32, stride 2, channel windows inside wider
+//!   buffers, batch 1 and 3): normalised max error `max|gpu − ref| / max|ref|` against
+//!   1e-4 (f32) or 1e-2 (f16), then the same case with small-integer inputs, where f16
+//!   storage with f32 accumulation must be exact. The whole output buffer is compared,
+//!   so a write outside the op's channel window is caught.
+//! - Whole passes (gates, compaction, head) of a small option-A ResNet and a small
+//!   DenseNet, thresholds placed in gaps of the reference's confidences so that about
+//!   half the samples leave at each gate: classes and exits must match exactly, scores
+//!   and logits within the tolerance.
+//! - [`gpu_check`] adds the latency table of [`super::bench`].
+//!
+//! The reference ([`super::reference`]) is deliberately naive (NCHW loops) and
+//! independent of the library's CPU backend.
+
+use std::io::Write;
+
+use super::reference::{norm_max_err, ref_alloc, ref_op, ref_run, Rng};
+use super::synthetic::{
+    buf, resnet_bottleneck_plan, single_op_plan, tiny_densenet, tiny_resnet, view,
+};
+use super::CudaBackend;
+use crate::backend::{Backend, Precision};
+use crate::plan::{Conv, Op, Plan, PreAct, SampleResult};
+use crate::{Error, Result};
+
+fn tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::F32 => 1e-4,
+        Precision::F16 => 1e-2,
+    }
+}
+
+struct ConvCase {
+    name: &'static str,
+    c: usize,
+    k: usize,
+    hw: usize,
+    r: usize,
+    stride: usize,
+    /// (input buffer channels, input offset); output likewise.
+    in_win: (usize, usize),
+    out_win: (usize, usize),
+    pre: bool,
+    residual: bool,
+    relu: bool,
+}
+
+const fn cc(
+    name: &'static str,
+    (c, k, hw, r, stride): (usize, usize, usize, usize, usize),
+    in_win: (usize, usize),
+    out_win: (usize, usize),
+    (pre, residual, relu): (bool, bool, bool),
+) -> ConvCase {
+    ConvCase {
+        name,
+        c,
+        k,
+        hw,
+        r,
+        stride,
+        in_win,
+        out_win,
+        pre,
+        residual,
+        relu,
+    }
+}
+
+// (C, K, H=W, R, stride), input (buffer channels, offset), output (buffer channels,
+// offset), (pre-activation, residual, ReLU).
+#[rustfmt::skip]
+const CONV_CASES: &[ConvCase] = &[
+    cc("stem 3->16 3x3 32x32", (3, 16, 32, 3, 1), (3, 0), (16, 0), (false, false, true)),
+    cc("16->16 3x3 7x7 +res", (16, 16, 7, 3, 1), (16, 0), (16, 0), (false, true, true)),
+    cc("16->32 3x3 s2 9x9", (16, 32, 9, 3, 2), (16, 0), (32, 0), (false, false, true)),
+    cc("12->20 1x1 pre, windows", (12, 20, 7, 1, 1), (29, 5), (40, 3), (true, false, false)),
+    cc("36->12 3x3 pre, windows 8x8", (36, 12, 8, 3, 1), (48, 12), (48, 0), (true, false, false)),
+    cc("64->24 1x1 s2 8x8", (64, 24, 8, 1, 2), (64, 0), (24, 0), (false, false, false)),
+    cc("130->70 3x3 5x5 +res", (130, 70, 5, 3, 1), (130, 0), (75, 5), (false, true, true)),
+    cc("256->64 1x1 4x4", (256, 64, 4, 1, 1), (256, 0), (64, 0), (false, false, true)),
+    cc("96->40 3x3 pre, window at 8, 6x6", (96, 40, 6, 3, 1), (112, 8), (44, 2), (true, false, false)),
+    cc("64->128 3x3 s2 7x7", (64, 128, 7, 3, 2), (64, 0), (128, 0), (false, false, true)),
+    cc("512->256 1x1 2x2 +res", (512, 256, 2, 1, 1), (512, 0), (256, 0), (false, true, true)),
+    cc("136->200 3x3 10x10 +res", (136, 200, 10, 3, 1), (136, 0), (200, 0), (false, true, true)),
+];
+
+fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
+    let pad = cc.r / 2;
+    let out_hw = (cc.hw + 2 * pad - cc.r) / cc.stride + 1;
+    let mut buffers = vec![
+        buf(cc.out_win.0, out_hw, out_hw),
+        buf(cc.in_win.0, cc.hw, cc.hw),
+    ];
+    let residual = if cc.residual {
+        buffers.push(buf(cc.k + 4, out_hw, out_hw));
+        Some(view(3, 2, cc.k))
+    } else {
+        None
+    };
+    let wn = cc.k * cc.c * cc.r * cc.r;
+    let wscale = 1.0 / ((cc.c * cc.r * cc.r) as f32).sqrt();
+    let (weight, bias) = if exact {
+        (rng.ints(wn, -1, 1), rng.ints(cc.k, -2, 2))
+    } else {
+        (rng.vec(wn, wscale), rng.vec(cc.k, 0.5))
+    };
+    let pre = cc.pre.then(|| {
+        if exact {
+            PreAct {
+                scale: rng.ints(cc.c, 1, 2),
+                shift: rng.ints(cc.c, -1, 1),
+                relu: true,
+            }
+        } else {
+            PreAct {
+                scale: rng.vec(cc.c, 1.0).iter().map(|v| 1.0 + 0.5 * v).collect(),
+                shift: rng.vec(cc.c, 0.5),
+                relu: true,
+            }
+        }
+    });
+    single_op_plan(
+        buffers,
+        Op::Conv(Conv {
+            input: view(2, cc.in_win.1, cc.c),
+            output: view(1, cc.out_win.1, cc.k),
+            in_h: cc.hw,
+            in_w: cc.hw,
+            out_h: out_hw,
+            out_w: out_hw,
+            kernel: cc.r,
+            stride: cc.stride,
+            pad,
+            weight,
+            bias,
+            pre,
+            residual,
+            relu: cc.relu,
+        }),
+    )
+}
+
+fn round_to(p: Precision, v: &mut [f32]) {
+    if p == Precision::F16 {
+        for x in v {
+            *x = half::f16::from_f32(*x).to_f32();
+        }
+    }
+}
+
+/// Runs the one-op `plan` on random (or small-integer) contents of every buffer and
+/// returns the normalised max error over the whole first op buffer.
+fn run_op_case(
+    be: &mut CudaBackend,
+    plan: &Plan,
+    n: usize,
+    rng: &mut Rng,
+    exact: bool,
+) -> Result<f64> {
+    let p = be.precision();
+    be.op_test_prepare(plan, n)?;
+    let mut bufs = ref_alloc(plan, n);
+    for (i, b) in bufs.iter_mut().enumerate().skip(1) {
+        *b = if exact {
+            rng.ints(b.len(), -1, 1)
+        } else {
+            rng.vec(b.len(), 1.0)
+        };
+        round_to(p, b);
+        be.op_test_write(plan, i, b, n)?;
+    }
+    be.op_test_run_stage(plan, 0, n)?;
+    let got = be.op_test_read(plan, 1, n)?;
+    ref_op(plan, &plan.stages[0].ops[0], &mut bufs, n);
+    round_to(p, &mut bufs[1]);
+    Ok(norm_max_err(&got, &bufs[1]))
+}
+
+struct Tally {
+    pass: usize,
+    fail: usize,
+}
+
+impl Tally {
+    fn line(&mut self, out: &mut dyn Write, what: &str, err: f64, tol: f64) -> Result<()> {
+        let ok = err <= tol;
+        if ok {
+            self.pass += 1;
+        } else {
+            self.fail += 1;
+        }
+        writeln!(
+            out,
+            "{:4} {what:<60} err {err:.2e} (tol {tol:.0e})",
+            if ok { "ok" } else { "FAIL" }
+        )
+        .map_err(io_err)
+    }
+}
+
+fn io_err(e: std::io::Error) -> Error {
+    Error::io("selfcheck report", e)
+}
+
+fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Result<()> {
+    let p = be.precision();
+    let tag = match p {
+        Precision::F32 => "f32",
+        Precision::F16 => "f16",
+    };
+    let variants: &[&str] = match p {
+        Precision::F32 => &["conv_simt_f32"],
+        Precision::F16 => &[
+            "conv_mmaasync_f16",
+            "conv_mmavec_f16",
+            "conv_mma_f16",
+            "conv_simt_f16",
+        ],
+    };
+    let default = be.conv_kernel().to_string();
+    let mut ran = std::collections::BTreeSet::new();
+    let mut rng = Rng::new(7);
+    for &var in variants {
+        be.set_conv_kernel(var)?;
+        for cc in CONV_CASES {
+            for n in [1usize, 3] {
+                for exact in [false, true] {
+                    let plan = conv_case_plan(cc, &mut rng, exact);
+                    let err = run_op_case(be, &plan, n, &mut rng, exact)?;
+                    let used = match &plan.stages[0].ops[0] {
+                        Op::Conv(c) => super::exec::choose_conv_kernel(var, tag, &plan, c),
+                        _ => var.to_string(),
+                    };
+                    ran.insert(used.clone());
+                    let what = format!(
+                        "{used} {} n={n}{}",
+                        cc.name,
+                        if exact { " exact" } else { "" }
+                    );
+                    tally.line(out, &what, err, if exact { 0.0 } else { tolerance(p) })?;
+                }
+            }
+        }
+    }
+    be.set_conv_kernel(&default)?;
+    if !ran.iter().all(|k| variants.contains(&k.as_str())) || ran.len() != variants.len() {
+        tally.fail += 1;
+        writeln!(
+            out,
+            "FAIL the case table did not exercise every conv kernel: ran {ran:?}"
+        )
+        .map_err(io_err)?;
+    }
+
+    // (channels, hw, stride, pad_before, out channels, in window, out window)
+    let shortcut_cases = [
+        (
+            16usize,
+            32usize,
+            2usize,
+            8usize,
+            32usize,
+            (16usize, 0usize),
+            (32usize, 0usize),
+        ),
+        (5, 7, 2, 2, 9, (8, 3), (11, 1)),
+        (12, 6, 1, 0, 12, (12, 0), (12, 0)),
+    ];
+    for (c, hw, s, padb, k, iw, ow) in shortcut_cases {
+        let ohw = hw.div_ceil(s);
+        let plan = single_op_plan(
+            vec![buf(ow.0, ohw, ohw), buf(iw.0, hw, hw)],
+            Op::ShortcutA {
+                input: view(2, iw.1, c),
+                output: view(1, ow.1, k),
+                in_h: hw,
+                in_w: hw,
+                stride: s,
+                pad_before: padb,
+            },
+        );
+        for n in [1usize, 3] {
+            for exact in [false, true] {
+                let err = run_op_case(be, &plan, n, &mut rng, exact)?;
+                let what = format!(
+                    "shortcut_a_{tag} {c}->{k} {hw}x{hw} s{s} n={n}{}",
+                    if exact { " exact" } else { "" }
+                );
+                tally.line(out, &what, err, 0.0)?;
+            }
+        }
+    }
+
+    // (channels, hw, pre, in window, out window)
+    let pool_cases = [
+        (20usize, 8usize, true, (20usize, 0usize), (20usize, 0usize)),
+        (7, 7, false, (10, 2), (9, 1)),
+        (12, 32, true, (30, 18), (12, 0)),
+    ];
+    for (c, hw, pre, iw, ow) in pool_cases {
+        for n in [1usize, 3] {
+            for exact in [false, true] {
+                let pre_act = pre.then(|| PreAct {
+                    scale: if exact {
+                        rng.ints(c, 1, 2)
+                    } else {
+                        rng.vec(c, 1.0)
+                    },
+                    shift: if exact {
+                        rng.ints(c, -1, 1)
+                    } else {
+                        rng.vec(c, 0.5)
+                    },
+                    relu: true,
+                });
+                let plan = single_op_plan(
+                    vec![buf(ow.0, hw / 2, hw / 2), buf(iw.0, hw, hw)],
+                    Op::AvgPool2 {
+                        input: view(2, iw.1, c),
+                        output: view(1, ow.1, c),
+                        in_h: hw,
+                        in_w: hw,
+                        pre: pre_act,
+                    },
+                );
+                let err = run_op_case(be, &plan, n, &mut rng, exact)?;
+                let what = format!(
+                    "avgpool2_pre_{tag} {c}ch {hw}x{hw}{} n={n}{}",
+                    if pre { " pre" } else { "" },
+                    if exact { " exact" } else { "" }
+                );
+                let tol = if exact { 0.0 } else { tolerance(p) };
+                tally.line(out, &what, err, tol)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn random_images(rng: &mut Rng, n: usize) -> Vec<f32> {
+    rng.vec(n * 3 * 32 * 32, 1.5)
+}
+
+/// Runs `plan` on the GPU and the reference; returns (failures, description).
+/// Reference outcomes already computed, keyed by (plan name, batch, fractions, f16):
+/// the calibrated plan, the results and the decision margins.
+type RefCache = std::collections::HashMap<String, (Plan, Vec<SampleResult>, Vec<f32>)>;
+
+fn compare_pass(
+    be: &mut CudaBackend,
+    plan: &Plan,
+    n: usize,
+    seed: u64,
+    fractions: &[f32],
+    cache: &mut RefCache,
+) -> Result<(bool, String)> {
+    let mut rng = Rng::new(seed);
+    let mut images = random_images(&mut rng, n);
+    round_to(be.precision(), &mut images);
+    let key = format!("{} {n} {fractions:?} {:?}", plan.arch, be.precision());
+    let (plan, want, margins) = cache
+        .entry(key)
+        .or_insert_with(|| {
+            let mut calibrated = plan.clone();
+            let (want, margins) = ref_run(&mut calibrated, &images, n, Some(fractions));
+            (calibrated, want, margins)
+        })
+        .clone();
+    let got = be.run(&plan, &images, n)?;
+    let tol = tolerance(be.precision());
+    let mut worst = 0.0f64;
+    let mut flips = 0;
+    let mut excused = 0;
+    for (g, w) in got.iter().zip(&want) {
+        if g.exit != w.exit || g.class != w.class {
+            // A decision may flip only if the reference was that close to it.
+            let scale = w.logits.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let near = margins
+                .iter()
+                .any(|&m| (m as f64) < tol * scale as f64 * 4.0);
+            if near {
+                excused += 1;
+            } else {
+                flips += 1;
+            }
+            continue;
+        }
+        worst = worst.max(norm_max_err(&g.logits, &w.logits));
+        worst = worst.max(norm_max_err(&[g.score], &[w.score]));
+    }
+    let exits: Vec<usize> = (0..=plan.gates.len())
+        .map(|e| {
+            let e = if e == plan.gates.len() { None } else { Some(e) };
+            want.iter().filter(|r| r.exit == e).count()
+        })
+        .collect();
+    let ok = flips == 0 && worst <= tol && got.len() == n;
+    let desc = format!(
+        "{} n={n} exits {:?} mismatched decisions {flips} (near-threshold {excused}) logit err {worst:.2e} (tol {tol:.0e})",
+        plan.arch, exits
+    );
+    Ok((ok, desc))
+}
+
+/// `quick`: smaller batches; `extra`: a second kernel policy over the same code paths,
+/// where the small networks suffice.
+fn check_passes(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    quick: bool,
+    extra: bool,
+    cache: &mut RefCache,
+) -> Result<()> {
+    let conv = be.conv_kernel().to_string();
+    let graph_modes: &[bool] = if be.is_emulated() {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    let mut cases = if quick {
+        vec![
+            (tiny_resnet(11, 10), 1usize),
+            (tiny_resnet(12, 10), 6),
+            (tiny_densenet(13, 10, 4), 3),
+            (tiny_densenet(14, 100, 3), 7),
+            (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 2),
+        ]
+    } else {
+        vec![
+            (tiny_resnet(11, 10), 1usize),
+            (tiny_resnet(12, 10), 37),
+            (tiny_densenet(13, 10, 4), 3),
+            (tiny_densenet(14, 100, 3), 29),
+            (resnet_bottleneck_plan([1, 1, 1, 1], 10, 15), 3),
+        ]
+    };
+    if extra {
+        cases.retain(|(p, _)| p.arch.starts_with("tiny"));
+    }
+    for &graphs in graph_modes {
+        be.set_graphs(graphs);
+        for (plan, n) in &cases {
+            let fractions: &[[f32; 2]] = if quick {
+                &[[0.5, 0.4]]
+            } else {
+                &[[0.5, 0.4], [0.0, 0.0], [1.0, 1.0]]
+            };
+            for fr in fractions {
+                let (ok, desc) = compare_pass(be, plan, *n, 99 + *n as u64, fr, cache)?;
+                let what = format!(
+                    "{conv} {} {desc}",
+                    if graphs { "graph" } else { "launches" }
+                );
+                let mark = if ok { "ok" } else { "FAIL" };
+                if ok {
+                    tally.pass += 1;
+                } else {
+                    tally.fail += 1;
+                }
+                writeln!(out, "{mark:4} pass {what}").map_err(io_err)?;
+            }
+        }
+    }
+    be.set_graphs(true);
+    Ok(())
+}
+
+/// Checks every op and whole passes of small networks against the CPU reference,
+/// in f32 and f16, one line per case. `Ok(true)` when everything passed.
+pub fn selfcheck(report: &mut dyn Write) -> Result<bool> {
+    selfcheck_with(report, &mut CudaBackend::new, false)
+}
+
+/// [`selfcheck`] with backends from `make` (e.g. [`CudaBackend::new_emulated`]);
+/// `quick` uses smaller batches and fewer threshold settings (for the CPU emulator).
+pub fn selfcheck_with(
+    report: &mut dyn Write,
+    make: &mut dyn FnMut(Precision) -> Result<CudaBackend>,
+    quick: bool,
+) -> Result<bool> {
+    let mut tally = Tally { pass: 0, fail: 0 };
+    let mut cache = RefCache::new();
+    for p in [Precision::F32, Precision::F16] {
+        let mut be = make(p)?;
+        writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
+        check_ops(&mut be, report, &mut tally)?;
+        check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
+        if p == Precision::F16 {
+            for k in ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"] {
+                be.set_conv_kernel(k)?;
+                check_passes(&mut be, report, &mut tally, quick, true, &mut cache)?;
+            }
+            be.set_conv_kernel("auto")?;
+        }
+    }
+    writeln!(
+        report,
+        "selfcheck: {} passed, {} failed",
+        tally.pass, tally.fail
+    )
+    .map_err(io_err)?;
+    Ok(tally.fail == 0)
+}
+
+/// A ResNet-101-shaped plan (random weights, no exits) on the GPU against the
+/// reference at batch 1 in f32, and f16 against f32 at batch 8: the real layer shapes,
+/// where split-K and the aligned tensor-core kernels do the work.
+pub fn deep_check(report: &mut dyn Write) -> Result<bool> {
+    let plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 77);
+    let mut rng = Rng::new(78);
+    let images = rng.vec(8 * 3 * 32 * 32, 1.5);
+    let mut f32_be = CudaBackend::new(Precision::F32)?;
+    let got32 = f32_be.run(&plan, &images, 8)?;
+    let mut ref_plan = plan.clone();
+    let (want, _) = ref_run(&mut ref_plan, &images[..3 * 32 * 32], 1, None);
+    let err_ref = norm_max_err(&got32[0].logits, &want[0].logits);
+    let mut f16_be = CudaBackend::new(Precision::F16)?;
+    let got16 = f16_be.run(&plan, &images, 8)?;
+    let mut err16 = 0.0f64;
+    let mut same = 0;
+    for (a, b) in got16.iter().zip(&got32) {
+        err16 = err16.max(norm_max_err(&a.logits, &b.logits));
+        same += usize::from(a.class == b.class);
+    }
+    let ok32 = err_ref <= 1e-3 && got32[0].class == want[0].class;
+    let ok16 = err16 <= 5e-2;
+    writeln!(
+        report,
+        "{:4} deep {} f32 vs reference n=1: logit err {err_ref:.2e} (tol 1e-3), class {} vs {}",
+        if ok32 { "ok" } else { "FAIL" },
+        plan.arch,
+        got32[0].class,
+        want[0].class
+    )
+    .map_err(io_err)?;
+    writeln!(
+        report,
+        "{:4} deep {} f16 vs f32 n=8: logit err {err16:.2e} (tol 5e-2), same class {same}/8",
+        if ok16 { "ok" } else { "FAIL" },
+        plan.arch
+    )
+    .map_err(io_err)?;
+    Ok(ok32 && ok16)
+}
+
+/// Everything `dgate-rt gpu-check` prints: device, [`selfcheck`], [`deep_check`] and
+/// the latency table of [`super::bench::timing`]. `Ok(true)` when every check passed;
+/// an error in one part is reported and the next part still runs.
+pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
+    writeln!(report, "device: {}", super::device_name()?).map_err(io_err)?;
+    let t = std::time::Instant::now();
+    let mut ok = match selfcheck(report) {
+        Ok(ok) => ok,
+        Err(e) => {
+            writeln!(report, "FAIL selfcheck stopped: {e}").map_err(io_err)?;
+            false
+        }
+    };
+    writeln!(report, "selfcheck took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
+    let t = std::time::Instant::now();
+    match deep_check(report) {
+        Ok(deep) => ok &= deep,
+        Err(e) => {
+            writeln!(report, "FAIL deep check stopped: {e}").map_err(io_err)?;
+            ok = false;
+        }
+    }
+    writeln!(report, "deep check took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
+    let t = std::time::Instant::now();
+    if let Err(e) = super::bench::timing(report, &[1, 64, 256], 20) {
+        writeln!(report, "FAIL timing stopped: {e}").map_err(io_err)?;
+        ok = false;
+    }
+    let layers = super::bench::layer_table(report, &[Precision::F32, Precision::F16], 256, 10)
+        .and_then(|()| super::bench::layer_table(report, &[Precision::F16], 1, 20));
+    if let Err(e) = layers {
+        writeln!(report, "FAIL layer table stopped: {e}").map_err(io_err)?;
+        ok = false;
+    }
+    writeln!(report, "timing took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::synthetic::stage_conv_flops;
+
+    #[test]
+    fn synthetic_plans_are_valid() {
+        for plan in [
+            tiny_resnet(1, 10),
+            tiny_densenet(2, 10, 4),
+            tiny_densenet(2, 10, 3),
+            resnet_bottleneck_plan([1, 1, 1, 1], 10, 3),
+        ] {
+            if let Err(e) = super::super::exec::validate(&plan) {
+                panic!("{}: {e}", plan.arch);
+            }
+        }
+        let r101 = resnet_bottleneck_plan([3, 4, 23, 3], 10, 3);
+        let gf = stage_conv_flops(&r101).iter().sum::<f64>() / 1e9;
+        assert!((gf - 5.0).abs() < 0.1, "ResNet-101 shape gives {gf} GFLOPs");
+    }
+
+    #[test]
+    fn calibration_gives_a_mix_of_exits() {
+        for mut plan in [tiny_resnet(4, 10), tiny_densenet(5, 10, 3)] {
+            let n = 16;
+            let images = random_images(&mut Rng::new(6), n);
+            let (res, margins) = ref_run(&mut plan, &images, n, Some(&[0.5, 0.5]));
+            let e0 = res.iter().filter(|r| r.exit == Some(0)).count();
+            let e1 = res.iter().filter(|r| r.exit == Some(1)).count();
+            let head = res.iter().filter(|r| r.exit.is_none()).count();
+            assert!(
+                e0 > 0 && e1 > 0 && head > 0,
+                "{}: {e0}/{e1}/{head}",
+                plan.arch
+            );
+            assert!(margins.iter().all(|&m| m > 0.0), "{margins:?}");
+            for r in &res {
+                assert!(r.score.is_finite() && r.logits.len() == 10);
+            }
+        }
+    }
+
+    #[test]
+    fn shortcut_reference_pads_channels_evenly() {
+        let plan = single_op_plan(
+            vec![buf(4, 2, 2), buf(2, 4, 4)],
+            Op::ShortcutA {
+                input: view(2, 0, 2),
+                output: view(1, 0, 4),
+                in_h: 4,
+                in_w: 4,
+                stride: 2,
+                pad_before: 1,
+            },
+        );
+        let mut bufs = ref_alloc(&plan, 1);
+        bufs[2] = (0..32).map(|v| v as f32).collect();
+        ref_op(&plan, &plan.stages[0].ops[0], &mut bufs, 1);
+        assert_eq!(
+            bufs[1],
+            vec![0., 0., 0., 0., 0., 2., 8., 10., 16., 18., 24., 26., 0., 0., 0., 0.]
+        );
+    }
+}
+
+#[cfg(test)]
+mod timing_of_reference {
+    use super::*;
+
+    /// How long the deep check's reference pass takes (run with --ignored).
+    #[test]
+    #[ignore]
+    fn reference_resnet101_batch1() {
+        let mut plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 77);
+        let images = Rng::new(78).vec(3 * 32 * 32, 1.5);
+        let t = std::time::Instant::now();
+        let (r, _) = ref_run(&mut plan, &images, 1, None);
+        println!(
+            "reference ResNet-101 n=1: {:.1} s, logits {:?}",
+            t.elapsed().as_secs_f64(),
+            r[0].logits
+        );
+    }
+}
