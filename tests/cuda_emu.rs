@@ -8,8 +8,13 @@ use std::path::PathBuf;
 
 use dgate_rt::backend::cuda::{kernels, selfcheck, CudaBackend};
 
+/// The emulator runs kernels on fibers with process-wide state: one test at a time
+/// (two in parallel crashed with SIGSEGV).
+static EMULATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn emulated_kernels_match_the_reference() {
+    let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu");
     let lib = match kernels::build_emulator(&dir) {
         Ok(lib) => lib,
@@ -29,6 +34,7 @@ fn emulated_kernels_match_the_reference() {
 
 #[test]
 fn emulated_bench_tables_run() {
+    let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu-bench");
     let lib = match kernels::build_emulator(&dir) {
         Ok(lib) => lib,
