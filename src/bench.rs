@@ -15,8 +15,12 @@ pub struct Row {
     /// Average GFLOPs per sample actually spent (exits included).
     pub gflops_per_sample: f64,
     pub exit_fraction: Vec<f64>,
+    /// Wall time of `Engine::run`: upload, pass, results back on the host.
     pub ms_per_batch: f64,
     pub ms_per_sample: f64,
+    /// Device time of the pass alone (CUDA events), where the backend measures it.
+    pub device_ms: Option<f64>,
+    /// From the device time where there is one, else the wall time.
     pub tflops: f64,
     pub runs: usize,
 }
@@ -84,6 +88,8 @@ pub fn measure(
     let res = engine.run(x, n)?;
     let s = crate::engine::Summary::new(&engine.model.plan, &res, None);
     let ms = median_ms(warmup, runs, || engine.run(x, n).map(|_| ()))?;
+    let device_ms = engine.device_time_ms(x, n, runs)?;
+    let t = device_ms.unwrap_or(ms);
     Ok(Row {
         config: config.into(),
         batch: n,
@@ -91,15 +97,16 @@ pub fn measure(
         exit_fraction: s.exit_fraction,
         ms_per_batch: ms,
         ms_per_sample: ms / n as f64,
+        device_ms,
         // GFLOP per batch over milliseconds is TFLOP/s.
-        tflops: s.avg_gflops * n as f64 / ms,
+        tflops: s.avg_gflops * n as f64 / t,
         runs,
     })
 }
 
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::from(
-        "| config | batch | GFLOPs/sample | exits | ms/batch | ms/sample | TFLOP/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: |\n",
+        "| config | batch | GFLOPs/sample | exits | ms/batch | ms/sample | device ms/batch | TFLOP/s |\n| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         let ex: Vec<String> = r
@@ -108,7 +115,7 @@ pub fn table(rows: &[Row]) -> String {
             .map(|f| format!("{:.0}%", 100.0 * f))
             .collect();
         s += &format!(
-            "| {} | {} | {:.3} | {} | {:.3} | {:.4} | {:.2} |\n",
+            "| {} | {} | {:.3} | {} | {:.3} | {:.4} | {} | {:.2} |\n",
             r.config,
             r.batch,
             r.gflops_per_sample,
@@ -119,6 +126,7 @@ pub fn table(rows: &[Row]) -> String {
             },
             r.ms_per_batch,
             r.ms_per_sample,
+            r.device_ms.map_or("-".into(), |d| format!("{d:.3}")),
             r.tflops
         );
     }

@@ -143,6 +143,19 @@ impl Engine {
         self.backend.run(&self.model.plan, images, n)
     }
 
+    /// Median device-only time in ms of `iters` passes over `images` (no host transfers),
+    /// where the backend can measure it (CUDA: events around CUDA-graph replays); `None`
+    /// on the CPU.
+    pub fn device_time_ms(
+        &mut self,
+        images: &[f32],
+        n: usize,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        self.backend
+            .device_time_ms(&self.model.plan, images, n, iters)
+    }
+
     /// Runs `n` raw CIFAR-style images: `pixels` is `n × 3 × 32 × 32` bytes, each image
     /// its red, green and blue 32×32 planes, row-major (the CIFAR-10 binary layout less
     /// the label byte). The model's normalisation is applied; otherwise as [`Engine::run`].

@@ -32,6 +32,18 @@ pub trait Backend: Send {
     /// Run `n` images (`n × 3 × 32 × 32` floats, normalised, NCHW) through `plan`,
     /// exiting samples at gates per their thresholds. Returns `n` results in input order.
     fn run(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<SampleResult>>;
+
+    /// Median device time in ms of `iters` forward passes over `images`, without host
+    /// transfers (timed with device events), for backends that can measure it.
+    fn device_time_ms(
+        &mut self,
+        _plan: &Plan,
+        _images: &[f32],
+        _n: usize,
+        _iters: usize,
+    ) -> Result<Option<f64>> {
+        Ok(None)
+    }
 }
 
 /// Checks the common preconditions of [`Backend::run`].

@@ -355,4 +355,14 @@ impl Backend for CudaBackend {
         self.dev.sync()?;
         self.prepared_mut_ref()?.results(&self.dev, n)
     }
+
+    fn device_time_ms(
+        &mut self,
+        plan: &Plan,
+        images: &[f32],
+        n: usize,
+        iters: usize,
+    ) -> Result<Option<f64>> {
+        self.time_passes(plan, images, n, iters).map(Some)
+    }
 }
