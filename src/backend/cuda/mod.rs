@@ -12,7 +12,7 @@
 //! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
 //! `common.cuh`), `device` (context or CPU emulator, memory), `exec` (a plan made
 //! resident, the launch sequence), [`selfcheck`] (every op and small networks against
-//! [`reference`](mod@reference)), [`synthetic`] (random-weight plans), [`bench`] (latency tables).
+//! [`reference`](mod@reference)), [`synthetic`] (random-weight plans), [`bench`](mod@bench) (latency tables).
 //!
 //! Without a GPU the same kernel sources run in a CPU emulator
 //! (`kernels/host_emu.cuh`, [`kernels::build_emulator`], [`CudaBackend::new_emulated`]):
