@@ -64,6 +64,14 @@ struct DevLinear {
     pre: Option<DevPre>,
 }
 
+/// A captured forward pass.
+pub(crate) struct Graph(pub CudaGraph);
+
+// SAFETY: a graph is only launched or dropped through `&mut CudaBackend`, never from two
+// threads at once, and cudarc makes the context current on the calling thread before
+// each driver call; the driver allows graph use from any thread under those terms.
+unsafe impl Send for Graph {}
+
 pub(crate) struct Prepared {
     /// Identity of the plan's structure and weights (not thresholds).
     pub key: u64,
@@ -88,7 +96,7 @@ pub(crate) struct Prepared {
     out_exit: Mem,
     out_score: Mem,
     out_logits: Mem,
-    pub graphs: HashMap<usize, CudaGraph>,
+    pub graphs: HashMap<usize, Graph>,
 }
 
 fn hash_values(h: &mut DefaultHasher, v: &[f32]) {

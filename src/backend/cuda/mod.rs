@@ -206,12 +206,13 @@ impl CudaBackend {
             enq?;
             let graph =
                 graph?.ok_or_else(|| Error::Cuda("graph capture produced nothing".into()))?;
-            prep.graphs.insert(n, graph);
+            prep.graphs.insert(n, exec::Graph(graph));
         }
         match prep.graphs.get(&n) {
-            Some(g) => g
-                .launch()
-                .map_err(|e| Error::Cuda(format!("graph launch: {e}"))),
+            Some(g) => {
+                g.0.launch()
+                    .map_err(|e| Error::Cuda(format!("graph launch: {e}")))
+            }
             None => Err(Error::Cuda("graph missing".into())),
         }
     }
