@@ -12,7 +12,7 @@
 //
 // Variants:
 //   conv_simt_{f32,f16}: 64x64x16 tile, 256 threads, each thread a 4x4 block of
-//       outputs in f32 registers. f16 loads half and converts; the reference path.
+//       outputs in f32 registers. f16 loads half and converts. Split-K as below.
 //   conv_mma_f16: 64x64x32 tile, 128 threads = 4 warps in 2x2, each warp 32x32 as
 //       2x4 tensor-core mma.sync m16n8k16 tiles (f16 inputs, f32 accumulation), issued
 //       as inline PTX so that no CUDA header beyond cuda_fp16.h is needed (the NVRTC
@@ -127,6 +127,11 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
     if (m0 >= M) return;
     const int n0 = blockIdx.y * SIMT_BN;
     const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + SIMT_BK - 1) / SIMT_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
     const int tid = threadIdx.x;
     const T* in = (const T*)p.in;
     const T* w = (const T*)p.weight;
@@ -141,7 +146,8 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
 
-    for (int k0 = 0; k0 < Kd; k0 += SIMT_BK) {
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int k0 = kt * SIMT_BK;
         if (tid < SIMT_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
         __syncthreads();
 #pragma unroll
@@ -183,7 +189,12 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int k = n0 + tx * 4 + j;
-            if (k < p.K) conv_store<T>(p, m, k, acc[i][j]);
+            if (k >= p.K) continue;
+            if (gridDim.z > 1) {
+                atomicAdd(p.workspace + (size_t)m * p.K + k, acc[i][j]);
+            } else {
+                conv_store<T>(p, m, k, acc[i][j]);
+            }
         }
     }
 }
@@ -653,6 +664,7 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
 }
 
 // Finishes a split-K convolution: one thread per output (pixel, channel).
+template <typename T>
 __device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
     const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
     const long long M = (long long)*p.count * p.P * p.Q;
@@ -661,12 +673,13 @@ __device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
     const int k = (int)(e - (long long)m * p.K);
     const float v = p.workspace[e];
     p.workspace[e] = 0.0f;
-    conv_store<__half>(p, m, k, v);
+    conv_store<T>(p, m, k, v);
 }
 
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
 DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
 DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
-DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue(p); }
+DGATE_KERNEL(conv_splitk_epilogue_f32, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<float>(p); }
+DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<__half>(p); }
 DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }

@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <vector>
 
 using std::max;
@@ -98,6 +99,9 @@ inline void (*kernel)(const void*) = nullptr;
 inline const void* params = nullptr;
 inline std::vector<unsigned char> dynamic_smem;
 inline float xchg_f[1024];
+// All emulator state (and every kernel's `__shared__` statics) is process-wide, shared
+// even between two loaded copies of the emulator (vague linkage): one launch at a time.
+inline std::mutex launch_lock;
 inline unsigned xchg_u[1024][6];
 
 inline void wait(State s) {
@@ -224,6 +228,7 @@ inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
 extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned threads,
                                 unsigned smem, const void* p) {
     if (threads == 0 || threads > 1024) return 1;
+    std::lock_guard<std::mutex> guard(emu::launch_lock);
     while (emu::fibers.size() < threads) {
         emu::fibers.emplace_back();
         emu::fibers.back().stack = static_cast<char*>(std::malloc(emu::STACK_BYTES));

@@ -51,3 +51,9 @@ fn every_op_and_small_networks_match_the_reference() {
         Err(e) => panic!("{e}"),
     }
 }
+
+#[test]
+fn the_backend_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<CudaBackend>();
+}

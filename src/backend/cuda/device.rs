@@ -397,6 +397,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_mma_f16",
             "conv_mmavec_f16",
             "conv_mmaasync_f16",
+            "conv_splitk_epilogue_f32",
             "conv_splitk_epilogue_f16",
         ],
         KernelFile::Pool => &[

@@ -38,6 +38,7 @@ use crate::{Error, Result};
 const CONV_TILE_M: usize = 64;
 const CONV_TILE_N: usize = 64;
 const CONV_SIMT_THREADS: u32 = 256;
+const CONV_SIMT_TILE_K: usize = 16;
 const CONV_MMA_THREADS: u32 = 128;
 const CONV_VEC_TILE_M: usize = 128;
 const CONV_VEC_TILE_N: usize = 64;
@@ -79,6 +80,14 @@ struct DevLinear {
     bias: Mem,
     pre: Option<DevPre>,
 }
+
+/// A captured forward pass.
+pub(crate) struct Graph(pub CudaGraph);
+
+// SAFETY: a graph is only launched or dropped through `&mut CudaBackend`, never from two
+// threads at once, and cudarc makes the context current on the calling thread before
+// each driver call; the driver allows graph use from any thread under those terms.
+unsafe impl Send for Graph {}
 
 pub(crate) struct Prepared {
     /// Identity of the plan's structure and weights (not thresholds).
@@ -400,13 +409,13 @@ pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Con
 /// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
 /// GPU when the output alone gives fewer than half a wave.
 fn split_k(
-    (tile_m, tile_n): (usize, usize),
+    (tile_m, tile_n, tile_k): (usize, usize, usize),
     (m, k, kd): (usize, usize, usize),
     sms: usize,
     workspace_floats: usize,
 ) -> usize {
     let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
-    let ktiles = kd.div_ceil(CONV_VEC_TILE_K);
+    let ktiles = kd.div_ceil(tile_k);
     if tiles * 2 > sms || ktiles < 8 || m * k > workspace_floats {
         return 1;
     }
@@ -660,45 +669,59 @@ impl Prepared {
                     };
                     let m = n * c.out_h * c.out_w;
                     let kd = c.kernel * c.kernel * c.input.channels;
-                    let k_major = match kernel.as_str() {
-                        "conv_mmavec_f16" => {
-                            Some((CONV_VEC_TILE_M, CONV_VEC_TILE_N, CONV_VEC_THREADS))
+                    // (tile m, tile n, tile k, threads, weight packed k-major, splits)
+                    let (tm, tn, tk, threads, k_major, can_split) = match kernel.as_str() {
+                        "conv_mmavec_f16" => (
+                            CONV_VEC_TILE_M,
+                            CONV_VEC_TILE_N,
+                            CONV_VEC_TILE_K,
+                            CONV_VEC_THREADS,
+                            true,
+                            true,
+                        ),
+                        "conv_mmaasync_f16" => (
+                            CONV_ASYNC_TILE_M,
+                            CONV_ASYNC_TILE_N,
+                            CONV_VEC_TILE_K,
+                            CONV_ASYNC_THREADS,
+                            true,
+                            true,
+                        ),
+                        "conv_mma_f16" => {
+                            (CONV_TILE_M, CONV_TILE_N, 32, CONV_MMA_THREADS, false, false)
                         }
-                        "conv_mmaasync_f16" => {
-                            Some((CONV_ASYNC_TILE_M, CONV_ASYNC_TILE_N, CONV_ASYNC_THREADS))
-                        }
-                        _ => None,
+                        _ => (
+                            CONV_TILE_M,
+                            CONV_TILE_N,
+                            CONV_SIMT_TILE_K,
+                            CONV_SIMT_THREADS,
+                            false,
+                            true,
+                        ),
                     };
-                    if let Some((tm, tn, threads)) = k_major {
-                        let mut p = p;
+                    let mut p = p;
+                    if k_major {
                         p.ldw = kd as i32;
-                        let shape = (m, c.output.channels, kd);
-                        let splits = split_k((tm, tn), shape, dev.sms, self.workspace_floats);
-                        let grid = (blocks(m, tm), blocks(c.output.channels, tn), splits as u32);
-                        dev.launch3(kernel, grid, threads, 0, &p)?;
-                        if splits > 1 {
-                            dev.launch(
-                                "conv_splitk_epilogue_f16",
-                                (
-                                    blocks(m * c.output.channels, ELEMENTWISE_THREADS as usize),
-                                    1,
-                                ),
-                                ELEMENTWISE_THREADS,
-                                0,
-                                &p,
-                            )?;
-                        }
+                    }
+                    let shape = (m, c.output.channels, kd);
+                    let splits = if can_split {
+                        split_k((tm, tn, tk), shape, dev.sms, self.workspace_floats)
                     } else {
-                        let grid = (
-                            blocks(m, CONV_TILE_M),
-                            blocks(c.output.channels, CONV_TILE_N),
-                        );
-                        let threads = if kernel.starts_with("conv_mma") {
-                            CONV_MMA_THREADS
-                        } else {
-                            CONV_SIMT_THREADS
-                        };
-                        dev.launch(kernel, grid, threads, 0, &p)?;
+                        1
+                    };
+                    let grid = (blocks(m, tm), blocks(c.output.channels, tn), splits as u32);
+                    dev.launch3(kernel, grid, threads, 0, &p)?;
+                    if splits > 1 {
+                        dev.launch(
+                            &format!("conv_splitk_epilogue_{dt}"),
+                            (
+                                blocks(m * c.output.channels, ELEMENTWISE_THREADS as usize),
+                                1,
+                            ),
+                            ELEMENTWISE_THREADS,
+                            0,
+                            &p,
+                        )?;
                     }
                 }
                 (

@@ -12,7 +12,16 @@
 //! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
 //! `common.cuh`), `device` (context or CPU emulator, memory), `exec` (a plan made
 //! resident, the launch sequence), [`selfcheck`] (every op and small networks against
-//! [`reference`]), [`synthetic`] (random-weight plans), [`bench`] (latency table).
+//! [`reference`](mod@reference)), [`synthetic`] (random-weight plans), [`bench`](mod@bench) (latency tables).
+//!
+//! Without a GPU the same kernel sources run in a CPU emulator
+//! (`kernels/host_emu.cuh`, [`kernels::build_emulator`], [`CudaBackend::new_emulated`]):
+//! slow, but it executes every kernel, barrier and tensor-core fragment the way the
+//! GPU does, so the self-check runs in CI.
+//!
+//! Environment: `DGATE_CUDA_INCLUDE` (CUDA headers for NVRTC), `DGATE_CUDA_GRAPHS=0`
+//! (no graphs), `DGATE_CONV=<policy>` (see [`CudaBackend::set_conv_kernel`]),
+//! `DGATE_DEBUG` (print NVRTC compile times).
 
 pub mod bench;
 mod device;
@@ -200,9 +209,10 @@ impl CudaBackend {
             prep.graphs.insert(n, exec::Graph(graph));
         }
         match prep.graphs.get(&n) {
-            Some(g) => g
-                .launch()
-                .map_err(|e| Error::Cuda(format!("graph launch: {e}"))),
+            Some(g) => {
+                g.0.launch()
+                    .map_err(|e| Error::Cuda(format!("graph launch: {e}")))
+            }
             None => Err(Error::Cuda("graph missing".into())),
         }
     }
