@@ -13,23 +13,6 @@ use std::hash::{Hash, Hasher};
 
 use cudarc::driver::CudaGraph;
 
-/// A captured CUDA graph that may move between threads with its engine.
-///
-/// cudarc leaves `CudaGraph` `!Send` because it holds raw driver handles; CUDA graph and
-/// executable-graph handles are not tied to the thread that made them, and the backend
-/// owning them is `Send` but not `Sync` (one thread uses it at a time), and launches bind
-/// the context to the calling thread first.
-pub struct Graph(pub CudaGraph);
-// SAFETY: see above: handles are thread-agnostic and never used from two threads at once.
-unsafe impl Send for Graph {}
-
-impl std::ops::Deref for Graph {
-    type Target = CudaGraph;
-    fn deref(&self) -> &CudaGraph {
-        &self.0
-    }
-}
-
 use super::device::{storage_bytes, storage_to_f32, Device, Mem};
 use super::params::*;
 use crate::plan::{Conv, ExitRule, Op, Plan, PreAct, View};
