@@ -17,6 +17,8 @@ export DGATE_DATA=${DGATE_DATA:-$PWD/.gpudata}
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
+# Seconds left before DEADLINE_S (the whole call's budget), for phases that may not fit.
+left() { echo $(( ${DEADLINE_S:-540} - ($(date +%s) - t0) )); }
 
 {
 stamp "device"
@@ -38,6 +40,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   done
   for arch in resnet101 densenet201; do
     "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors
+    [ "${PEER:-1}" = 1 ] || continue
     stamp "PyTorch peer $arch (eager, CUDA graph, early exit)"
     timeout ${PEER_S:-120} python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
       --device cuda --batch 1,64,256 --modes eager32,eager16,graph,exit32,exit16 --runs 30 \
@@ -45,8 +48,10 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   done
   if [ "${COMPILE:-1}" = 1 ]; then
     for arch in resnet101 densenet201; do
-      stamp "PyTorch peer $arch torch.compile"
-      timeout ${COMPILE_S:-150} python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+      budget=$(left); [ "$budget" -gt ${COMPILE_S:-150} ] && budget=${COMPILE_S:-150}
+      if [ "$budget" -lt 45 ]; then stamp "skipping torch.compile $arch: only $(left) s left"; continue; fi
+      stamp "PyTorch peer $arch torch.compile (limit $budget s)"
+      timeout $budget python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
         --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
         --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
     done

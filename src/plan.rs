@@ -17,7 +17,7 @@ use serde::Serialize;
 pub type BufId = usize;
 
 /// Per-sample shape of an activation buffer.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Buffer {
     /// Channels per sample.
     pub channels: usize,
@@ -29,7 +29,7 @@ pub struct Buffer {
 
 /// A window of channels `[offset, offset + channels)` of a buffer. DenseNet blocks
 /// use windows of one block buffer so that concatenation needs no copy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct View {
     /// The buffer viewed.
     pub buf: BufId,
