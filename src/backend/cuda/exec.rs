@@ -160,15 +160,29 @@ pub(crate) fn plan_key(plan: &Plan) -> u64 {
             match op {
                 Op::Conv(c) => {
                     (c.input, c.output, c.residual).hash(&mut h);
-                    (c.in_h, c.in_w, c.out_h, c.out_w, c.kernel, c.stride, c.pad, c.relu).hash(&mut h);
+                    (
+                        c.in_h, c.in_w, c.out_h, c.out_w, c.kernel, c.stride, c.pad, c.relu,
+                    )
+                        .hash(&mut h);
                     hash_values(&mut h, &c.weight);
                     hash_values(&mut h, &c.bias);
                     hash_pre(&mut h, &c.pre);
                 }
-                Op::ShortcutA { input, output, in_h, in_w, stride, pad_before } => {
-                    (1u8, input, output, in_h, in_w, stride, pad_before).hash(&mut h)
-                }
-                Op::AvgPool2 { input, output, in_h, in_w, pre } => {
+                Op::ShortcutA {
+                    input,
+                    output,
+                    in_h,
+                    in_w,
+                    stride,
+                    pad_before,
+                } => (1u8, input, output, in_h, in_w, stride, pad_before).hash(&mut h),
+                Op::AvgPool2 {
+                    input,
+                    output,
+                    in_h,
+                    in_w,
+                    pre,
+                } => {
                     (2u8, input, output, in_h, in_w).hash(&mut h);
                     hash_pre(&mut h, pre);
                 }

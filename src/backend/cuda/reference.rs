@@ -262,7 +262,9 @@ pub fn ref_run(
                 f32::INFINITY
             } else {
                 let want = ((fr.get(g).copied().unwrap_or(0.5)) * confs.len() as f32) as usize;
-                let lo = want.saturating_sub(confs.len() / 4).clamp(1, confs.len() - 1);
+                let lo = want
+                    .saturating_sub(confs.len() / 4)
+                    .clamp(1, confs.len() - 1);
                 let hi = (want + confs.len() / 4).min(confs.len() - 1).max(lo);
                 let best = (lo..=hi)
                     .max_by(|&a, &b| {
