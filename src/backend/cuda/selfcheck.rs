@@ -653,23 +653,3 @@ mod tests {
         );
     }
 }
-
-#[cfg(test)]
-mod timing_of_reference {
-    use super::*;
-
-    /// How long the deep check's reference pass takes (run with --ignored).
-    #[test]
-    #[ignore]
-    fn reference_resnet101_batch1() {
-        let mut plan = resnet_bottleneck_plan([3, 4, 23, 3], 10, 77);
-        let images = Rng::new(78).vec(3 * 32 * 32, 1.5);
-        let t = std::time::Instant::now();
-        let (r, _) = ref_run(&mut plan, &images, 1, None);
-        println!(
-            "reference ResNet-101 n=1: {:.1} s, logits {:?}",
-            t.elapsed().as_secs_f64(),
-            r[0].logits
-        );
-    }
-}
