@@ -214,7 +214,11 @@ pub fn sweep(a: &SweepArgs) -> Result<()> {
             if let Some(e) = engine.as_mut() {
                 e.set_thresholds(c)?;
                 let t0 = Instant::now();
-                let res = e.run_u8(&ds.pixels, ds.len())?;
+                let mut res = Vec::with_capacity(ds.len());
+                for (k, chunk) in ds.pixels.chunks(256 * dgate_rt::data::IMAGE).enumerate() {
+                    let m = chunk.len() / dgate_rt::data::IMAGE;
+                    res.extend(e.run_u8(chunk, m).with_context(|| format!("batch {k}"))?);
+                }
                 row.ms = Some(t0.elapsed().as_secs_f64() * 1e3 / ds.len() as f64);
                 let agree = res
                     .iter()
