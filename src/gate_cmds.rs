@@ -12,13 +12,7 @@ use dgate_rt::gates::{self, pipeline, PlotSeries, ReportRow, ScoreTable, TrainCo
 use dgate_rt::model::Model;
 use dgate_rt::weights::Weights;
 
-use super::{CalibrateArgs, DataArgs, SweepArgs, TrainArgs};
-
-fn data_root() -> PathBuf {
-    std::env::var_os("DGATE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"))
-}
+use super::{data_root, CalibrateArgs, DataArgs, SweepArgs, TrainArgs};
 
 fn load_data(a: &DataArgs, train: bool) -> Result<(Dataset, String)> {
     let files: Vec<PathBuf> = if !a.data.is_empty() {

@@ -305,11 +305,15 @@ fn load_model(a: &ModelArgs) -> Result<(Model, bool)> {
     Ok((model, random))
 }
 
-fn default_data() -> Option<PathBuf> {
-    let base = std::env::var_os("DGATE_DATA")
+/// `$DGATE_DATA`, else `../shared/data` (the project's test data beside its root).
+fn data_root() -> PathBuf {
+    std::env::var_os("DGATE_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"));
-    let p = base.join("cifar10/test_batch.bin");
+        .unwrap_or_else(|| PathBuf::from("../shared/data"))
+}
+
+fn default_data() -> Option<PathBuf> {
+    let p = data_root().join("cifar10/test_batch.bin");
     p.exists().then_some(p)
 }
 
@@ -580,9 +584,7 @@ fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
 }
 
 fn gpu_check() -> Result<()> {
-    let data = std::env::var_os("DGATE_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("../shared/data"));
+    let data = data_root();
     dgate_rt::backend::cuda::CudaBackend::new(Precision::F32).context("gpu-check needs a GPU")?;
     let mut out = std::io::stdout();
     println!("== ops and synthetic networks against the reference, kernel timings");
