@@ -1,5 +1,7 @@
 //! Replaying exits from cached scores, sweeps, and calibration under budgets.
 
+mod common;
+use common::Rng;
 use dgate_rt::gates::calibrate::{threshold_candidates, CANDIDATES_TWO_GATES};
 use dgate_rt::gates::{
     accuracy_at_flops, calibrate_flops_budget, calibrate_max_drop, frontier, grid, pareto_front,
@@ -7,27 +9,6 @@ use dgate_rt::gates::{
 };
 use dgate_rt::plan::{decide, ExitRule};
 use dgate_rt::Error;
-
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unif(&mut self) -> f64 {
-        (self.u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unif().max(1e-300), self.unif());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-    fn below(&mut self, k: usize) -> usize {
-        (self.u64() % k as u64) as usize
-    }
-}
 
 /// A table like a real one: later gates and the head are more often right, and a
 /// gate's score for the true class is higher when the sample is "easy".

@@ -1,6 +1,8 @@
 //! Gate training: the objectives' gradients against finite differences, convergence on
 //! separable data with both losses, determinism, speed, and errors instead of panics.
 
+mod common;
+use common::Rng;
 use dgate_rt::gates::train::ETA0_CANDIDATES;
 use dgate_rt::gates::{
     ce_objective, choose_eta0, hinge_objective, train_gate, LinearGate, Loss, Objective,
@@ -8,27 +10,6 @@ use dgate_rt::gates::{
 };
 use dgate_rt::Error;
 use std::time::Instant;
-
-struct Rng(u64);
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unif(&mut self) -> f64 {
-        (self.u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.unif().max(1e-300), self.unif());
-        ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
-    }
-    fn below(&mut self, k: usize) -> usize {
-        (self.u64() % k as u64) as usize
-    }
-}
 
 type ObjFn = fn(&[f32], &[f32], &[f32], &[u8], f32) -> dgate_rt::Result<Objective>;
 
