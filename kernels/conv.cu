@@ -35,6 +35,14 @@
 //       operands copied global -> shared by cp.async (no register staging; out-of-range
 //       chunks zero-filled by the copy itself), two stages: the copy of k-tile i+1 is in
 //       flight while tile i is multiplied. Same B packing and split-K as conv_mmavec.
+//   conv_tc<BM>x<BN>_f16 (128x128, 128x64, 64x64, 128x32, 64x32): the successor of
+//       conv_mmaasync for every aligned layer, pre-activation included: a 4-deep
+//       cp.async ring in dynamic shared memory, ldmatrix fragment loads, one barrier per
+//       k-tile; tile sizes for wide and narrow layers and small batches (see below).
+//   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64): register-blocked f32 (8x8, 8x4
+//       or 4x4 outputs per thread), double-buffered shared memory, no division in the
+//       inner loop (see below).
+//   The host picks the tile and split-K per layer and batch size (exec.rs).
 // All variants handle any H, W, stride, padding; the first three any C and K (every
 // load and store is bounds checked). Blocks whose first pixel belongs to a sample past
 // `*count` return at once.
@@ -370,6 +378,35 @@ __device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int 
     *(unsigned*)op = out;
 }
 
+// Writes a warp's m16n8 accumulator tiles: to the output through the fused epilogue,
+// or (split-K) added into the workspace. (m_base, n_base): the warp tile's origin.
+template <int MT, int NT>
+__device__ __forceinline__ void mma_epilogue(const ConvParams& p, float (*acc)[NT][4], int m_base, int n_base, int M,
+                                             int g, int t) {
+    const bool split = gridDim.z > 1;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int m = m_base + mt * 16 + g + hf * 8;
+            if (m >= M) continue;
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                const int k = n_base + nt * 8 + 2 * t;
+                if (k >= p.K) continue;  // K is a multiple of 8, so k + 1 < K too
+                const float v0 = acc[mt][nt][hf * 2];
+                const float v1 = acc[mt][nt][hf * 2 + 1];
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
+                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
+                } else {
+                    conv_store_pair(p, m, k, v0, v1);
+                }
+            }
+        }
+    }
+}
+
 __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     constexpr int LDS = VEC_BK + 8;  // 80-byte rows: 16-byte aligned, conflict-free fragments
     __shared__ __align__(16) unsigned short As[2][VEC_BM * LDS];
@@ -483,28 +520,7 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
         __syncthreads();
     }
 
-    const bool split = gridDim.z > 1;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int m = m0 + wm + mt * 16 + g + hf * 8;
-            if (m >= M) continue;
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-                const int k = n0 + wn + nt * 8 + 2 * t;
-                if (k >= p.K) continue;  // K is a multiple of 8, so k + 1 < K too
-                const float v0 = acc[mt][nt][hf * 2];
-                const float v1 = acc[mt][nt][hf * 2 + 1];
-                if (split) {
-                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
-                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
-                } else {
-                    conv_store_pair(p, m, k, v0, v1);
-                }
-            }
-        }
-    }
+    mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t);
 }
 
 // 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
@@ -639,25 +655,348 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
         __syncthreads();  // the buffer is refilled by the next iteration's issue
     }
 
+    mma_epilogue<4, 4>(p, acc, m0 + wm, n0 + wn, M, g, t);
+}
+
+// ---------------------------------------------------------------------------------
+// conv_tc<BM, BN, WM, WN>_f16: the pipelined tensor-core kernel, for aligned layers
+// (as conv_mmavec), with or without pre-activation. Block tile BM x BN x 32, WM x WN
+// warps, each a (BM/WM) x (BN/WN) warp tile of m16n8k16 MMAs. Operands go global ->
+// shared by cp.async through a TC_STAGES-deep ring in dynamic shared memory (one
+// barrier per k-tile: the copy of tile i + STAGES - 1 is issued right after the
+// barrier that ends every warp's use of its slot), and shared -> registers by
+// ldmatrix.x4 (one instruction per 16x16 A fragment or pair of 16x8 B fragments;
+// rows padded to 80 bytes, so the eight row addresses of each 8x8 matrix fall in
+// distinct banks). Pre-activation is applied in shared memory by the thread that
+// copied the chunk, after its copy landed and before the barrier: padding stays zero,
+// as in PyTorch. Split-K and the epilogue are conv_mmavec's.
+#define TC_BK 32
+#define TC_LDS (TC_BK + 8)
+#define TC_STAGES 4
+#ifdef DGATE_TC_STAGES
+static_assert(DGATE_TC_STAGES == TC_STAGES && DGATE_TC_LDS == TC_LDS,
+              "the host sizes conv_tc's shared memory from different constants (exec.rs)");
+#endif
+
+// Four 8x8 b16 matrices from shared memory; lane l supplies the address of row l % 8
+// of matrix l / 8 and receives, from each matrix j, row l / 4, columns 2(l % 4)..+1.
+__device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* smem) {
+#ifdef DGATE_HOST_EMU
+    emu_ldmatrix_x4(r, smem);
+#else
+    unsigned long long shared_addr;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((unsigned)shared_addr));
+#endif
+}
+
+template <int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void conv_tc(const ConvParams& p) {
+    constexpr int THREADS = WM * WN * 32;
+    constexpr int WTM = BM / WM;
+    constexpr int WTN = BN / WN;
+    constexpr int MT = WTM / 16;
+    constexpr int NT = WTN / 8;
+    constexpr int ROWS_PER_PASS = THREADS / 4;  // 4 chunks of 8 halves per 32-wide row
+    constexpr int A_ITERS = BM / ROWS_PER_PASS;
+    constexpr int B_ITERS = BN / ROWS_PER_PASS;
+    constexpr int STAGE = (BM + BN) * TC_LDS;  // halves
+    static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
+    static_assert(A_ITERS >= 1 && B_ITERS >= 1 && A_ITERS * ROWS_PER_PASS == BM && B_ITERS * ROWS_PER_PASS == BN,
+                  "tile rows must be a multiple of threads / 4");
+    DGATE_DYNAMIC_SHARED(uint4, conv_tc_smem);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(conv_tc_smem);
+    __shared__ int rbase[BM], ry0[BM], rx0[BM];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + TC_BK - 1) / TC_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / WN) * WTM;
+    const int wn = (warp % WN) * WTN;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+    const bool pre = p.pre_scale != nullptr;
+
+    for (int i = tid; i < BM; i += THREADS) conv_row_info(p, m0 + i, M, &rbase[i], &ry0[i], &rx0[i]);
+    __syncthreads();
+
+    // This thread's chunks: column kc of rows r0 + i * ROWS_PER_PASS, in A and in B.
+    const int kc = tid % 4;
+    const int r0 = tid / 4;
+
+    auto a_src = [&](int row, int c, int r, int s, bool* ok) {
+        const int base = rbase[row];
+        const int y = ry0[row] + r;
+        const int x = rx0[row] + s;
+        *ok = base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W;
+        return *ok ? in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c : in;
+    };
+
+    auto issue = [&](int kt, int slot) {
+        if (kt < kt1) {
+            unsigned short* As = smem + slot * STAGE;
+            unsigned short* Bs = As + BM * TC_LDS;
+            const int kd = kt * TC_BK + kc * 8;
+            int c = -1, r = 0, s = 0;
+            conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+            for (int i = 0; i < A_ITERS; ++i) {
+                const int row = r0 + i * ROWS_PER_PASS;
+                bool ok;
+                const __half* src = a_src(row, c, r, s, &ok);
+                cp_async16(&As[row * TC_LDS + kc * 8], src, ok);
+            }
+#pragma unroll
+            for (int i = 0; i < B_ITERS; ++i) {
+                const int row = r0 + i * ROWS_PER_PASS;
+                const int oc = n0 + row;
+                const bool ok = oc < p.K && kd < Kd;
+                cp_async16(&Bs[row * TC_LDS + kc * 8], ok ? w + (size_t)oc * p.ldw + kd : w, ok);
+            }
+        }
+        cp_async_commit();  // an empty group past the end keeps the wait counts uniform
+    };
+
+    // relu?(x * scale + shift) on this thread's landed A chunks of tile kt.
+    auto pre_activate = [&](int kt, int slot) {
+        unsigned short* As = smem + slot * STAGE;
+        const int kd = kt * TC_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+        if (c < 0) return;
+#pragma unroll
+        for (int i = 0; i < A_ITERS; ++i) {
+            const int row = r0 + i * ROWS_PER_PASS;
+            bool ok;
+            a_src(row, c, r, s, &ok);
+            if (!ok) continue;
+            unsigned short* q = &As[row * TC_LDS + kc * 8];
+            uint4 v = ld128(q);
+            v.x = pre_act_pair(v.x, p, c);
+            v.y = pre_act_pair(v.y, p, c + 2);
+            v.z = pre_act_pair(v.z, p, c + 4);
+            v.w = pre_act_pair(v.w, p, c + 6);
+            *(uint4*)q = v;
+        }
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < TC_STAGES - 1; ++s) issue(kt0 + s, s);
+
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int it = kt - kt0;
+        const int slot = it % TC_STAGES;
+        cp_async_wait<TC_STAGES - 2>();  // this thread's copies of tile kt have landed
+        if (pre) pre_activate(kt, slot);
+        __syncthreads();  // everyone's copies of tile kt visible; slot of tile kt-1 free
+        issue(kt + TC_STAGES - 1, (it + TC_STAGES - 1) % TC_STAGES);
+        const unsigned short* A = smem + slot * STAGE;
+        const unsigned short* B = A + BM * TC_LDS;
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            unsigned a[MT][4], b[NT][2];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+                ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned r[4];
+                ldmatrix_x4(r, B + (wn + np * 16 + (lane & 7) + (lane >> 4) * 8) * TC_LDS + kk + ((lane >> 3) & 1) * 8);
+                b[2 * np][0] = r[0];
+                b[2 * np][1] = r[1];
+                b[2 * np + 1][0] = r[2];
+                b[2 * np + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+    }
+    cp_async_wait<0>();
+
+    mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t);
+}
+
+// ---------------------------------------------------------------------------------
+// conv_sgemm<BM, BN>_f32: the register-blocked f32 kernel. Block tile BM x BN x 8,
+// 256 threads as 16 x 16, each thread (BM/16) x (BN/16) outputs held in registers as
+// float4-aligned groups of 4 (the groups of one thread sit BM/2 or BN/2 apart, so the
+// shared-memory reads of a warp are broadcast or conflict-free). Two shared buffers
+// with the next k-tile prefetched into registers while the current one is multiplied:
+// one barrier per k-tile. Each thread keeps one A row for the whole reduction (its
+// pixel decoded once) and walks its reduction columns' (r, s, c) incrementally, so the
+// inner loop has no integer division. Any C, K, H, W, stride, padding, views; split-K
+// as conv_simt.
+#define SG_BK 8
+#define SG_THREADS 256
+
+template <int BM, int BN>
+__device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
+    constexpr int TM = BM / 16;
+    constexpr int TN = BN / 16;
+    constexpr int GM = TM / 4;
+    constexpr int GN = TN / 4;
+    constexpr int A_PER = BM * SG_BK / SG_THREADS;
+    constexpr int B_PER = BN * SG_BK / SG_THREADS;
+    static_assert(TM % 4 == 0 && TN % 4 == 0 && A_PER >= 1 && B_PER >= 1, "tile shape");
+    __shared__ __align__(16) float As[2][SG_BK][BM + 4];
+    __shared__ __align__(16) float Bs[2][SG_BK][BN + 4];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + SG_BK - 1) / SG_BK;
+    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
+    const int kt0 = (int)blockIdx.z * per;
+    const int kt1 = min(ktiles, kt0 + per);
+    if (kt0 >= kt1) return;
+
+    const int tid = threadIdx.x;
+    const float* in = (const float*)p.in;
+    const float* w = (const float*)p.weight;
+
+    // A: row a_row, columns a_col .. a_col + A_PER - 1 of each k-tile.
+    const int a_row = tid / (SG_BK / A_PER);
+    const int a_col = (tid % (SG_BK / A_PER)) * A_PER;
+    int base, y0, x0;
+    conv_row_info(p, m0 + a_row, M, &base, &y0, &x0);
+    int kc, kr, ks;  // (c, r, s) of reduction index kt * SG_BK + a_col
+    {
+        const int kd = kt0 * SG_BK + a_col;
+        conv_k_info(p, kd < Kd ? kd : 0, Kd, &kc, &kr, &ks);
+    }
+    // B: row b_row, columns b_col .. b_col + B_PER - 1.
+    const int b_row = tid / (BN / B_PER);
+    const int b_col = (tid % (BN / B_PER)) * B_PER;
+    const bool b_vec = B_PER == 4 && p.ldw % 4 == 0;
+
+    float ra[A_PER], rb[B_PER];
+    auto load = [&](int kt) {
+        const int kd0 = kt * SG_BK + a_col;
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) {
+            int c = kc + j, r = kr, s = ks;
+            while (c >= p.C) {
+                c -= p.C;
+                if (++s == p.R) {
+                    s = 0;
+                    ++r;
+                }
+            }
+            ra[j] = conv_load_a<float>(p, in, base, y0, x0, kd0 + j < Kd ? c : -1, r, s);
+        }
+        // Step (kc, kr, ks) to the next k-tile.
+        kc += SG_BK;
+        while (kc >= p.C) {
+            kc -= p.C;
+            if (++ks == p.R) {
+                ks = 0;
+                ++kr;
+            }
+        }
+        const int kd = kt * SG_BK + b_row;
+        const int k = n0 + b_col;
+        if (b_vec && kd < Kd && k + 3 < p.K) {
+            const float4 v = *(const float4*)(w + (size_t)kd * p.ldw + k);
+            rb[0] = v.x;
+            rb[1] = v.y;
+            rb[2] = v.z;
+            rb[3] = v.w;
+        } else {
+#pragma unroll
+            for (int j = 0; j < B_PER; ++j)
+                rb[j] = (kd < Kd && k + j < p.K) ? w[(size_t)kd * p.ldw + k + j] : 0.0f;
+        }
+    };
+    auto store = [&](int buf) {
+#pragma unroll
+        for (int j = 0; j < A_PER; ++j) As[buf][a_col + j][a_row] = ra[j];
+#pragma unroll
+        for (int j = 0; j < B_PER; ++j) Bs[buf][b_row][b_col + j] = rb[j];
+    };
+
+    const int ty = tid / 16;
+    const int tx = tid % 16;
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = 0.0f;
+
+    load(kt0);
+    store(0);
+    __syncthreads();
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        const bool more = kt + 1 < kt1;
+        if (more) load(kt + 1);  // global loads in flight during the multiply
+#pragma unroll
+        for (int kk = 0; kk < SG_BK; ++kk) {
+            float a[TM], b[TN];
+#pragma unroll
+            for (int gi = 0; gi < GM; ++gi) {
+                const float4 v = *(const float4*)&As[buf][kk][gi * (BM / GM) + ty * 4];
+                a[gi * 4 + 0] = v.x;
+                a[gi * 4 + 1] = v.y;
+                a[gi * 4 + 2] = v.z;
+                a[gi * 4 + 3] = v.w;
+            }
+#pragma unroll
+            for (int gj = 0; gj < GN; ++gj) {
+                const float4 v = *(const float4*)&Bs[buf][kk][gj * (BN / GN) + tx * 4];
+                b[gj * 4 + 0] = v.x;
+                b[gj * 4 + 1] = v.y;
+                b[gj * 4 + 2] = v.z;
+                b[gj * 4 + 3] = v.w;
+            }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        if (more) store(buf ^ 1);
+        __syncthreads();
+    }
+
     const bool split = gridDim.z > 1;
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt) {
+    for (int i = 0; i < TM; ++i) {
+        const int m = m0 + (i / 4) * (BM / GM) + ty * 4 + i % 4;
+        if (m >= M) continue;
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int m = m0 + wm + mt * 16 + g + hf * 8;
-            if (m >= M) continue;
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-                const int k = n0 + wn + nt * 8 + 2 * t;
-                if (k >= p.K) continue;
-                const float v0 = acc[mt][nt][hf * 2];
-                const float v1 = acc[mt][nt][hf * 2 + 1];
-                if (split) {
-                    atomicAdd(p.workspace + (size_t)m * p.K + k, v0);
-                    atomicAdd(p.workspace + (size_t)m * p.K + k + 1, v1);
-                } else {
-                    conv_store_pair(p, m, k, v0, v1);
-                }
+        for (int j = 0; j < TN; ++j) {
+            const int k = n0 + (j / 4) * (BN / GN) + tx * 4 + j % 4;
+            if (k >= p.K) continue;
+            if (split) {
+                atomicAdd(p.workspace + (size_t)m * p.K + k, acc[i][j]);
+            } else {
+                conv_store<float>(p, m, k, acc[i][j]);
             }
         }
     }
@@ -683,3 +1022,11 @@ DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
 DGATE_KERNEL(conv_splitk_epilogue_f32, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<float>(p); }
 DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<__half>(p); }
 DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }
+DGATE_KERNEL(conv_tc128x128_f16, ConvParams, 256) { conv_tc<128, 128, 2, 4>(p); }
+DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
+DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
+DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }
+DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
+DGATE_KERNEL(conv_sgemm128x128_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 128>(p); }
+DGATE_KERNEL(conv_sgemm128x64_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 64>(p); }
+DGATE_KERNEL(conv_sgemm64x64_f32, ConvParams, SG_THREADS) { conv_sgemm<64, 64>(p); }

@@ -67,6 +67,9 @@ inline float __uint_as_float(unsigned u) {
 struct alignas(16) uint4 {
     unsigned x, y, z, w;
 };
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 // The GPU faults on misaligned vector accesses; x86 does not, so check here.
@@ -103,6 +106,7 @@ inline float xchg_f[1024];
 // even between two loaded copies of the emulator (vague linkage): one launch at a time.
 inline std::mutex launch_lock;
 inline unsigned xchg_u[1024][6];
+inline const unsigned short* xchg_p[1024];
 
 inline void wait(State s) {
     fibers[current].state = s;
@@ -212,6 +216,19 @@ inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
         d[2] += A[g + 8][k] * B[k][2 * q];
         d[3] += A[g + 8][k] * B[k][2 * q + 1];
     }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.b16: lane l supplies the address of row l % 8 of
+// matrix l / 8 (16-byte aligned) and receives from matrix j the b16 pair at row
+// l / 4, columns 2 (l % 4) and 2 (l % 4) + 1.
+inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
+    const unsigned t = threadIdx.x;
+    emu_check_align(addr, 16);
+    emu::xchg_p[t] = addr;
+    emu_syncwarp();
+    const unsigned base = t & ~31u, lane = t & 31u;
+    for (unsigned j = 0; j < 4; ++j) std::memcpy(&r[j], emu::xchg_p[base + j * 8 + lane / 4] + 2 * (lane % 4), 4);
+    emu_syncwarp();
 }
 
 #define DGATE_KERNEL(name, Params, threads)                                                   \

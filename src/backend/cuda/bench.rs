@@ -71,9 +71,9 @@ pub fn timing_with(
     let mut rng = Rng::new(5);
     let configs = [
         (Precision::F32, "auto"),
+        (Precision::F32, "conv_simt_f32"),
         (Precision::F16, "auto"),
-        (Precision::F16, "conv_mmavec_f16"),
-        (Precision::F16, "conv_mma_f16"),
+        (Precision::F16, "conv_mmaasync_f16"),
     ];
     for (p, policy) in configs {
         let mut be = make(p)?;
@@ -149,8 +149,9 @@ pub const RESNET101_CONVS: &[ConvShape] = &[
 ];
 
 /// Every distinct ResNet-101 convolution alone (bias + ReLU epilogue, zero inputs),
-/// per precision at `batch`: the kernel the `auto` policy picks, median time of `iters`
-/// launches, TFLOP/s.
+/// per precision at `batch`, under the `auto` policy and the previous default kernel
+/// (conv_simt_f32, conv_mmaasync_f16) for comparison: the kernel (and k-splits) used,
+/// median time of `iters` launches, TFLOP/s.
 pub fn layer_table(
     report: &mut dyn Write,
     precisions: &[Precision],
@@ -177,50 +178,59 @@ pub fn layer_table_with(
     .map_err(io_err)?;
     writeln!(
         report,
-        "{:<6} {:<22} {:>5} {:>5} {:>3} {:>2} {:<17} {:>9} {:>8}",
+        "{:<6} {:<22} {:>5} {:>5} {:>3} {:>2} {:<22} {:>9} {:>8}",
         "prec", "layer", "C", "K", "HW", "s", "kernel", "us", "TFLOP/s"
     )
     .map_err(io_err)?;
     let mut rng = Rng::new(9);
     for &p in precisions {
-        let mut be = make(p)?;
-        let mut total_ms = 0.0;
-        for &(name, c, k, hw, r, stride) in shapes {
-            let out_hw = (hw + 2 * (r / 2) - r) / stride + 1;
-            let op = conv_op(
-                &mut rng,
-                view(2, 0, c),
-                view(1, 0, k),
-                hw,
-                r,
-                stride,
-                None,
-                None,
-                true,
-            );
-            let plan = single_op_plan(vec![buf(k, out_hw, out_hw), buf(c, hw, hw)], op);
-            be.op_test_prepare(&plan, batch)?;
-            let ms = be.op_test_time_stage(&plan, 0, batch, iters)?;
-            let kernel = be.op_test_conv_kernel(0, 0).unwrap_or_default();
-            let flops = 2.0 * (batch * out_hw * out_hw * k * c * r * r) as f64;
-            total_ms += ms;
+        let baseline = match p {
+            Precision::F32 => "conv_simt_f32",
+            Precision::F16 => "conv_mmaasync_f16",
+        };
+        for policy in ["auto", baseline] {
+            let mut be = make(p)?;
+            be.set_conv_kernel(policy)?;
+            let mut total_ms = 0.0;
+            for &(name, c, k, hw, r, stride) in shapes {
+                let out_hw = (hw + 2 * (r / 2) - r) / stride + 1;
+                let op = conv_op(
+                    &mut rng,
+                    view(2, 0, c),
+                    view(1, 0, k),
+                    hw,
+                    r,
+                    stride,
+                    None,
+                    None,
+                    true,
+                );
+                let plan = single_op_plan(vec![buf(k, out_hw, out_hw), buf(c, hw, hw)], op);
+                be.op_test_prepare(&plan, batch)?;
+                let ms = be.op_test_time_stage(&plan, 0, batch, iters)?;
+                let kernel = be
+                    .op_test_conv_kernel(&plan, 0, 0, batch)
+                    .unwrap_or_default();
+                let flops = 2.0 * (batch * out_hw * out_hw * k * c * r * r) as f64;
+                total_ms += ms;
+                writeln!(
+                    report,
+                    "{:<6} {name:<22} {c:>5} {k:>5} {hw:>3} {stride:>2} {:<22} {:>9.1} {:>8.2}",
+                    format!("{p:?}").to_lowercase(),
+                    kernel.trim_start_matches("conv_"),
+                    ms * 1e3,
+                    flops / ms / 1e9
+                )
+                .map_err(io_err)?;
+            }
             writeln!(
                 report,
-                "{:<6} {name:<22} {c:>5} {k:>5} {hw:>3} {stride:>2} {:<17} {:>9.1} {:>8.2}",
+                "{:<6} sum of one of each ({policy}): {:.3} ms",
                 format!("{p:?}").to_lowercase(),
-                kernel.trim_start_matches("conv_"),
-                ms * 1e3,
-                flops / ms / 1e9
+                total_ms
             )
             .map_err(io_err)?;
         }
-        writeln!(
-            report,
-            "{:<6} sum of one of each: {:.3} ms",
-            format!("{p:?}").to_lowercase(),
-            total_ms
-        )
-        .map_err(io_err)?;
     }
     Ok(())
 }

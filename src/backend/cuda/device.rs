@@ -108,6 +108,14 @@ impl Device {
                 let f = module
                     .load_function(sym)
                     .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
+                if let Some(k) = super::exec::conv_kernel_info(sym).filter(|k| k.smem > 0) {
+                    // More than 48 KiB of dynamic shared memory needs an opt-in.
+                    f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        k.smem as i32,
+                    )
+                    .map_err(|e| Error::Cuda(format!("{sym}: {} B of shared memory: {e}", k.smem)))?;
+                }
                 functions.insert(sym.to_string(), f);
             }
         }
@@ -397,6 +405,14 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_mma_f16",
             "conv_mmavec_f16",
             "conv_mmaasync_f16",
+            "conv_tc128x128_f16",
+            "conv_tc128x64_f16",
+            "conv_tc64x64_f16",
+            "conv_tc128x32_f16",
+            "conv_tc64x32_f16",
+            "conv_sgemm128x128_f32",
+            "conv_sgemm128x64_f32",
+            "conv_sgemm64x64_f32",
             "conv_splitk_epilogue_f32",
             "conv_splitk_epilogue_f16",
         ],

@@ -17,18 +17,10 @@ use super::params::*;
 use crate::plan::{Conv, ExitRule, Op, Plan, PreAct, View};
 use crate::{Error, Result};
 
-const CONV_TILE_M: usize = 64;
-const CONV_TILE_N: usize = 64;
-const CONV_SIMT_THREADS: u32 = 256;
-const CONV_SIMT_TILE_K: usize = 16;
-const CONV_MMA_THREADS: u32 = 128;
-const CONV_VEC_TILE_M: usize = 128;
-const CONV_VEC_TILE_N: usize = 64;
-const CONV_VEC_TILE_K: usize = 32;
-const CONV_VEC_THREADS: u32 = 256;
-const CONV_ASYNC_TILE_M: usize = 128;
-const CONV_ASYNC_TILE_N: usize = 128;
-const CONV_ASYNC_THREADS: u32 = 256;
+/// conv_tc's k-tile width plus padding (halves per shared row) and ring depth; passed
+/// to NVRTC and checked against conv.cu's own.
+pub(crate) const TC_LDS: usize = 40;
+pub(crate) const TC_STAGES: usize = 4;
 const MAX_SPLIT_K: usize = 16;
 const ELEMENTWISE_THREADS: u32 = 256;
 const GAP_THREADS: usize = 512;
@@ -45,8 +37,9 @@ struct DevPre {
 
 enum DevOp {
     Conv {
-        /// The kernel chosen for this layer; the weight is packed for it.
-        kernel: String,
+        /// The kernels this layer may use (one weight packing); the choice among them
+        /// is made per batch size.
+        cands: Vec<&'static ConvKernel>,
         weight: Mem,
         bias: Mem,
         pre: Option<DevPre>,
@@ -96,6 +89,170 @@ pub(crate) struct Prepared {
     out_score: Mem,
     out_logits: Mem,
     pub graphs: HashMap<usize, Graph>,
+    sms: usize,
+    /// (stage, op, batch) -> (candidate, k-splits), where measured or chosen.
+    choices: HashMap<(usize, usize, usize), (usize, usize)>,
+    /// Measured choices by layer shape, shared by the identical layers of a network.
+    tuned: HashMap<TuneKey, (usize, usize)>,
+    tuned_batches: std::collections::HashSet<usize>,
+}
+
+/// What a convolution's speed depends on: kernels, GEMM shape, geometry, epilogue.
+type TuneKey = (usize, [usize; 10]);
+
+/// Which layers a convolution kernel can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// Any C, K, view and pre-activation.
+    Any,
+    /// Channels, strides and offsets aligned for 16-byte loads (see `vec_aligned`).
+    Aligned,
+    /// Aligned, no pre-activation, at least 128 output channels.
+    AlignedPlainWide,
+}
+
+/// One convolution kernel of conv.cu and how to launch it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvKernel {
+    pub name: &'static str,
+    pub dtype: &'static str,
+    /// Block tile (output pixels, output channels, reduction step).
+    pub tile: (usize, usize, usize),
+    pub threads: u32,
+    /// Dynamic shared memory per block, bytes.
+    pub smem: u32,
+    /// Weight packed `[K][(r, s, c)]` (else `[(r, s, c)][K]`).
+    pub k_major: bool,
+    /// Supports split-K through the workspace.
+    pub split: bool,
+    pub needs: Needs,
+    /// Cost model (used where nothing was measured): relative throughput of a full tile.
+    pub efficiency: f64,
+}
+
+const fn plain(
+    name: &'static str,
+    dtype: &'static str,
+    tile: (usize, usize, usize),
+    threads: u32,
+    (k_major, split, needs): (bool, bool, Needs),
+    efficiency: f64,
+) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype,
+        tile,
+        threads,
+        smem: 0,
+        k_major,
+        split,
+        needs,
+        efficiency,
+    }
+}
+
+const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: f64) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype: "f16",
+        tile: (bm, bn, 32),
+        threads,
+        smem: ((bm + bn) * TC_LDS * 2 * TC_STAGES) as u32,
+        k_major: true,
+        split: true,
+        needs: Needs::Aligned,
+        efficiency,
+    }
+}
+
+/// Every convolution kernel. Families that share a weight packing can be mixed per
+/// batch size; the `auto` policy picks among conv_sgemm* (f32) and conv_tc* (f16).
+pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
+    plain(
+        "conv_simt_f32",
+        "f32",
+        (64, 64, 16),
+        256,
+        (false, true, Needs::Any),
+        0.5,
+    ),
+    plain(
+        "conv_sgemm128x128_f32",
+        "f32",
+        (128, 128, 8),
+        256,
+        (false, true, Needs::Any),
+        1.0,
+    ),
+    plain(
+        "conv_sgemm128x64_f32",
+        "f32",
+        (128, 64, 8),
+        256,
+        (false, true, Needs::Any),
+        0.85,
+    ),
+    plain(
+        "conv_sgemm64x64_f32",
+        "f32",
+        (64, 64, 8),
+        256,
+        (false, true, Needs::Any),
+        0.7,
+    ),
+    plain(
+        "conv_simt_f16",
+        "f16",
+        (64, 64, 16),
+        256,
+        (false, true, Needs::Any),
+        0.1,
+    ),
+    plain(
+        "conv_mma_f16",
+        "f16",
+        (64, 64, 32),
+        128,
+        (false, false, Needs::Any),
+        0.4,
+    ),
+    plain(
+        "conv_mmavec_f16",
+        "f16",
+        (128, 64, 32),
+        256,
+        (true, true, Needs::Aligned),
+        0.6,
+    ),
+    plain(
+        "conv_mmaasync_f16",
+        "f16",
+        (128, 128, 32),
+        256,
+        (true, true, Needs::AlignedPlainWide),
+        0.8,
+    ),
+    tc("conv_tc128x128_f16", 128, 128, 256, 1.0),
+    tc("conv_tc128x64_f16", 128, 64, 128, 0.85),
+    tc("conv_tc64x64_f16", 64, 64, 128, 0.7),
+    tc("conv_tc128x32_f16", 128, 32, 128, 0.6),
+    tc("conv_tc64x32_f16", 64, 32, 64, 0.5),
+];
+
+pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
+    CONV_KERNELS.iter().find(|k| k.name == name)
+}
+
+/// Where the candidates for one layer come from: the `auto` policy's family, or one
+/// named kernel.
+fn family_of(name: &str) -> &str {
+    if name.starts_with("conv_tc") {
+        "conv_tc"
+    } else if name.starts_with("conv_sgemm") {
+        "conv_sgemm"
+    } else {
+        name
+    }
 }
 
 fn hash_values(h: &mut KeyHasher, v: &[f32]) {
@@ -397,21 +554,103 @@ fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
             .is_none_or(|r| stride(r).is_multiple_of(2) && r.offset.is_multiple_of(2))
 }
 
-/// The kernel for one convolution under a policy: `auto` (the fastest that applies),
-/// or a kernel name; the aligned-only kernels fall back where they do not apply
-/// (conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16).
-pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
-    let aligned = vec_aligned(plan, c);
-    let async_ok = aligned && c.pre.is_none() && c.output.channels >= CONV_ASYNC_TILE_N;
-    match (policy, dtype) {
-        ("auto", "f32") => "conv_simt_f32".into(),
-        ("auto", _) | ("conv_mmaasync_f16", _) if async_ok => "conv_mmaasync_f16".into(),
-        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) if aligned => {
-            "conv_mmavec_f16".into()
+fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
+    match k.needs {
+        Needs::Any => true,
+        Needs::Aligned => vec_aligned(plan, c),
+        Needs::AlignedPlainWide => {
+            vec_aligned(plan, c) && c.pre.is_none() && c.output.channels >= 128
         }
-        ("auto", _) | ("conv_mmaasync_f16", _) | ("conv_mmavec_f16", _) => "conv_mma_f16".into(),
-        (name, _) => name.into(),
     }
+}
+
+/// Whether `policy` names something [`conv_candidates`] understands for `dtype`.
+pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
+    policy == "auto"
+        || policy == format!("conv_tc_{dtype}") && dtype == "f16"
+        || policy == format!("conv_sgemm_{dtype}") && dtype == "f32"
+        || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype)
+}
+
+/// The kernels one convolution may use under `policy`, all with one weight packing:
+/// `auto` (f32: the conv_sgemm tiles; f16: the conv_tc tiles), a family
+/// (`conv_sgemm_f32`, `conv_tc_f16`), or one kernel by name. Where none applies (the
+/// aligned-only kernels on an unaligned layer) it falls back along
+/// conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16. Which candidate runs, and with
+/// how many k-splits, is chosen per batch size (measured by [`Prepared::tune`], else
+/// by the cost model of [`model_choice`]).
+pub(crate) fn conv_candidates(
+    policy: &str,
+    dtype: &str,
+    plan: &Plan,
+    c: &Conv,
+) -> Vec<&'static ConvKernel> {
+    let family = match policy {
+        "auto" if dtype == "f32" => "conv_sgemm",
+        "auto" => "conv_tc",
+        "conv_tc_f16" => "conv_tc",
+        "conv_sgemm_f32" => "conv_sgemm",
+        _ => "",
+    };
+    let mut cands: Vec<&'static ConvKernel> = match conv_kernel_info(policy) {
+        Some(k) => vec![k],
+        None => CONV_KERNELS
+            .iter()
+            .filter(|k| k.dtype == dtype && family_of(k.name) == family)
+            .collect(),
+    };
+    cands.retain(|k| applies(k, plan, c));
+    if cands.is_empty() {
+        let fallback = ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f32"];
+        cands.extend(
+            fallback
+                .iter()
+                .filter_map(|n| conv_kernel_info(n))
+                .filter(|k| k.dtype == dtype && applies(k, plan, c))
+                .take(1),
+        );
+    }
+    cands
+}
+
+/// The kernel a policy gives one convolution, or `family*` where it leaves the tile
+/// to be chosen per batch size.
+pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
+    let cands = conv_candidates(policy, dtype, plan, c);
+    match cands.as_slice() {
+        [one] => one.name.to_string(),
+        [first, ..] => format!("{}*", family_of(first.name)),
+        [] => String::new(),
+    }
+}
+
+/// (candidate index, k-splits) for a layer of GEMM shape `(m, k, kd)` by a cost
+/// model: waves of one block per SM, each the block's tile work over the kernel's
+/// relative throughput. Used where nothing was measured (the emulator, or
+/// `DGATE_AUTOTUNE=0`).
+pub(crate) fn model_choice(
+    cands: &[&'static ConvKernel],
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> (usize, usize) {
+    let mut best = (0, 1, f64::INFINITY);
+    for (i, cand) in cands.iter().enumerate() {
+        let (bm, bn, bk) = cand.tile;
+        let splits = if cand.split {
+            split_k(cand.tile, (m, k, kd), sms, workspace_floats)
+        } else {
+            1
+        };
+        let blocks = m.div_ceil(bm) * k.div_ceil(bn) * splits;
+        let waves = blocks.div_ceil(sms.max(1));
+        let steps = kd.div_ceil(bk).div_ceil(splits) * bk;
+        let cost = waves as f64 * (bm * bn * steps) as f64 / cand.efficiency;
+        if cost < best.2 {
+            best = (i, splits, cost);
+        }
+    }
+    (best.0, best.1)
 }
 
 /// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
@@ -489,17 +728,29 @@ impl Prepared {
             for op in &s.ops {
                 dev_ops.push(match op {
                     Op::Conv(c) => {
-                        let kernel = choose_conv_kernel(policy, dev.dtype(), plan, c);
-                        dev.has_function(&kernel)?;
+                        let cands = conv_candidates(policy, dev.dtype(), plan, c);
+                        let k_major = match cands.first() {
+                            Some(k) => k.k_major,
+                            None => {
+                                return Err(cfg_err(format!(
+                                    "no {} convolution kernel under policy {policy}",
+                                    dev.dtype()
+                                )))
+                            }
+                        };
+                        for k in &cands {
+                            dev.has_function(k.name)?;
+                            debug_assert_eq!(k.k_major, k_major);
+                        }
                         let packed = pack_conv_weight(
                             &c.weight,
                             c.output.channels,
                             c.input.channels,
                             c.kernel,
-                            kernel == "conv_mmavec_f16" || kernel == "conv_mmaasync_f16",
+                            k_major,
                         );
                         DevOp::Conv {
-                            kernel,
+                            cands,
                             weight: dev.upload_storage(&packed)?,
                             bias: dev.upload_f32(&c.bias)?,
                             pre: upload_pre(dev, &c.pre)?,
@@ -538,7 +789,12 @@ impl Prepared {
             .unwrap_or(0);
         let ints = capacity * 4;
         // Split-K only runs when the output has at most sms/2 tiles (see split_k).
-        let workspace_floats = (dev.sms / 2 + 1) * CONV_ASYNC_TILE_M * CONV_ASYNC_TILE_N;
+        let max_tile = CONV_KERNELS
+            .iter()
+            .map(|k| k.tile.0 * k.tile.1)
+            .max()
+            .unwrap_or(0);
+        let workspace_floats = (dev.sms / 2 + 1) * max_tile;
         Ok(Prepared {
             workspace: dev.alloc(workspace_floats * 4)?,
             workspace_floats,
@@ -563,15 +819,151 @@ impl Prepared {
             out_score: dev.alloc(ints)?,
             out_logits: dev.alloc(capacity * plan.classes * 4)?,
             graphs: HashMap::new(),
+            sms: dev.sms,
+            choices: HashMap::new(),
+            tuned: HashMap::new(),
+            tuned_batches: Default::default(),
         })
     }
 
-    /// The kernel chosen for a convolution op.
-    pub fn conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
-        match self.ops.get(stage)?.get(op)? {
-            DevOp::Conv { kernel, .. } => Some(kernel.clone()),
-            _ => None,
+    /// The kernel (and k-splits) a convolution op runs with at batch `n`.
+    pub fn conv_kernel(&self, plan: &Plan, stage: usize, op: usize, n: usize) -> Option<String> {
+        let (Op::Conv(c), DevOp::Conv { cands, .. }) = (
+            plan.stages.get(stage)?.ops.get(op)?,
+            self.ops.get(stage)?.get(op)?,
+        ) else {
+            return None;
+        };
+        let (i, splits) = self.choice(stage, op, c, cands, n);
+        let name = cands.get(i)?.name;
+        Some(if splits > 1 {
+            format!("{name}/{splits}")
+        } else {
+            name.to_string()
+        })
+    }
+
+    fn gemm_shape(c: &Conv, n: usize) -> (usize, usize, usize) {
+        (
+            n * c.out_h * c.out_w,
+            c.output.channels,
+            c.kernel * c.kernel * c.input.channels,
+        )
+    }
+
+    /// The measured choice for (stage, op, n), else the cost model's.
+    fn choice(
+        &self,
+        stage: usize,
+        op: usize,
+        c: &Conv,
+        cands: &[&'static ConvKernel],
+        n: usize,
+    ) -> (usize, usize) {
+        match self.choices.get(&(stage, op, n)) {
+            Some(&ch) if ch.0 < cands.len() => ch,
+            _ => model_choice(
+                cands,
+                Self::gemm_shape(c, n),
+                self.sms,
+                self.workspace_floats,
+            ),
         }
+    }
+
+    fn tune_key(c: &Conv, cands: &[&'static ConvKernel], n: usize) -> TuneKey {
+        (
+            // Candidates are elements of the static CONV_KERNELS: the first one's
+            // address and the count identify the family.
+            cands
+                .first()
+                .map_or(0, |k| *k as *const ConvKernel as usize)
+                ^ cands.len().rotate_left(48),
+            [
+                n,
+                c.input.channels,
+                c.output.channels,
+                c.in_h,
+                c.in_w,
+                c.kernel,
+                c.stride,
+                c.pad,
+                c.pre.is_some() as usize,
+                c.residual.is_some() as usize,
+            ],
+        )
+    }
+
+    /// Measures every candidate kernel (with and without split-K) of every convolution
+    /// at batch `n` on the device and keeps the fastest: the launches a CUDA graph for
+    /// `n` then captures. Identical layers are measured once. Convolutions after a gate
+    /// are measured with the whole batch live (their worst case). Needs a stream: on
+    /// the emulator it does nothing.
+    pub fn tune(&mut self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
+        let (Some(ctx), Some(stream)) = (dev.context(), dev.stream()) else {
+            return Ok(());
+        };
+        if !self.tuned_batches.insert(n) {
+            return Ok(());
+        }
+        let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("tuning event: {e}"));
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (start, end) = (
+            ctx.new_event(flags).map_err(ev)?,
+            ctx.new_event(flags).map_err(ev)?,
+        );
+        // Every level live at n: the kernels read their sample count from the device.
+        let levels = plan.gates.len() + 1;
+        let counts: Vec<u8> = (0..levels).flat_map(|_| (n as i32).to_le_bytes()).collect();
+        dev.upload_bytes(&mut self.counts, &counts)?;
+        let mut level = 0;
+        for s in 0..plan.stages.len() {
+            for (o, op) in plan.stages[s].ops.iter().enumerate() {
+                let (Op::Conv(c), DevOp::Conv { cands, .. }) = (op, &self.ops[s][o]) else {
+                    continue;
+                };
+                if self.choices.contains_key(&(s, o, n)) {
+                    continue;
+                }
+                let key = Self::tune_key(c, cands, n);
+                if let Some(&ch) = self.tuned.get(&key) {
+                    self.choices.insert((s, o, n), ch);
+                    continue;
+                }
+                let shape = Self::gemm_shape(c, n);
+                let mut best = ((0, 1), f32::INFINITY);
+                for (i, cand) in cands.iter().enumerate() {
+                    let model = if cand.split {
+                        split_k(cand.tile, shape, dev.sms, self.workspace_floats)
+                    } else {
+                        1
+                    };
+                    let mut splits = vec![1];
+                    if model > 1 {
+                        splits.push(model);
+                    }
+                    for sp in splits {
+                        self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)))?;
+                        start.record(stream).map_err(ev)?;
+                        for _ in 0..3 {
+                            self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)))?;
+                        }
+                        end.record(stream).map_err(ev)?;
+                        end.synchronize().map_err(ev)?;
+                        let ms = start.elapsed_ms(&end).map_err(ev)? / 3.0;
+                        if ms < best.1 {
+                            best = ((i, sp), ms);
+                        }
+                    }
+                }
+                self.tuned.insert(key, best.0);
+                self.choices.insert((s, o, n), best.0);
+            }
+            if plan.gate_after(s).is_some() {
+                level += 1;
+            }
+        }
+        dev.sync()
     }
 
     fn count_ptr(&self, level: usize) -> u64 {
@@ -616,6 +1008,92 @@ impl Prepared {
         self.enqueue_head(dev, plan, level, n)
     }
 
+    /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
+    /// the kernel and splits chosen for batch `n`, or `force`d ones (for tuning).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_conv(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        c: &Conv,
+        s: usize,
+        o: usize,
+        level: usize,
+        n: usize,
+        force: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let DevOp::Conv {
+            cands,
+            weight,
+            bias,
+            pre,
+        } = &self.ops[s][o]
+        else {
+            return Err(Error::Cuda("prepared plan does not match the plan".into()));
+        };
+        let (i, splits) = force.unwrap_or_else(|| self.choice(s, o, c, cands, n));
+        let kernel = cands
+            .get(i)
+            .ok_or_else(|| Error::Cuda("convolution choice out of range".into()))?;
+        let (ps, pb, pr) = pre_ptrs(pre);
+        let (res_ptr, res_stride, res_off) = match &c.residual {
+            Some(r) => (
+                self.view_ptr(r),
+                plan.buffers[r.buf].channels as i32,
+                r.offset as i32,
+            ),
+            None => (0, 0, 0),
+        };
+        let (m, k, kd) = Self::gemm_shape(c, n);
+        let p = ConvParams {
+            input: self.view_ptr(&c.input),
+            out: self.view_ptr(&c.output),
+            weight: weight.ptr,
+            bias: bias.ptr,
+            residual: res_ptr,
+            pre_scale: ps,
+            pre_shift: pb,
+            count: self.count_ptr(level),
+            workspace: self.workspace.ptr,
+            in_stride: plan.buffers[c.input.buf].channels as i32,
+            in_off: c.input.offset as i32,
+            c: c.input.channels as i32,
+            out_stride: plan.buffers[c.output.buf].channels as i32,
+            out_off: c.output.offset as i32,
+            k: k as i32,
+            res_stride,
+            res_off,
+            h: c.in_h as i32,
+            w: c.in_w as i32,
+            p: c.out_h as i32,
+            q: c.out_w as i32,
+            r: c.kernel as i32,
+            stride: c.stride as i32,
+            pad: c.pad as i32,
+            pre_relu: pr,
+            relu: c.relu as i32,
+            ldw: if kernel.k_major { kd as i32 } else { k as i32 },
+        };
+        let splits = if kernel.split && m * k <= self.workspace_floats {
+            splits.max(1)
+        } else {
+            1
+        };
+        let (tm, tn, _) = kernel.tile;
+        let grid = (blocks(m, tm), blocks(k, tn), splits as u32);
+        dev.launch3(kernel.name, grid, kernel.threads, kernel.smem, &p)?;
+        if splits > 1 {
+            dev.launch(
+                &format!("conv_splitk_epilogue_{}", dev.dtype()),
+                (blocks(m * k, ELEMENTWISE_THREADS as usize), 1),
+                ELEMENTWISE_THREADS,
+                0,
+                &p,
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn enqueue_stage(
         &self,
         dev: &Device,
@@ -626,111 +1104,10 @@ impl Prepared {
     ) -> Result<()> {
         let dt = dev.dtype();
         let count = self.count_ptr(level);
-        for (op, dop) in plan.stages[s].ops.iter().zip(&self.ops[s]) {
+        for (o, (op, dop)) in plan.stages[s].ops.iter().zip(&self.ops[s]).enumerate() {
             match (op, dop) {
-                (
-                    Op::Conv(c),
-                    DevOp::Conv {
-                        kernel,
-                        weight,
-                        bias,
-                        pre,
-                    },
-                ) => {
-                    let (ps, pb, pr) = pre_ptrs(pre);
-                    let (res_ptr, res_stride, res_off) = match &c.residual {
-                        Some(r) => (
-                            self.view_ptr(r),
-                            plan.buffers[r.buf].channels as i32,
-                            r.offset as i32,
-                        ),
-                        None => (0, 0, 0),
-                    };
-                    let p = ConvParams {
-                        input: self.view_ptr(&c.input),
-                        out: self.view_ptr(&c.output),
-                        weight: weight.ptr,
-                        bias: bias.ptr,
-                        residual: res_ptr,
-                        pre_scale: ps,
-                        pre_shift: pb,
-                        count,
-                        workspace: self.workspace.ptr,
-                        in_stride: plan.buffers[c.input.buf].channels as i32,
-                        in_off: c.input.offset as i32,
-                        c: c.input.channels as i32,
-                        out_stride: plan.buffers[c.output.buf].channels as i32,
-                        out_off: c.output.offset as i32,
-                        k: c.output.channels as i32,
-                        res_stride,
-                        res_off,
-                        h: c.in_h as i32,
-                        w: c.in_w as i32,
-                        p: c.out_h as i32,
-                        q: c.out_w as i32,
-                        r: c.kernel as i32,
-                        stride: c.stride as i32,
-                        pad: c.pad as i32,
-                        pre_relu: pr,
-                        relu: c.relu as i32,
-                        ldw: c.output.channels as i32,
-                    };
-                    let m = n * c.out_h * c.out_w;
-                    let kd = c.kernel * c.kernel * c.input.channels;
-                    // (tile m, tile n, tile k, threads, weight packed k-major, splits)
-                    let (tm, tn, tk, threads, k_major, can_split) = match kernel.as_str() {
-                        "conv_mmavec_f16" => (
-                            CONV_VEC_TILE_M,
-                            CONV_VEC_TILE_N,
-                            CONV_VEC_TILE_K,
-                            CONV_VEC_THREADS,
-                            true,
-                            true,
-                        ),
-                        "conv_mmaasync_f16" => (
-                            CONV_ASYNC_TILE_M,
-                            CONV_ASYNC_TILE_N,
-                            CONV_VEC_TILE_K,
-                            CONV_ASYNC_THREADS,
-                            true,
-                            true,
-                        ),
-                        "conv_mma_f16" => {
-                            (CONV_TILE_M, CONV_TILE_N, 32, CONV_MMA_THREADS, false, false)
-                        }
-                        _ => (
-                            CONV_TILE_M,
-                            CONV_TILE_N,
-                            CONV_SIMT_TILE_K,
-                            CONV_SIMT_THREADS,
-                            false,
-                            true,
-                        ),
-                    };
-                    let mut p = p;
-                    if k_major {
-                        p.ldw = kd as i32;
-                    }
-                    let shape = (m, c.output.channels, kd);
-                    let splits = if can_split {
-                        split_k((tm, tn, tk), shape, dev.sms, self.workspace_floats)
-                    } else {
-                        1
-                    };
-                    let grid = (blocks(m, tm), blocks(c.output.channels, tn), splits as u32);
-                    dev.launch3(kernel, grid, threads, 0, &p)?;
-                    if splits > 1 {
-                        dev.launch(
-                            &format!("conv_splitk_epilogue_{dt}"),
-                            (
-                                blocks(m * c.output.channels, ELEMENTWISE_THREADS as usize),
-                                1,
-                            ),
-                            ELEMENTWISE_THREADS,
-                            0,
-                            &p,
-                        )?;
-                    }
+                (Op::Conv(c), DevOp::Conv { .. }) => {
+                    self.launch_conv(dev, plan, c, s, o, level, n, None)?;
                 }
                 (
                     Op::ShortcutA {
@@ -1054,5 +1431,113 @@ mod key_cost {
         let t = std::time::Instant::now();
         let _ = super::decisions(&m.plan);
         println!("decisions: {:.0} us", t.elapsed().as_secs_f64() * 1e6);
+    }
+}
+
+#[cfg(test)]
+mod kernel_choice {
+    use super::*;
+    use crate::backend::cuda::reference::Rng;
+    use crate::backend::cuda::synthetic::{buf, conv_op, random_pre, single_op_plan, view};
+
+    /// A single-conv plan: C -> K, 3x3 at `hw`, optional pre-activation, input view at
+    /// `in_off` of a buffer `in_stride` channels wide.
+    fn plan(c: usize, k: usize, hw: usize, pre: bool, (in_stride, in_off): (usize, usize)) -> Plan {
+        let mut rng = Rng::new(1);
+        let pre = pre.then(|| random_pre(&mut rng, c));
+        // single_op_plan puts the image buffer first: output is buffer 1, input 2.
+        let op = conv_op(
+            &mut rng,
+            view(2, in_off, c),
+            view(1, 0, k),
+            hw,
+            3,
+            1,
+            pre,
+            None,
+            true,
+        );
+        single_op_plan(vec![buf(k, hw, hw), buf(in_stride, hw, hw)], op)
+    }
+
+    fn names(policy: &str, dtype: &str, p: &Plan) -> Vec<&'static str> {
+        let Op::Conv(c) = &p.stages[0].ops[0] else {
+            panic!("not a conv")
+        };
+        conv_candidates(policy, dtype, p, c)
+            .iter()
+            .map(|k| k.name)
+            .collect()
+    }
+
+    #[test]
+    fn auto_offers_one_packing_per_layer() {
+        let aligned = plan(64, 64, 8, false, (64, 0));
+        let tc = names("auto", "f16", &aligned);
+        assert_eq!(tc.len(), 5);
+        assert!(tc.iter().all(|n| n.starts_with("conv_tc")));
+        let f32s = names("auto", "f32", &aligned);
+        assert!(f32s.iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 3);
+        // Pre-activation is fine for conv_tc; an unaligned view is not.
+        assert_eq!(
+            names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
+            5
+        );
+        assert_eq!(
+            names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
+            ["conv_mma_f16"]
+        );
+        assert_eq!(
+            names("auto", "f16", &plan(64, 64, 8, false, (70, 3))),
+            ["conv_mma_f16"]
+        );
+        // The older kernels by name, with their fallbacks.
+        assert_eq!(
+            names("conv_mmaasync_f16", "f16", &aligned),
+            ["conv_mmavec_f16"]
+        );
+        assert_eq!(
+            names(
+                "conv_mmaasync_f16",
+                "f16",
+                &plan(64, 128, 8, false, (64, 0))
+            ),
+            ["conv_mmaasync_f16"]
+        );
+        assert_eq!(
+            names("conv_tc64x32_f16", "f16", &aligned),
+            ["conv_tc64x32_f16"]
+        );
+        for k in CONV_KERNELS {
+            assert!(policy_known(k.name, k.dtype));
+            assert!(!policy_known(
+                k.name,
+                if k.dtype == "f32" { "f16" } else { "f32" }
+            ));
+        }
+        assert!(policy_known("conv_tc_f16", "f16") && !policy_known("conv_tc_f16", "f32"));
+        assert!(!policy_known("conv_nope_f16", "f16"));
+    }
+
+    #[test]
+    fn the_cost_model_fits_the_tile_to_the_work() {
+        let p = plan(256, 256, 8, false, (256, 0));
+        let Op::Conv(c) = &p.stages[0].ops[0] else {
+            panic!("not a conv")
+        };
+        let cands = conv_candidates("auto", "f16", &p, c);
+        let ws = 67 * 128 * 128;
+        let pick = |n: usize| {
+            let (i, splits) = model_choice(&cands, Prepared::gemm_shape(c, n), 132, ws);
+            (cands[i].name, splits)
+        };
+        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile.
+        assert_eq!(pick(256), ("conv_tc128x128_f16", 1));
+        // Batch 1: 64 x 256 outputs are a few tiles; small tiles and split-K win.
+        let (name, splits) = pick(1);
+        assert!(
+            name != "conv_tc128x128_f16" && splits > 1,
+            "{name}/{splits}"
+        );
     }
 }

@@ -140,7 +140,12 @@ pub fn compile(file: KernelFile, arch: &str) -> Result<Vec<u8>> {
         kernel: kernel.clone(),
         log: format!("nvrtcCreateProgram: {e:?}"),
     })?;
-    let options = compile_options(arch);
+    let mut options = compile_options(arch);
+    // DGATE_PTXAS_VERBOSE=1 prints ptxas' registers, spills and shared memory per kernel.
+    let verbose = std::env::var_os("DGATE_PTXAS_VERBOSE").is_some();
+    if verbose {
+        options.push("--ptxas-options=-v".to_string());
+    }
     let started = std::time::Instant::now();
     // SAFETY: `prog` is live until the destroy below; options contain no NUL bytes.
     let compiled = unsafe { nvrtc::compile_program(prog, &options) };
@@ -155,10 +160,18 @@ pub fn compile(file: KernelFile, arch: &str) -> Result<Vec<u8>> {
                 log: format!("{e:?}\noptions: {}\n{log}", options.join(" ")),
             })
         }
-        Ok(()) => get_cubin(prog).map_err(|e| Error::Compile {
-            kernel: kernel.clone(),
-            log: format!("nvrtcGetCUBIN: {e}"),
-        }),
+        Ok(()) => {
+            if verbose {
+                // SAFETY: as above.
+                if let Ok(log) = unsafe { nvrtc::get_program_log(prog) } {
+                    eprintln!("dgate: ptxas for {kernel}:\n{}", c_chars_to_string(&log));
+                }
+            }
+            get_cubin(prog).map_err(|e| Error::Compile {
+                kernel: kernel.clone(),
+                log: format!("nvrtcGetCUBIN: {e}"),
+            })
+        }
     };
     // SAFETY: created above, destroyed once.
     let _ = unsafe { nvrtc::destroy_program(prog) };

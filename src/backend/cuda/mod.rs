@@ -21,7 +21,9 @@
 //!
 //! Environment: `DGATE_CUDA_INCLUDE` (CUDA headers for NVRTC), `DGATE_CUDA_GRAPHS=0`
 //! (no graphs), `DGATE_CONV=<policy>` (see [`CudaBackend::set_conv_kernel`]),
-//! `DGATE_DEBUG` (print NVRTC compile times).
+//! `DGATE_AUTOTUNE=0` (choose convolution tiles by the cost model instead of measuring
+//! them), `DGATE_DEBUG` (print NVRTC compile times), `DGATE_PTXAS_VERBOSE` (print
+//! registers, spills and shared memory per kernel).
 
 pub mod bench;
 mod device;
@@ -71,6 +73,8 @@ pub struct CudaBackend {
     dev: Device,
     conv_kernel: String,
     use_graphs: bool,
+    /// Measure the convolution kernels per batch size before capturing (GPU only).
+    autotune: bool,
     prepared: Option<Prepared>,
 }
 
@@ -81,11 +85,19 @@ impl CudaBackend {
         let dev = Device::new(precision)?;
         // DGATE_CONV names a conv kernel policy for experiments (see set_conv_kernel).
         let conv_kernel = std::env::var("DGATE_CONV").unwrap_or_else(|_| "auto".into());
+        if !exec::policy_known(&conv_kernel, dev.dtype()) {
+            return Err(Error::Config(format!(
+                "DGATE_CONV={conv_kernel} is not a convolution kernel policy for {}",
+                dev.dtype()
+            )));
+        }
         let use_graphs = std::env::var("DGATE_CUDA_GRAPHS").as_deref() != Ok("0");
+        let autotune = std::env::var("DGATE_AUTOTUNE").as_deref() != Ok("0");
         Ok(CudaBackend {
             dev,
             conv_kernel,
             use_graphs,
+            autotune,
             prepared: None,
         })
     }
@@ -99,6 +111,7 @@ impl CudaBackend {
             dev,
             conv_kernel,
             use_graphs: false,
+            autotune: false,
             prepared: None,
         })
     }
@@ -117,20 +130,36 @@ impl CudaBackend {
         &self.conv_kernel
     }
 
-    /// Chooses the convolution kernels: `auto` (f32: conv_simt_f32; f16: conv_mmavec_f16
-    /// where the layer's channels are aligned to 8, else conv_mma_f16), or one kernel
-    /// for every layer (`conv_simt_f32`, `conv_simt_f16`, `conv_mma_f16`,
-    /// `conv_mmavec_f16`, the last falling back to conv_mma_f16 where unaligned).
-    /// The resident plan is dropped: weights are packed per kernel.
+    /// Chooses the convolution kernels: `auto` (f32: the register-blocked conv_sgemm
+    /// tiles; f16: the pipelined tensor-core conv_tc tiles where a layer's channels are
+    /// aligned to 8, else conv_mma_f16), a family (`conv_sgemm_f32`, `conv_tc_f16`), or
+    /// one kernel for every layer (`conv_simt_f32`, `conv_sgemm128x128_f32`,
+    /// `conv_tc64x64_f16`, `conv_mmavec_f16`, ...; see `CONV_KERNELS` in exec.rs), the
+    /// aligned-only ones falling back where a layer is unaligned. Within a family the
+    /// tile and split-K are chosen per layer and batch size: measured on the GPU before
+    /// a batch size's graph is captured (unless `DGATE_AUTOTUNE=0`), else by a cost
+    /// model. The resident plan is dropped: weights are packed per kernel.
     pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
-        if name != "auto" {
-            self.dev.has_function(name)?;
-            if !name.starts_with("conv_") || !name.ends_with(self.dev.dtype()) {
-                return Err(Error::Config(format!(
-                    "{name} is not a convolution kernel for {}",
-                    self.dev.dtype()
-                )));
-            }
+        if !exec::policy_known(name, self.dev.dtype()) {
+            let mut names: Vec<&str> = exec::CONV_KERNELS
+                .iter()
+                .filter(|k| k.dtype == self.dev.dtype())
+                .map(|k| k.name)
+                .collect();
+            names.insert(0, "auto");
+            names.insert(
+                1,
+                if self.dev.dtype() == "f32" {
+                    "conv_sgemm_f32"
+                } else {
+                    "conv_tc_f16"
+                },
+            );
+            return Err(Error::Config(format!(
+                "{name} is not a convolution kernel policy for {}; choose one of: {}",
+                self.dev.dtype(),
+                names.join(", ")
+            )));
         }
         self.conv_kernel = name.to_string();
         self.prepared = None;
@@ -187,10 +216,14 @@ impl CudaBackend {
     fn launch_pass(&mut self, plan: &Plan, n: usize) -> Result<()> {
         let use_graphs = self.use_graphs;
         let dev = &self.dev;
+        // Kernel choices are measured once per batch size, before its graph exists.
         let prep = self
             .prepared
             .as_mut()
             .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        if self.autotune && !prep.graphs.contains_key(&n) {
+            prep.tune(dev, plan, n)?;
+        }
         let stream = match dev.stream() {
             Some(s) if use_graphs => s,
             _ => return prep.enqueue(dev, plan, n),
@@ -319,6 +352,12 @@ impl CudaBackend {
         n: usize,
         iters: usize,
     ) -> Result<f64> {
+        if self.autotune {
+            let dev = &self.dev;
+            if let Some(prep) = self.prepared.as_mut() {
+                prep.tune(dev, plan, n)?;
+            }
+        }
         self.op_test_run_stage(plan, stage, n)?; // warm-up
         self.median_ms(iters, |be| {
             let prep = be.prepared_mut_ref()?;
@@ -327,8 +366,14 @@ impl CudaBackend {
     }
 
     /// The conv kernel the resident plan uses for op `op` of stage `stage`.
-    pub(crate) fn op_test_conv_kernel(&self, stage: usize, op: usize) -> Option<String> {
-        self.prepared.as_ref()?.conv_kernel(stage, op)
+    pub(crate) fn op_test_conv_kernel(
+        &self,
+        plan: &Plan,
+        stage: usize,
+        op: usize,
+        n: usize,
+    ) -> Option<String> {
+        self.prepared.as_ref()?.conv_kernel(plan, stage, op, n)
     }
 
     pub(crate) fn op_test_read(&mut self, plan: &Plan, buf: usize, n: usize) -> Result<Vec<f32>> {

@@ -154,7 +154,7 @@ unsafe impl DeviceRepr for CompactParams {}
 unsafe impl DeviceRepr for PackParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 6] {
+pub fn sizes() -> [(&'static str, usize); 8] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -163,5 +163,8 @@ pub fn sizes() -> [(&'static str, usize); 6] {
         ("DGATE_SIZEOF_GAP_LINEAR", size_of::<GapLinearParams>()),
         ("DGATE_SIZEOF_COMPACT", size_of::<CompactParams>()),
         ("DGATE_SIZEOF_PACK", size_of::<PackParams>()),
+        // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
+        ("DGATE_TC_STAGES", super::exec::TC_STAGES),
+        ("DGATE_TC_LDS", super::exec::TC_LDS),
     ]
 }

@@ -215,8 +215,18 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         Precision::F16 => "f16",
     };
     let variants: &[&str] = match p {
-        Precision::F32 => &["conv_simt_f32"],
+        Precision::F32 => &[
+            "conv_sgemm128x128_f32",
+            "conv_sgemm128x64_f32",
+            "conv_sgemm64x64_f32",
+            "conv_simt_f32",
+        ],
         Precision::F16 => &[
+            "conv_tc128x128_f16",
+            "conv_tc128x64_f16",
+            "conv_tc64x64_f16",
+            "conv_tc128x32_f16",
+            "conv_tc64x32_f16",
             "conv_mmaasync_f16",
             "conv_mmavec_f16",
             "conv_mma_f16",
@@ -492,13 +502,20 @@ pub fn selfcheck_with(
         writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
         check_ops(&mut be, report, &mut tally)?;
         check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
-        if p == Precision::F16 {
-            for k in ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f16"] {
-                be.set_conv_kernel(k)?;
-                check_passes(&mut be, report, &mut tally, quick, true, &mut cache)?;
-            }
-            be.set_conv_kernel("auto")?;
+        let extra: &[&str] = match p {
+            Precision::F32 => &["conv_simt_f32"],
+            Precision::F16 => &[
+                "conv_mmaasync_f16",
+                "conv_mmavec_f16",
+                "conv_mma_f16",
+                "conv_simt_f16",
+            ],
+        };
+        for k in extra {
+            be.set_conv_kernel(k)?;
+            check_passes(&mut be, report, &mut tally, quick, true, &mut cache)?;
         }
+        be.set_conv_kernel("auto")?;
     }
     writeln!(
         report,
