@@ -22,9 +22,27 @@
 #include "host_emu.cuh"
 #else
 #include <cuda_fp16.h>
+// Programmatic dependent launch (sm_90+). Every kernel first lets the next kernel in
+// the stream be scheduled (its blocks then wait in their own griddepcontrol.wait) and
+// then waits until the previous kernel has finished and its writes are visible, before
+// touching global memory. Launched without the attribute (the default; DGATE_PDL=1 on
+// the host turns it on) both are no-ops. Hides the launch gap between the hundred-odd
+// small kernels of a batch-1 pass.
+__device__ __forceinline__ void dgate_pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 // A kernel takes its parameter struct by value; the host emulator defines these
 // differently (see host_emu.cuh).
-#define DGATE_KERNEL(name, Params, threads) extern "C" __global__ void __launch_bounds__(threads) name(const Params p)
+#define DGATE_KERNEL(name, Params, threads)                                           \
+    __device__ __forceinline__ void name##_body(const Params& p);                     \
+    extern "C" __global__ void __launch_bounds__(threads) name(const Params p) {      \
+        dgate_pdl_enter();                                                            \
+        name##_body(p);                                                               \
+    }                                                                                 \
+    __device__ __forceinline__ void name##_body(const Params& p)
 #define DGATE_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #endif
 
@@ -43,6 +61,8 @@ struct ConvParams {
     int res_stride, res_off;
     int H, W, P, Q, R, stride, pad;
     int pre_relu, relu, ldw;
+    int ws_cap;             // floats of `workspace` split-K may use
+    int pad0;
 };
 
 struct ShortcutParams {

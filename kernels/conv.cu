@@ -25,7 +25,7 @@
 //       16-byte chunks of 8 channels, B is packed [K][R*R*C] (k-contiguous, the shape
 //       the fragments want), and the next k-tile is fetched into registers while the
 //       current one is multiplied (two shared buffers, one barrier per k-tile).
-//       Split-K: blockIdx.z takes a contiguous range of k-tiles and, when gridDim.z > 1,
+//       Split-K: blockIdx.z takes a contiguous range of k-tiles (conv_k_range) and, when split,
 //       atomically adds its partial sums to an f32 workspace [M][K]; then
 //       conv_splitk_epilogue_f16 applies bias/residual/ReLU, writes the output and
 //       zeroes the workspace for the next layer. Used where the output is too small to
@@ -68,6 +68,24 @@
 #define MMA_BN 64
 #define MMA_BK 32
 #define MMA_THREADS 128
+
+// This block's k-tiles [kt0, kt1) and whether it adds into the workspace (split-K).
+// The host plans gridDim.z splits for the samples it expects to be live after the gates
+// (exec.rs); when more are live than the workspace holds (M * K > ws_cap), the split
+// is undone here: block z = 0 takes every k-tile and writes the output, the rest
+// return. False: nothing for this block to do.
+__device__ __forceinline__ bool conv_k_range(const ConvParams& p, int M, int ktiles, int* kt0, int* kt1, bool* split) {
+    int splits = (int)gridDim.z;
+    if (splits > 1 && (long long)M * p.K > (long long)p.ws_cap) {
+        if (blockIdx.z != 0) return false;
+        splits = 1;
+    }
+    const int per = (ktiles + splits - 1) / splits;
+    *kt0 = (int)blockIdx.z * per;
+    *kt1 = min(ktiles, *kt0 + per);
+    *split = splits > 1;
+    return *kt0 < *kt1;
+}
 
 // Decodes output pixel `m` into the input pixel base of its sample and the top-left
 // input coordinate of its receptive field; base = -1 marks a row past the batch.
@@ -136,10 +154,9 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
     const int n0 = blockIdx.y * SIMT_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + SIMT_BK - 1) / SIMT_BK;
-    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
-    const int kt0 = (int)blockIdx.z * per;
-    const int kt1 = min(ktiles, kt0 + per);
-    if (kt0 >= kt1) return;
+    int kt0, kt1;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
     const int tid = threadIdx.x;
     const T* in = (const T*)p.in;
     const T* w = (const T*)p.weight;
@@ -198,7 +215,7 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
         for (int j = 0; j < 4; ++j) {
             const int k = n0 + tx * 4 + j;
             if (k >= p.K) continue;
-            if (gridDim.z > 1) {
+            if (split) {
                 atomicAdd(p.workspace + (size_t)m * p.K + k, acc[i][j]);
             } else {
                 conv_store<T>(p, m, k, acc[i][j]);
@@ -382,8 +399,7 @@ __device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int 
 // or (split-K) added into the workspace. (m_base, n_base): the warp tile's origin.
 template <int MT, int NT>
 __device__ __forceinline__ void mma_epilogue(const ConvParams& p, float (*acc)[NT][4], int m_base, int n_base, int M,
-                                             int g, int t) {
-    const bool split = gridDim.z > 1;
+                                             int g, int t, bool split) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -419,10 +435,9 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     const int n0 = blockIdx.y * VEC_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
-    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
-    const int kt0 = (int)blockIdx.z * per;
-    const int kt1 = min(ktiles, kt0 + per);
-    if (kt0 >= kt1) return;
+    int kt0, kt1;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -520,7 +535,7 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
         __syncthreads();
     }
 
-    mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t);
+    mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
 }
 
 // 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
@@ -568,10 +583,9 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
     const int n0 = blockIdx.y * ASY_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + ASY_BK - 1) / ASY_BK;
-    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
-    const int kt0 = (int)blockIdx.z * per;
-    const int kt1 = min(ktiles, kt0 + per);
-    if (kt0 >= kt1) return;
+    int kt0, kt1;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -655,7 +669,7 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
         __syncthreads();  // the buffer is refilled by the next iteration's issue
     }
 
-    mma_epilogue<4, 4>(p, acc, m0 + wm, n0 + wn, M, g, t);
+    mma_epilogue<4, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
 }
 
 // ---------------------------------------------------------------------------------
@@ -716,10 +730,9 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + TC_BK - 1) / TC_BK;
-    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
-    const int kt0 = (int)blockIdx.z * per;
-    const int kt1 = min(ktiles, kt0 + per);
-    if (kt0 >= kt1) return;
+    int kt0, kt1;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -838,7 +851,7 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     }
     cp_async_wait<0>();
 
-    mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t);
+    mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
 }
 
 // ---------------------------------------------------------------------------------
@@ -872,10 +885,9 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + SG_BK - 1) / SG_BK;
-    const int per = (ktiles + (int)gridDim.z - 1) / (int)gridDim.z;
-    const int kt0 = (int)blockIdx.z * per;
-    const int kt1 = min(ktiles, kt0 + per);
-    if (kt0 >= kt1) return;
+    int kt0, kt1;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
 
     const int tid = threadIdx.x;
     const float* in = (const float*)p.in;
@@ -984,7 +996,6 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
         __syncthreads();
     }
 
-    const bool split = gridDim.z > 1;
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int m = m0 + (i / 4) * (BM / GM) + ty * 4 + i % 4;
@@ -1007,7 +1018,7 @@ template <typename T>
 __device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
     const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
     const long long M = (long long)*p.count * p.P * p.Q;
-    if (e >= M * p.K) return;
+    if (e >= M * p.K || M * p.K > (long long)p.ws_cap) return;  // see conv_k_range
     const int m = (int)(e / p.K);
     const int k = (int)(e - (long long)m * p.K);
     const float v = p.workspace[e];

@@ -23,6 +23,7 @@ left() { echo $(( ${DEADLINE_S:-540} - ($(date +%s) - t0) )); }
 {
 stamp "device"
 nvidia-smi -L
+env | grep '^DGATE_' || true
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 ls -la "$BIN" "$DGATE_DATA"
 
@@ -38,6 +39,21 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     timeout ${BENCH_S:-100} "$BIN" bench --random $arch --backend cuda --batch 1,64,256 --precision f32,f16 \
       --exits 0.5,0.3 --warmup 5 --runs 30 2>&1 | tee "$OUT/bench-$arch.md"
   done
+  if [ "${PDL:-1}" = 1 ]; then
+    # Programmatic dependent launch (opt-in until measured): correctness on the deep
+    # networks first, then the batch sizes where launch gaps matter.
+    stamp "DGATE_PDL=1 gpu-check --parts nets"
+    DGATE_PDL=1 timeout ${PDL_CHECK_S:-90} "$BIN" gpu-check --parts nets 2>&1 | tee "$OUT/pdl-check.log"
+    pdl_ok=${PIPESTATUS[0]}
+    echo "PDL gpu-check exit status: $pdl_ok"
+    if [ "$pdl_ok" = 0 ]; then
+      for arch in resnet101 densenet201; do
+        stamp "DGATE_PDL=1 dgate-rt bench $arch"
+        DGATE_PDL=1 timeout ${PDL_BENCH_S:-40} "$BIN" bench --random $arch --backend cuda --batch 1,64 --precision f32,f16 \
+          --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/pdl-bench-$arch.md"
+      done
+    fi
+  fi
   for arch in resnet101 densenet201; do
     "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors
     [ "${PEER:-1}" = 1 ] || continue

@@ -46,9 +46,18 @@ enum Cmd {
     /// Choose thresholds under an accuracy-drop or FLOPs budget on a calibration split; write them.
     Calibrate(CalibrateArgs),
     /// Check the CUDA backend against the CPU reference (ops, whole networks, real data); exit 1 on any failure.
-    GpuCheck,
+    GpuCheck(GpuCheckArgs),
     /// Write a seeded, randomly initialised network (optionally with random gates) to safetensors.
     Init(InitArgs),
+}
+
+#[derive(Args)]
+struct GpuCheckArgs {
+    /// Parts to run: ops (every kernel and small networks against the reference, kernel
+    /// timings), nets (random ResNet-101 and DenseNet-201 against the CPU backend),
+    /// real (pretrained ResNet-56 on the CIFAR-10 test set).
+    #[arg(long, default_value = "ops,nets,real", value_name = "PART,..")]
+    parts: String,
 }
 
 #[derive(Args)]
@@ -583,37 +592,52 @@ fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
         .collect()
 }
 
-fn gpu_check() -> Result<()> {
+fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
+    let parts = parse_list::<String>(&a.parts, "parts")?;
+    if let Some(bad) = parts
+        .iter()
+        .find(|p| !["ops", "nets", "real"].contains(&p.as_str()))
+    {
+        bail!("--parts: unknown part {bad:?} (choose from ops, nets, real)");
+    }
+    let has = |p: &str| parts.iter().any(|x| x == p);
     let data = data_root();
     dgate_rt::backend::cuda::CudaBackend::new(Precision::F32).context("gpu-check needs a GPU")?;
     let mut out = std::io::stdout();
-    println!("== ops and synthetic networks against the reference, kernel timings");
-    // A panic in one part is reported as a failure and the later parts still run.
-    let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        dgate_rt::backend::cuda::selfcheck::gpu_check(&mut std::io::stdout())
-    }));
-    let mut ok = match part {
-        Ok(Ok(ok)) => ok,
-        Ok(Err(e)) => {
-            println!("FAIL op self-check stopped: {e}");
-            false
-        }
-        Err(_) => {
-            println!("FAIL op self-check panicked (see above)");
-            false
-        }
-    };
-    println!("== whole networks against the CPU backend");
-    ok &= dgate_rt::gpucheck::random_nets(&mut out, &dgate_rt::gpucheck::cuda_engine)?;
-    println!(
-        "== pretrained ResNet-56 on the CIFAR-10 test set ({})",
-        data.display()
-    );
-    ok &= dgate_rt::gpucheck::resnet56_real(&mut out, &data, &dgate_rt::gpucheck::cuda_engine)?;
+    let mut ok = true;
+    if has("ops") {
+        println!("== ops and synthetic networks against the reference, kernel timings");
+        // A panic in one part is reported as a failure and the later parts still run.
+        let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dgate_rt::backend::cuda::selfcheck::gpu_check(&mut std::io::stdout())
+        }));
+        ok &= match part {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                println!("FAIL op self-check stopped: {e}");
+                false
+            }
+            Err(_) => {
+                println!("FAIL op self-check panicked (see above)");
+                false
+            }
+        };
+    }
+    if has("nets") {
+        println!("== whole networks against the CPU backend");
+        ok &= dgate_rt::gpucheck::random_nets(&mut out, &dgate_rt::gpucheck::cuda_engine)?;
+    }
+    if has("real") {
+        println!(
+            "== pretrained ResNet-56 on the CIFAR-10 test set ({})",
+            data.display()
+        );
+        ok &= dgate_rt::gpucheck::resnet56_real(&mut out, &data, &dgate_rt::gpucheck::cuda_engine)?;
+    }
     if !ok {
         bail!("gpu-check: some checks FAILED (see above)");
     }
-    println!("gpu-check: all checks passed");
+    println!("gpu-check: all checks passed ({})", parts.join(", "));
     Ok(())
 }
 
@@ -726,7 +750,7 @@ fn main() {
         Cmd::Info(a) => info(a),
         Cmd::Bench(a) => bench(a),
         Cmd::Init(a) => init(a),
-        Cmd::GpuCheck => gpu_check(),
+        Cmd::GpuCheck(a) => gpu_check(a),
         Cmd::TrainGates(a) => gate_cmds::train(a),
         Cmd::Sweep(a) => gate_cmds::sweep(a),
         Cmd::Calibrate(a) => gate_cmds::calibrate(a),

@@ -78,6 +78,9 @@ pub(crate) struct Device {
     pub name: String,
     pub arch: String,
     pub precision: Precision,
+    /// Launch with programmatic stream serialization (sm_90+, `DGATE_PDL=1`): each
+    /// kernel may be scheduled while its predecessor finishes (see common.cuh).
+    pub pdl: bool,
 }
 
 impl Device {
@@ -119,6 +122,7 @@ impl Device {
                 functions.insert(sym.to_string(), f);
             }
         }
+        let pdl = major >= 9 && std::env::var("DGATE_PDL").as_deref() == Ok("1");
         Ok(Device {
             engine: Engine::Cuda {
                 ctx,
@@ -129,6 +133,7 @@ impl Device {
             name,
             arch,
             precision,
+            pdl,
         })
     }
 
@@ -153,6 +158,7 @@ impl Device {
             name: "CPU emulator".into(),
             arch: "host".into(),
             precision,
+            pdl: false,
         })
     }
 
@@ -230,6 +236,10 @@ impl Device {
                 stream, functions, ..
             } => {
                 let f = functions.get(name).ok_or_else(missing)?;
+                if self.pdl {
+                    return launch_pdl(stream, f, grid, block, smem, params)
+                        .map_err(|e| Error::Cuda(format!("launching {name} (PDL): {e}")));
+                }
                 let cfg = LaunchConfig {
                     grid_dim: grid,
                     block_dim: (block, 1, 1),
@@ -370,6 +380,57 @@ impl Device {
             Engine::Cuda { stream, .. } => stream.synchronize().map_err(cuda_err("synchronize")),
             Engine::Emu { .. } => Ok(()),
         }
+    }
+}
+
+/// `cuLaunchKernelEx` with programmatic stream serialization allowed (cudarc's launch
+/// builder takes no launch attributes).
+fn launch_pdl<P: DeviceRepr>(
+    stream: &CudaStream,
+    f: &CudaFunction,
+    grid: (u32, u32, u32),
+    block: u32,
+    smem: u32,
+    params: &P,
+) -> std::result::Result<(), String> {
+    use cudarc::driver::sys;
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(|e| e.to_string())?;
+    // SAFETY: plain-old-data FFI structs; zero is a valid bit pattern for the union.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let cfg = sys::CUlaunchConfig {
+        gridDimX: grid.0,
+        gridDimY: grid.1,
+        gridDimZ: grid.2,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: smem,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: 1,
+    };
+    // The kernel's only parameter is `P` by value: one pointer to it.
+    let mut args = [params as *const P as *mut c_void];
+    // SAFETY: `f` belongs to the stream's context (bound above); `params` is the
+    // `#[repr(C)]` mirror of the kernel's parameter and outlives the call, which copies
+    // it; every address inside it is live device memory (as for `launch3`).
+    let r = unsafe {
+        sys::cuLaunchKernelEx(
+            &cfg,
+            f.cu_function(),
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        Ok(())
+    } else {
+        Err(format!("{r:?}"))
     }
 }
 

@@ -78,7 +78,6 @@ pub(crate) struct Prepared {
     counts: Mem,
     /// Split-K partial sums; zero between convolutions.
     workspace: Mem,
-    workspace_floats: usize,
     idx: Vec<Mem>,
     keep: Mem,
     src_of: Mem,
@@ -95,6 +94,15 @@ pub(crate) struct Prepared {
     /// Measured choices by layer shape, shared by the identical layers of a network.
     tuned: HashMap<TuneKey, (usize, usize)>,
     tuned_batches: std::collections::HashSet<usize>,
+    /// Per batch size, the live samples each level's kernels are chosen for (level 0:
+    /// the batch; after a gate: what recent passes left, see `observe`).
+    assumed: HashMap<usize, Vec<usize>>,
+    /// How often `observe` changed a batch size's assumption (bounded, against churn).
+    reassumed: HashMap<usize, usize>,
+    /// Floats of the workspace split-K may use (the allocation, or less in tests).
+    pub ws_cap: usize,
+    /// Floats past `ws_cap` that tests watch (see `test_workspace_with_canary`).
+    ws_canary: usize,
 }
 
 /// What a convolution's speed depends on: kernels, GEMM shape, geometry, epilogue.
@@ -797,7 +805,6 @@ impl Prepared {
         let workspace_floats = (dev.sms / 2 + 1) * max_tile;
         Ok(Prepared {
             workspace: dev.alloc(workspace_floats * 4)?,
-            workspace_floats,
             key: plan_key(plan),
             decisions: decisions(plan),
             capacity,
@@ -823,6 +830,10 @@ impl Prepared {
             choices: HashMap::new(),
             tuned: HashMap::new(),
             tuned_batches: Default::default(),
+            assumed: HashMap::new(),
+            reassumed: HashMap::new(),
+            ws_cap: workspace_floats,
+            ws_canary: 0,
         })
     }
 
@@ -834,7 +845,8 @@ impl Prepared {
         ) else {
             return None;
         };
-        let (i, splits) = self.choice(stage, op, c, cands, n);
+        let level = plan.gates.iter().filter(|g| g.after_stage < stage).count();
+        let (i, splits) = self.choice(stage, op, level, c, cands, n);
         let name = cands.get(i)?.name;
         Some(if splits > 1 {
             format!("{name}/{splits}")
@@ -851,11 +863,22 @@ impl Prepared {
         )
     }
 
-    /// The measured choice for (stage, op, n), else the cost model's.
+    /// Live samples the kernels of `level` are chosen for at batch `n`.
+    fn assumed_count(&self, n: usize, level: usize) -> usize {
+        self.assumed
+            .get(&n)
+            .and_then(|a| a.get(level))
+            .copied()
+            .unwrap_or(n)
+    }
+
+    /// The measured choice for (stage, op, n), else the cost model's for the samples
+    /// assumed live at the op's level.
     fn choice(
         &self,
         stage: usize,
         op: usize,
+        level: usize,
         c: &Conv,
         cands: &[&'static ConvKernel],
         n: usize,
@@ -864,11 +887,85 @@ impl Prepared {
             Some(&ch) if ch.0 < cands.len() => ch,
             _ => model_choice(
                 cands,
-                Self::gemm_shape(c, n),
+                Self::gemm_shape(c, self.assumed_count(n, level)),
                 self.sms,
-                self.workspace_floats,
+                self.ws_cap,
             ),
         }
+    }
+
+    /// Takes the live-sample counts a pass at batch `n` left at each level (read back
+    /// from the device) and returns true when the kernels of some level should be
+    /// chosen again: its count rose above the assumption or fell to a quarter of it.
+    /// The assumption becomes the count rounded up to a power of two, so counts that
+    /// wander near one value change nothing; a batch size is re-chosen at most 8 times.
+    /// The caller drops the batch size's graph on true.
+    pub fn observe(&mut self, n: usize, counts: &[usize]) -> bool {
+        let levels = self.idx.len();
+        let times = self.reassumed.get(&n).copied().unwrap_or(0);
+        let current: Vec<usize> = (0..levels).map(|l| self.assumed_count(n, l)).collect();
+        let next: Vec<usize> = current
+            .iter()
+            .enumerate()
+            .map(|(l, &a)| match counts.get(l) {
+                Some(&c) if l > 0 && (c > a || c * 4 <= a) => c.max(1).next_power_of_two().min(n),
+                _ => a,
+            })
+            .collect();
+        if next == current || times >= 8 {
+            return false;
+        }
+        self.assumed.insert(n, next);
+        self.reassumed.insert(n, times + 1);
+        self.choices.retain(|k, _| k.2 != n);
+        self.tuned_batches.remove(&n);
+        self.graphs.remove(&n);
+        true
+    }
+
+    /// Replaces the split-K workspace by one of `cap` floats (zero) followed by a
+    /// canary of `canary` floats set to 1.0, which no kernel may touch: for the check
+    /// that kernels undo a split the workspace cannot hold. Drops captured graphs.
+    pub fn test_workspace_with_canary(
+        &mut self,
+        dev: &Device,
+        cap: usize,
+        canary: usize,
+    ) -> Result<()> {
+        let mut v = vec![0.0f32; cap + canary];
+        v[cap..].fill(1.0);
+        self.workspace = dev.upload_f32(&v)?;
+        self.ws_cap = cap;
+        self.ws_canary = canary;
+        self.graphs.clear();
+        Ok(())
+    }
+
+    /// Whether the canary of [`Self::test_workspace_with_canary`] is untouched and the
+    /// workspace before it is zero again.
+    pub fn test_workspace_intact(&self, dev: &Device) -> Result<bool> {
+        let bytes = dev.download_bytes(&self.workspace, (self.ws_cap + self.ws_canary) * 4)?;
+        let v = storage_to_f32(crate::backend::Precision::F32, &bytes);
+        Ok(
+            v[..self.ws_cap].iter().all(|&x| x == 0.0)
+                && v[self.ws_cap..].iter().all(|&x| x == 1.0),
+        )
+    }
+
+    /// Drops every kernel choice and captured graph (they are made again as needed).
+    pub fn forget_choices(&mut self) {
+        self.choices.clear();
+        self.tuned.clear();
+        self.tuned_batches.clear();
+        self.graphs.clear();
+    }
+
+    /// Live samples per level after the last pass (device counters).
+    pub fn live_counts(&self, dev: &Device) -> Result<Vec<usize>> {
+        let b = dev.download_bytes(&self.counts, self.idx.len() * 4)?;
+        Ok(b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]).max(0) as usize)
+            .collect())
     }
 
     fn tune_key(c: &Conv, cands: &[&'static ConvKernel], n: usize) -> TuneKey {
@@ -906,15 +1003,22 @@ impl Prepared {
         if !self.tuned_batches.insert(n) {
             return Ok(());
         }
+        let started = std::time::Instant::now();
+        let mut timed = 0usize;
         let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("tuning event: {e}"));
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let (start, end) = (
             ctx.new_event(flags).map_err(ev)?,
             ctx.new_event(flags).map_err(ev)?,
         );
-        // Every level live at n: the kernels read their sample count from the device.
+        // Each level as live as assumed: the kernels read their sample count from the
+        // device.
         let levels = plan.gates.len() + 1;
-        let counts: Vec<u8> = (0..levels).flat_map(|_| (n as i32).to_le_bytes()).collect();
+        let live: Vec<usize> = (0..levels).map(|l| self.assumed_count(n, l)).collect();
+        let counts: Vec<u8> = live
+            .iter()
+            .flat_map(|&c| (c as i32).to_le_bytes())
+            .collect();
         dev.upload_bytes(&mut self.counts, &counts)?;
         let mut level = 0;
         for s in 0..plan.stages.len() {
@@ -925,16 +1029,16 @@ impl Prepared {
                 if self.choices.contains_key(&(s, o, n)) {
                     continue;
                 }
-                let key = Self::tune_key(c, cands, n);
+                let key = Self::tune_key(c, cands, live[level]);
                 if let Some(&ch) = self.tuned.get(&key) {
                     self.choices.insert((s, o, n), ch);
                     continue;
                 }
-                let shape = Self::gemm_shape(c, n);
+                let shape = Self::gemm_shape(c, live[level]);
                 let mut best = ((0, 1), f32::INFINITY);
                 for (i, cand) in cands.iter().enumerate() {
                     let model = if cand.split {
-                        split_k(cand.tile, shape, dev.sms, self.workspace_floats)
+                        split_k(cand.tile, shape, dev.sms, self.ws_cap)
                     } else {
                         1
                     };
@@ -958,12 +1062,20 @@ impl Prepared {
                 }
                 self.tuned.insert(key, best.0);
                 self.choices.insert((s, o, n), best.0);
+                timed += 1;
             }
             if plan.gate_after(s).is_some() {
                 level += 1;
             }
         }
-        dev.sync()
+        dev.sync()?;
+        if std::env::var_os("DGATE_DEBUG").is_some() {
+            eprintln!(
+                "dgate: tuned {timed} convolution shapes for batch {n} (live per level {live:?}) in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(())
     }
 
     fn count_ptr(&self, level: usize) -> u64 {
@@ -1031,7 +1143,7 @@ impl Prepared {
         else {
             return Err(Error::Cuda("prepared plan does not match the plan".into()));
         };
-        let (i, splits) = force.unwrap_or_else(|| self.choice(s, o, c, cands, n));
+        let (i, splits) = force.unwrap_or_else(|| self.choice(s, o, level, c, cands, n));
         let kernel = cands
             .get(i)
             .ok_or_else(|| Error::Cuda("convolution choice out of range".into()))?;
@@ -1073,12 +1185,12 @@ impl Prepared {
             pre_relu: pr,
             relu: c.relu as i32,
             ldw: if kernel.k_major { kd as i32 } else { k as i32 },
+            ws_cap: self.ws_cap.min(i32::MAX as usize) as i32,
+            pad0: 0,
         };
-        let splits = if kernel.split && m * k <= self.workspace_floats {
-            splits.max(1)
-        } else {
-            1
-        };
+        // Splits were chosen for the samples assumed live; should more arrive than the
+        // workspace holds, the kernel undoes the split itself (conv_k_range).
+        let splits = if kernel.split { splits.max(1) } else { 1 };
         let (tm, tn, _) = kernel.tile;
         let grid = (blocks(m, tm), blocks(k, tn), splits as u32);
         dev.launch3(kernel.name, grid, kernel.threads, kernel.smem, &p)?;

@@ -22,8 +22,10 @@
 //! Environment: `DGATE_CUDA_INCLUDE` (CUDA headers for NVRTC), `DGATE_CUDA_GRAPHS=0`
 //! (no graphs), `DGATE_CONV=<policy>` (see [`CudaBackend::set_conv_kernel`]),
 //! `DGATE_AUTOTUNE=0` (choose convolution tiles by the cost model instead of measuring
-//! them), `DGATE_DEBUG` (print NVRTC compile times), `DGATE_PTXAS_VERBOSE` (print
-//! registers, spills and shared memory per kernel).
+//! them), `DGATE_PDL=1` (programmatic dependent launch on sm_90+: each kernel may be
+//! scheduled while its predecessor finishes; off until measured), `DGATE_DEBUG` (print
+//! NVRTC compile times), `DGATE_PTXAS_VERBOSE` (print registers, spills and shared
+//! memory per kernel).
 
 pub mod bench;
 mod device;
@@ -166,6 +168,21 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Whether convolution tiles are measured per batch size (see [`Self::set_autotune`]).
+    pub fn autotune(&self) -> bool {
+        self.autotune
+    }
+
+    /// Measure each convolution's candidate kernels on the GPU before a batch size's
+    /// graph is captured (on by default; `DGATE_AUTOTUNE=0` turns it off), or choose
+    /// them by the cost model. No effect in the emulator, which has no timers.
+    pub fn set_autotune(&mut self, on: bool) {
+        self.autotune = on && !self.dev.is_emulated();
+        if let Some(p) = self.prepared.as_mut() {
+            p.forget_choices();
+        }
+    }
+
     /// Turns CUDA-graph capture and replay on or off (on by default).
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on && !self.dev.is_emulated();
@@ -275,7 +292,28 @@ impl CudaBackend {
         self.stage_images(images, n)?;
         self.launch_pass(plan, n)?; // warm-up, and capture
         self.dev.sync()?;
+        if self.observe_survivors(plan, n)? {
+            // Kernels re-chosen for the samples the gates leave: capture again.
+            self.launch_pass(plan, n)?;
+            self.dev.sync()?;
+        }
         self.median_ms(iters, |be| be.launch_pass(plan, n))
+    }
+
+    /// After a pass at batch `n`: lets the resident plan compare the samples each gate
+    /// left with what its kernels were chosen for (see `Prepared::observe`). True when
+    /// the batch size's kernels will be chosen again at the next pass.
+    fn observe_survivors(&mut self, plan: &Plan, n: usize) -> Result<bool> {
+        if plan.gates.is_empty() {
+            return Ok(false);
+        }
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        let live = prep.live_counts(dev)?;
+        Ok(prep.observe(n, &live))
     }
 
     /// Median milliseconds of `iters` runs of `work` (which enqueues on the stream),
@@ -366,6 +404,22 @@ impl CudaBackend {
     }
 
     /// The conv kernel the resident plan uses for op `op` of stage `stage`.
+    /// Gives the resident plan a split-K workspace of `cap` floats followed by a canary
+    /// (see `Prepared::test_workspace_with_canary`).
+    pub(crate) fn op_test_small_workspace(&mut self, cap: usize, canary: usize) -> Result<()> {
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.test_workspace_with_canary(dev, cap, canary)
+    }
+
+    /// Whether that workspace is zero and its canary untouched.
+    pub(crate) fn op_test_workspace_intact(&self) -> Result<bool> {
+        self.prepared_mut_ref()?.test_workspace_intact(&self.dev)
+    }
+
     pub(crate) fn op_test_conv_kernel(
         &self,
         plan: &Plan,
@@ -408,7 +462,9 @@ impl Backend for CudaBackend {
         self.stage_images(images, n)?;
         self.launch_pass(plan, n)?;
         self.dev.sync()?;
-        self.prepared_mut_ref()?.results(&self.dev, n)
+        let results = self.prepared_mut_ref()?.results(&self.dev, n)?;
+        self.observe_survivors(plan, n)?;
+        Ok(results)
     }
 
     fn device_time_ms(

@@ -35,6 +35,10 @@ pub struct ConvParams {
     pub pre_relu: i32,
     pub relu: i32,
     pub ldw: i32,
+    /// Floats of `workspace` split-K may use; more live outputs than this undo the
+    /// split on the device (conv_k_range in conv.cu).
+    pub ws_cap: i32,
+    pub pad0: i32,
 }
 
 #[repr(C)]

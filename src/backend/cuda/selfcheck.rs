@@ -370,6 +370,20 @@ fn compare_pass(
     fractions: &[f32],
     cache: &mut RefCache,
 ) -> Result<(bool, String)> {
+    compare_pass_as(be, plan, n, seed, fractions, cache, None)
+}
+
+/// [`compare_pass`], running `run_as` (`plan` with the calibrated thresholds copied
+/// in) where given: the backend keeps one resident plan per plan object.
+fn compare_pass_as(
+    be: &mut CudaBackend,
+    plan: &Plan,
+    n: usize,
+    seed: u64,
+    fractions: &[f32],
+    cache: &mut RefCache,
+    run_as: Option<&mut Plan>,
+) -> Result<(bool, String)> {
     let mut rng = Rng::new(seed);
     let mut images = random_images(&mut rng, n);
     round_to(be.precision(), &mut images);
@@ -382,7 +396,15 @@ fn compare_pass(
             (calibrated, want, margins)
         })
         .clone();
-    let got = be.run(&plan, &images, n)?;
+    let got = match run_as {
+        Some(p) => {
+            for (g, c) in p.gates.iter_mut().zip(&plan.gates) {
+                g.threshold = c.threshold;
+            }
+            be.run(p, &images, n)?
+        }
+        None => be.run(&plan, &images, n)?,
+    };
     let tol = tolerance(be.precision());
     let mut worst = 0.0f64;
     let mut flips = 0;
@@ -482,6 +504,74 @@ fn check_passes(
     Ok(())
 }
 
+/// Kernels chosen for few survivors, then a pass where every sample survives: a pass
+/// where all leave at gate 0 makes the later stages' kernels be chosen for one live
+/// sample (split-K where it helps); with the workspace cut to what one sample needs,
+/// the pass without exits must still match the reference, the kernels undoing their
+/// split on the device (conv_k_range).
+fn check_split_guard(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    cache: &mut RefCache,
+) -> Result<()> {
+    let plan = tiny_resnet(12, 10);
+    let mut resident = plan.clone();
+    let n = 6;
+    let autotune = be.autotune();
+    be.set_autotune(false);
+    let (first, _) = compare_pass_as(be, &plan, n, 5, &[1.0, 1.0], cache, Some(&mut resident))?;
+    let after_gate = |s: usize| plan.gates.iter().any(|g| g.after_stage < s);
+    let cap = plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| after_gate(*s))
+        .flat_map(|(_, st)| st.ops.iter())
+        .filter_map(|op| match op {
+            Op::Conv(c) => Some(c.out_h * c.out_w * c.output.channels),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    // Past `cap`, a canary that would absorb the partial sums of a split that was not
+    // undone (and hand them to the output).
+    be.op_test_small_workspace(cap, 8 * cap)?;
+    // The case means something only if some later conv is planned with split-K (by
+    // the cost model: measured choices might not split).
+    let mut split = Vec::new();
+    for (s, st) in plan
+        .stages
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| after_gate(*s))
+    {
+        for o in 0..st.ops.len() {
+            if let Some(k) = be
+                .op_test_conv_kernel(&plan, s, o, n)
+                .filter(|k| k.contains('/'))
+            {
+                split.push(k);
+            }
+        }
+    }
+    let (ok, desc) = compare_pass_as(be, &plan, n, 5, &[0.0, 0.0], cache, Some(&mut resident))?;
+    let intact = be.op_test_workspace_intact()?;
+    be.set_autotune(autotune);
+    let pass = first && ok && intact && !split.is_empty();
+    if pass {
+        tally.pass += 1;
+    } else {
+        tally.fail += 1;
+    }
+    writeln!(
+        out,
+        "{:4} split-K planned for 1 survivor, {n} arrive, workspace {cap} floats (canary intact: {intact}): {desc}; split convs {split:?}",
+        if pass { "ok" } else { "FAIL" }
+    )
+    .map_err(io_err)
+}
+
 /// Checks every op and whole passes of small networks against the CPU reference,
 /// in f32 and f16, one line per case. `Ok(true)` when everything passed.
 pub fn selfcheck(report: &mut dyn Write) -> Result<bool> {
@@ -502,6 +592,7 @@ pub fn selfcheck_with(
         writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
         check_ops(&mut be, report, &mut tally)?;
         check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
+        check_split_guard(&mut be, report, &mut tally, &mut cache)?;
         let extra: &[&str] = match p {
             Precision::F32 => &["conv_simt_f32"],
             Precision::F16 => &[
