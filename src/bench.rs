@@ -132,3 +132,74 @@ pub fn table(rows: &[Row]) -> String {
     }
     s
 }
+
+/// A profiled pass summed by step shape and kernel, slowest first: how many steps,
+/// total and per-step µs, share of the pass, TFLOP/s (compute) and GB/s (traffic), and
+/// the samples they ran on (fewer after a gate). A markdown table.
+pub fn profile_table(steps: &[crate::backend::OpTime]) -> String {
+    struct Group {
+        op: String,
+        kernel: String,
+        count: usize,
+        ms: f64,
+        flops: f64,
+        bytes: f64,
+        samples: usize,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    for s in steps {
+        match groups
+            .iter_mut()
+            .find(|g| g.op == s.op && g.kernel == s.kernel && g.samples == s.samples)
+        {
+            Some(g) => {
+                g.count += 1;
+                g.ms += s.ms;
+                g.flops += s.flops;
+                g.bytes += s.bytes;
+            }
+            None => groups.push(Group {
+                op: s.op.clone(),
+                kernel: s.kernel.clone(),
+                count: 1,
+                ms: s.ms,
+                flops: s.flops,
+                bytes: s.bytes,
+                samples: s.samples,
+            }),
+        }
+    }
+    groups.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    let total: f64 = steps.iter().map(|s| s.ms).sum();
+    let mut out = String::from(
+        "| step | kernel | samples | count | total µs | µs each | % of pass | TFLOP/s | GB/s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for g in &groups {
+        let s = g.ms / 1e3; // seconds
+        let rate = |x: f64, unit: f64| {
+            if x > 0.0 && s > 0.0 {
+                format!("{:.1}", x / s / unit)
+            } else {
+                String::new()
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+            g.op,
+            g.kernel,
+            g.samples,
+            g.count,
+            g.ms * 1e3,
+            g.ms * 1e3 / g.count as f64,
+            100.0 * g.ms / total.max(1e-12),
+            rate(g.flops, 1e12),
+            rate(g.bytes, 1e9),
+        ));
+    }
+    out.push_str(&format!(
+        "\n{} steps, {:.3} ms launched one by one (a CUDA graph replays them with less launch overhead).\n",
+        steps.len(),
+        total
+    ));
+    out
+}

@@ -156,6 +156,17 @@ impl Engine {
             .device_time_ms(&self.model.plan, images, n, iters)
     }
 
+    /// One pass over `images` timed step by step (every op, gate and the head, with
+    /// FLOPs and bytes), where the backend can (CUDA); `None` on the CPU.
+    pub fn profile(
+        &mut self,
+        images: &[f32],
+        n: usize,
+    ) -> Result<Option<Vec<crate::backend::OpTime>>> {
+        crate::backend::check_batch(images, n)?;
+        self.backend.profile(&self.model.plan, images, n)
+    }
+
     /// Runs `n` raw CIFAR-style images: `pixels` is `n × 3 × 32 × 32` bytes, each image
     /// its red, green and blue 32×32 planes, row-major (the CIFAR-10 binary layout less
     /// the label byte). The model's normalisation is applied; otherwise as [`Engine::run`].

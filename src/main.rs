@@ -81,6 +81,10 @@ struct BenchArgs {
     /// Timed runs per row (the median is reported).
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Also profile one pass per configuration at the largest batch, step by step:
+    /// time, TFLOP/s and GB/s per layer shape, slowest first (CUDA only).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -678,6 +682,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         .map(|_| rng.normal())
         .collect();
     let mut backend_name = String::new();
+    let mut profiles = Vec::new();
     for p in a.precision.split(',') {
         let precision = Precision::parse(p.trim())
             .with_context(|| format!("--precision: `{p}` is not f32 or f16"))?;
@@ -711,6 +716,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 a.warmup,
                 a.runs,
             )?);
+            if a.profile && n == maxn {
+                profiles.push((cfg.clone(), n, engine.profile(xb, n)?));
+            }
             if !exits.is_empty() && gates > 0 {
                 let t = dgate_rt::bench::thresholds_for_fractions(&mut engine, xb, n, &exits)?;
                 let pct: Vec<String> = exits.iter().map(|f| format!("{:.0}", 100.0 * f)).collect();
@@ -726,19 +734,34 @@ fn bench(a: &BenchArgs) -> Result<()> {
                     a.warmup,
                     a.runs,
                 )?);
+                if a.profile && n == maxn {
+                    profiles.push((cfg.clone(), n, engine.profile(xb, n)?));
+                }
             }
         }
     }
     if a.model.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"backend": backend_name, "rows": rows})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "backend": backend_name,
+                "rows": rows,
+                "profiles": profiles
+                    .iter()
+                    .map(|(c, n, p)| serde_json::json!({"config": c, "batch": n, "steps": p}))
+                    .collect::<Vec<_>>(),
+            }))?
         );
     } else {
         println!("backend: {backend_name}\n");
         print!("{}", dgate_rt::bench::table(&rows));
+        for (cfg, n, p) in &profiles {
+            println!("\n### profile: {cfg}, batch {n}\n");
+            match p {
+                Some(steps) => print!("{}", dgate_rt::bench::profile_table(steps)),
+                None => println!("(this backend cannot profile step by step; CUDA only)"),
+            }
+        }
     }
     Ok(())
 }

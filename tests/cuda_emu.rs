@@ -74,3 +74,87 @@ fn emulated_bench_tables_run() {
             == 2
     );
 }
+
+#[test]
+fn emulated_profile_times_every_step_of_a_gated_pass() {
+    let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu-profile");
+    let lib = match kernels::build_emulator(&dir) {
+        Ok(lib) => lib,
+        Err(dgate_rt::Error::CudaUnavailable(msg)) => {
+            println!("skipped: {msg}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    use dgate_rt::backend::{Backend, Precision};
+    let mut plan = dgate_rt::backend::cuda::synthetic::tiny_resnet(3, 10);
+    let n = 8;
+    let mut rng = dgate_rt::backend::cuda::reference::Rng::new(4);
+    let images = rng.vec(n * 3 * 32 * 32, 1.0);
+    let mut be = CudaBackend::new_emulated(Precision::F16, &lib).unwrap_or_else(|e| panic!("{e}"));
+    // Gate 0 lets through only the samples scoring above the median.
+    plan.gates[1].threshold = f32::INFINITY;
+    plan.gates[0].threshold = f32::NEG_INFINITY;
+    let mut scores: Vec<f32> = be
+        .run(&plan, &images, n)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .map(|r| r.score)
+        .collect();
+    scores.sort_by(|a, b| a.total_cmp(b));
+    plan.gates[0].threshold = scores[n / 2];
+    let exited = be
+        .run(&plan, &images, n)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .filter(|r| r.exit == Some(0))
+        .count();
+    assert!(exited > 0 && exited < n, "{exited} of {n} left at gate 0");
+
+    let steps = be
+        .profile(&plan, &images, n)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the CUDA backend profiles");
+    let ops: usize = plan.stages.iter().map(|s| s.ops.len()).sum();
+    assert_eq!(
+        steps.len(),
+        1 + ops + plan.gates.len() + 1,
+        "pack, ops, gates, head"
+    );
+    assert!(
+        steps[0].op.starts_with("pack input")
+            && steps.last().is_some_and(|s| s.op.starts_with("head"))
+    );
+    assert!(steps.iter().all(|s| s.ms >= 0.0 && s.bytes > 0.0));
+    let convs: Vec<_> = steps.iter().filter(|s| s.op.starts_with("conv")).collect();
+    assert!(!convs.is_empty() && convs.iter().all(|s| s.flops > 0.0 && !s.kernel.is_empty()));
+    // After gate 0 the convolutions ran on the survivors only.
+    let gate0 = steps
+        .iter()
+        .position(|s| s.op.starts_with("gate 0"))
+        .expect("gate 0 step");
+    assert!(steps[..gate0].iter().all(|s| s.samples == n));
+    assert!(steps[gate0 + 1..]
+        .iter()
+        .filter(|s| s.op.starts_with("conv"))
+        .all(|s| s.samples == n - exited));
+
+    let table = dgate_rt::bench::profile_table(&steps);
+    println!("{table}");
+    let rows: Vec<&str> = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| step") && !l.contains("---"))
+        .collect();
+    let us: Vec<f64> = rows
+        .iter()
+        .map(|l| {
+            l.split('|')
+                .nth(5)
+                .and_then(|v| v.trim().parse().ok())
+                .expect("total µs")
+        })
+        .collect();
+    assert!(us.windows(2).all(|w| w[0] >= w[1]), "slowest first: {us:?}");
+    assert!(table.contains("GB/s") && table.contains(&format!("{} steps", steps.len())));
+}

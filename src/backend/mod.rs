@@ -25,6 +25,22 @@ impl Precision {
     }
 }
 
+/// One step of a profiled pass (see [`Backend::profile`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    /// The step's shape, e.g. `conv 3x3 256->256 8x8 +res`; equal shapes, equal labels.
+    pub op: String,
+    /// The kernel that ran it (with `/k` for k-way split-K).
+    pub kernel: String,
+    /// Samples it ran on (fewer than the batch after a gate).
+    pub samples: usize,
+    pub ms: f64,
+    /// Floating-point operations (0 for data movement).
+    pub flops: f64,
+    /// Bytes it has to read and write at least.
+    pub bytes: f64,
+}
+
 pub trait Backend: Send {
     /// Short human-readable name, e.g. `cpu (2 threads)` or `cuda (NVIDIA H200, sm_90, f16)`.
     fn name(&self) -> String;
@@ -42,6 +58,12 @@ pub trait Backend: Send {
         _n: usize,
         _iters: usize,
     ) -> Result<Option<f64>> {
+        Ok(None)
+    }
+
+    /// One pass over `images` timed step by step (each op, gate and the head), for
+    /// backends that can: `None` elsewhere.
+    fn profile(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Option<Vec<OpTime>>> {
         Ok(None)
     }
 }

@@ -721,7 +721,133 @@ fn blocks(total: usize, per: usize) -> u32 {
     total.div_ceil(per).min(u32::MAX as usize) as u32
 }
 
+/// One step of a pass, as the profiler sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Input normalisation into the first buffer.
+    Pack,
+    /// Op `o` of stage `s`.
+    Op(usize, usize),
+    /// Gate `g`: pooling, linear, decision, compaction.
+    Gate(usize),
+    Head,
+}
+
 impl Prepared {
+    /// What one step did in a pass whose levels ended with `live` samples: a label
+    /// naming its shape (equal for equal shapes), the kernel, the samples it ran on,
+    /// FLOPs (convolutions, gates, head) and the bytes it must move at least.
+    pub fn step_work(
+        &self,
+        plan: &Plan,
+        step: Step,
+        live: &[usize],
+        n: usize,
+        eb: usize,
+    ) -> crate::backend::OpTime {
+        let level_of = |s: usize| plan.gates.iter().filter(|g| g.after_stage < s).count();
+        let at = |l: usize| live.get(l).copied().unwrap_or(n);
+        let (op, kernel, samples, flops, bytes) = match step {
+            Step::Pack => (
+                "pack input 3x32x32".to_string(),
+                "pack_input".to_string(),
+                n,
+                0.0,
+                (n * IMAGE_FLOATS * (4 + eb)) as f64,
+            ),
+            Step::Op(s, o) => {
+                let l = at(level_of(s));
+                match &plan.stages[s].ops[o] {
+                    Op::Conv(c) => {
+                        let (m, k, kd) = Self::gemm_shape(c, l);
+                        let inputs = l * c.in_h * c.in_w * c.input.channels;
+                        let outs = m * k * (1 + c.residual.is_some() as usize);
+                        let label = format!(
+                            "conv {r}x{r} {}->{k} {}x{}{}{}{}",
+                            c.input.channels,
+                            c.in_h,
+                            c.in_w,
+                            if c.stride > 1 { " s2" } else { "" },
+                            if c.pre.is_some() { " pre" } else { "" },
+                            if c.residual.is_some() { " +res" } else { "" },
+                            r = c.kernel,
+                        );
+                        (
+                            label,
+                            self.conv_kernel(plan, s, o, n).unwrap_or_default(),
+                            l,
+                            2.0 * (m * k * kd) as f64,
+                            ((inputs + outs + k * kd) * eb) as f64,
+                        )
+                    }
+                    Op::ShortcutA {
+                        input,
+                        output,
+                        in_h,
+                        in_w,
+                        stride,
+                        ..
+                    } => {
+                        let pq = in_h.div_ceil(*stride) * in_w.div_ceil(*stride);
+                        (
+                            format!(
+                                "shortcut-A {}->{} {in_h}x{in_w}",
+                                input.channels, output.channels
+                            ),
+                            "shortcut_a".to_string(),
+                            l,
+                            0.0,
+                            (l * pq * (input.channels + output.channels) * eb) as f64,
+                        )
+                    }
+                    Op::AvgPool2 {
+                        input, in_h, in_w, ..
+                    } => (
+                        format!("avgpool2 {} {in_h}x{in_w}", input.channels),
+                        "avgpool2_pre".to_string(),
+                        l,
+                        0.0,
+                        (l * in_h * in_w * input.channels * eb * 5 / 4) as f64,
+                    ),
+                }
+            }
+            Step::Gate(g) => {
+                let gate = &plan.gates[g];
+                let l = at(level_of(gate.after_stage));
+                let kept = at(level_of(gate.after_stage) + 1);
+                let out = &plan.stages[gate.after_stage].output;
+                let hwc = gate.h * gate.w * out.channels;
+                (
+                    format!("gate {g} {} {}x{}", out.channels, gate.h, gate.w),
+                    "gate_fused+compact".to_string(),
+                    l,
+                    2.0 * (l * plan.classes * gate.input.channels) as f64,
+                    // Pool the batch; gather the survivors out and copy them back.
+                    ((l + 4 * kept) * hwc * eb) as f64,
+                )
+            }
+            Step::Head => {
+                let h = &plan.head;
+                let l = at(plan.gates.len());
+                (
+                    format!("head {} {}x{}", h.input.channels, h.h, h.w),
+                    "head_gap".to_string(),
+                    l,
+                    2.0 * (l * plan.classes * h.input.channels) as f64,
+                    (l * h.h * h.w * h.input.channels * eb) as f64,
+                )
+            }
+        };
+        crate::backend::OpTime {
+            op,
+            kernel,
+            samples,
+            ms: 0.0,
+            flops,
+            bytes,
+        }
+    }
+
     pub fn new(dev: &Device, plan: &Plan, capacity: usize, policy: &str) -> Result<Self> {
         validate(plan)?;
         let eb = dev.elem_bytes();
@@ -952,6 +1078,11 @@ impl Prepared {
         )
     }
 
+    /// How many (op, batch size) kernel choices were measured.
+    pub fn measured_choices(&self) -> usize {
+        self.choices.len()
+    }
+
     /// Drops every kernel choice and captured graph (they are made again as needed).
     pub fn forget_choices(&mut self) {
         self.choices.clear();
@@ -994,12 +1125,10 @@ impl Prepared {
     /// Measures every candidate kernel (with and without split-K) of every convolution
     /// at batch `n` on the device and keeps the fastest: the launches a CUDA graph for
     /// `n` then captures. Identical layers are measured once. Convolutions after a gate
-    /// are measured with the whole batch live (their worst case). Needs a stream: on
-    /// the emulator it does nothing.
+    /// are measured with the samples assumed live there (see `observe`). CUDA events
+    /// time the GPU; the emulator's synchronous launches are timed by the wall clock
+    /// (which only exercises this path: emulated times say nothing of a GPU's).
     pub fn tune(&mut self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
-        let (Some(ctx), Some(stream)) = (dev.context(), dev.stream()) else {
-            return Ok(());
-        };
         if !self.tuned_batches.insert(n) {
             return Ok(());
         }
@@ -1007,10 +1136,15 @@ impl Prepared {
         let mut timed = 0usize;
         let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("tuning event: {e}"));
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-        let (start, end) = (
-            ctx.new_event(flags).map_err(ev)?,
-            ctx.new_event(flags).map_err(ev)?,
-        );
+        // CUDA events on a GPU; the emulator runs launches synchronously: wall clock.
+        let events = match (dev.context(), dev.stream()) {
+            (Some(ctx), Some(stream)) => Some((
+                ctx.new_event(flags).map_err(ev)?,
+                ctx.new_event(flags).map_err(ev)?,
+                stream.clone(),
+            )),
+            _ => None,
+        };
         // Each level as live as assumed: the kernels read their sample count from the
         // device.
         let levels = plan.gates.len() + 1;
@@ -1047,14 +1181,23 @@ impl Prepared {
                         splits.push(model);
                     }
                     for sp in splits {
-                        self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)))?;
-                        start.record(stream).map_err(ev)?;
-                        for _ in 0..3 {
-                            self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)))?;
+                        let ch = Some((i, sp));
+                        self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                        let wall = std::time::Instant::now();
+                        if let Some((start, _, stream)) = &events {
+                            start.record(stream).map_err(ev)?;
                         }
-                        end.record(stream).map_err(ev)?;
-                        end.synchronize().map_err(ev)?;
-                        let ms = start.elapsed_ms(&end).map_err(ev)? / 3.0;
+                        for _ in 0..3 {
+                            self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                        }
+                        let ms = match &events {
+                            Some((start, end, stream)) => {
+                                end.record(stream).map_err(ev)?;
+                                end.synchronize().map_err(ev)?;
+                                start.elapsed_ms(end).map_err(ev)? / 3.0
+                            }
+                            None => wall.elapsed().as_secs_f32() * 1e3 / 3.0,
+                        };
                         if ms < best.1 {
                             best = ((i, sp), ms);
                         }
@@ -1088,6 +1231,18 @@ impl Prepared {
 
     /// Enqueues the whole forward pass for `n` images already in `staging`.
     pub fn enqueue(&self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
+        self.enqueue_with(dev, plan, n, &mut |_| Ok(()))
+    }
+
+    /// [`Self::enqueue`], calling `after` once each step's launches are enqueued (the
+    /// profiler records an event there).
+    pub fn enqueue_with(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        n: usize,
+        after: &mut dyn FnMut(Step) -> Result<()>,
+    ) -> Result<()> {
         let dt = dev.dtype();
         let input_buf = &plan.buffers[plan.input.buf];
         let pack = PackParams {
@@ -1109,15 +1264,18 @@ impl Prepared {
             0,
             &pack,
         )?;
+        after(Step::Pack)?;
         let mut level = 0;
         for s in 0..plan.stages.len() {
-            self.enqueue_stage(dev, plan, s, level, n)?;
+            self.enqueue_stage_with(dev, plan, s, level, n, after)?;
             if let Some(g) = plan.gate_after(s) {
                 self.enqueue_gate(dev, plan, g, level, n)?;
+                after(Step::Gate(g))?;
                 level += 1;
             }
         }
-        self.enqueue_head(dev, plan, level, n)
+        self.enqueue_head(dev, plan, level, n)?;
+        after(Step::Head)
     }
 
     /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
@@ -1214,6 +1372,18 @@ impl Prepared {
         level: usize,
         n: usize,
     ) -> Result<()> {
+        self.enqueue_stage_with(dev, plan, s, level, n, &mut |_| Ok(()))
+    }
+
+    fn enqueue_stage_with(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        s: usize,
+        level: usize,
+        n: usize,
+        after: &mut dyn FnMut(Step) -> Result<()>,
+    ) -> Result<()> {
         let dt = dev.dtype();
         let count = self.count_ptr(level);
         for (o, (op, dop)) in plan.stages[s].ops.iter().zip(&self.ops[s]).enumerate() {
@@ -1299,6 +1469,7 @@ impl Prepared {
                 }
                 _ => return Err(Error::Cuda("prepared plan does not match the plan".into())),
             }
+            after(Step::Op(s, o))?;
         }
         Ok(())
     }

@@ -40,7 +40,7 @@ pub use kernels::{compile_all_for_arch, KernelFile};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 
-use crate::backend::{check_batch, Backend, Precision};
+use crate::backend::{check_batch, Backend, OpTime, Precision};
 use crate::plan::{Plan, SampleResult};
 use crate::{Error, Result};
 use device::Device;
@@ -175,9 +175,10 @@ impl CudaBackend {
 
     /// Measure each convolution's candidate kernels on the GPU before a batch size's
     /// graph is captured (on by default; `DGATE_AUTOTUNE=0` turns it off), or choose
-    /// them by the cost model. No effect in the emulator, which has no timers.
+    /// them by the cost model. Off by default in the emulator, where turning it on
+    /// only tests the tuning path (emulated times mean nothing).
     pub fn set_autotune(&mut self, on: bool) {
-        self.autotune = on && !self.dev.is_emulated();
+        self.autotune = on;
         if let Some(p) = self.prepared.as_mut() {
             p.forget_choices();
         }
@@ -300,6 +301,81 @@ impl CudaBackend {
         self.median_ms(iters, |be| be.launch_pass(plan, n))
     }
 
+    /// One pass at batch `n` launched step by step (no graph) with the kernels a graph
+    /// would use, timed by a CUDA event after each step (by the wall clock in the
+    /// emulator), with each step's samples, FLOPs and bytes.
+    pub fn profile_pass(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<OpTime>> {
+        check_batch(images, n)?;
+        self.ensure_prepared(plan, n)?;
+        self.stage_images(images, n)?;
+        // Kernels chosen (and re-chosen for the survivors) as for a timed pass.
+        self.launch_pass(plan, n)?;
+        self.dev.sync()?;
+        if self.observe_survivors(plan, n)? {
+            self.launch_pass(plan, n)?;
+            self.dev.sync()?;
+        }
+        let dev = &self.dev;
+        let prep = self
+            .prepared
+            .as_ref()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("profile event: {e}"));
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut steps = Vec::new();
+        let mut marks = Vec::new();
+        let mut walls = Vec::new();
+        let start = match (dev.context(), dev.stream()) {
+            (Some(ctx), Some(stream)) => {
+                let e = ctx.new_event(flags).map_err(ev)?;
+                e.record(stream).map_err(ev)?;
+                Some((ctx.clone(), stream.clone(), e))
+            }
+            _ => None,
+        };
+        let t0 = std::time::Instant::now();
+        prep.enqueue_with(dev, plan, n, &mut |step| {
+            steps.push(step);
+            match &start {
+                Some((ctx, stream, _)) => {
+                    let e = ctx.new_event(flags).map_err(ev)?;
+                    e.record(stream).map_err(ev)?;
+                    marks.push(e);
+                }
+                None => walls.push(t0.elapsed().as_secs_f64() * 1e3),
+            }
+            Ok(())
+        })?;
+        dev.sync()?;
+        let mut ms = Vec::with_capacity(steps.len());
+        match &start {
+            Some((_, _, first)) => {
+                let mut prev = first;
+                for e in &marks {
+                    ms.push(prev.elapsed_ms(e).map_err(ev)? as f64);
+                    prev = e;
+                }
+            }
+            None => {
+                let mut prev = 0.0;
+                for &w in &walls {
+                    ms.push(w - prev);
+                    prev = w;
+                }
+            }
+        }
+        let live = prep.live_counts(dev)?;
+        let eb = dev.elem_bytes();
+        Ok(steps
+            .iter()
+            .zip(ms)
+            .map(|(&step, ms)| OpTime {
+                ms,
+                ..prep.step_work(plan, step, &live, n, eb)
+            })
+            .collect())
+    }
+
     /// After a pass at batch `n`: lets the resident plan compare the samples each gate
     /// left with what its kernels were chosen for (see `Prepared::observe`). True when
     /// the batch size's kernels will be chosen again at the next pass.
@@ -415,6 +491,11 @@ impl CudaBackend {
         prep.test_workspace_with_canary(dev, cap, canary)
     }
 
+    /// How many kernel choices the resident plan has measured.
+    pub(crate) fn op_test_measured_choices(&self) -> usize {
+        self.prepared.as_ref().map_or(0, |p| p.measured_choices())
+    }
+
     /// Whether that workspace is zero and its canary untouched.
     pub(crate) fn op_test_workspace_intact(&self) -> Result<bool> {
         self.prepared_mut_ref()?.test_workspace_intact(&self.dev)
@@ -475,5 +556,9 @@ impl Backend for CudaBackend {
         iters: usize,
     ) -> Result<Option<f64>> {
         self.time_passes(plan, images, n, iters).map(Some)
+    }
+
+    fn profile(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Option<Vec<OpTime>>> {
+        self.profile_pass(plan, images, n).map(Some)
     }
 }

@@ -189,18 +189,21 @@ struct Tally {
 
 impl Tally {
     fn line(&mut self, out: &mut dyn Write, what: &str, err: f64, tol: f64) -> Result<()> {
-        let ok = err <= tol;
+        self.verdict(
+            out,
+            err <= tol,
+            &format!("{what:<60} err {err:.2e} (tol {tol:.0e})"),
+        )
+    }
+
+    /// Counts one check and writes its line, `ok` or `FAIL` first.
+    fn verdict(&mut self, out: &mut dyn Write, ok: bool, what: &str) -> Result<()> {
         if ok {
             self.pass += 1;
         } else {
             self.fail += 1;
         }
-        writeln!(
-            out,
-            "{:4} {what:<60} err {err:.2e} (tol {tol:.0e})",
-            if ok { "ok" } else { "FAIL" }
-        )
-        .map_err(io_err)
+        writeln!(out, "{:4} {what}", if ok { "ok" } else { "FAIL" }).map_err(io_err)
     }
 }
 
@@ -558,18 +561,35 @@ fn check_split_guard(
     let (ok, desc) = compare_pass_as(be, &plan, n, 5, &[0.0, 0.0], cache, Some(&mut resident))?;
     let intact = be.op_test_workspace_intact()?;
     be.set_autotune(autotune);
-    let pass = first && ok && intact && !split.is_empty();
-    if pass {
-        tally.pass += 1;
-    } else {
-        tally.fail += 1;
-    }
-    writeln!(
+    tally.verdict(
         out,
-        "{:4} split-K planned for 1 survivor, {n} arrive, workspace {cap} floats (canary intact: {intact}): {desc}; split convs {split:?}",
-        if pass { "ok" } else { "FAIL" }
+        first && ok && intact && !split.is_empty(),
+        &format!("split-K planned for 1 survivor, {n} arrive, workspace {cap} floats (canary intact: {intact}): {desc}; split convs {split:?}"),
     )
-    .map_err(io_err)
+}
+
+/// Whole passes with every convolution's kernel measured first (`tune`): on a GPU as
+/// by default; in the emulator this is the only run of the tuning path, whose forced
+/// choices (every tile, with and without split-K) must all compute the same result.
+fn check_tuned_passes(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    cache: &mut RefCache,
+) -> Result<()> {
+    let autotune = be.autotune();
+    be.set_autotune(true);
+    for (plan, n) in [(tiny_resnet(12, 10), 6), (tiny_densenet(14, 100, 3), 7)] {
+        let (ok, desc) = compare_pass(be, &plan, n, 21, &[0.5, 0.4], cache)?;
+        let measured = be.op_test_measured_choices();
+        tally.verdict(
+            out,
+            ok && measured > 0,
+            &format!("pass tuned ({measured} measured choices) {desc}"),
+        )?;
+    }
+    be.set_autotune(autotune);
+    Ok(())
 }
 
 /// Checks every op and whole passes of small networks against the CPU reference,
@@ -593,6 +613,7 @@ pub fn selfcheck_with(
         check_ops(&mut be, report, &mut tally)?;
         check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
         check_split_guard(&mut be, report, &mut tally, &mut cache)?;
+        check_tuned_passes(&mut be, report, &mut tally, &mut cache)?;
         let extra: &[&str] = match p {
             Precision::F32 => &["conv_simt_f32"],
             Precision::F16 => &[
