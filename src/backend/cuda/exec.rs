@@ -1182,21 +1182,26 @@ impl Prepared {
                     }
                     for sp in splits {
                         let ch = Some((i, sp));
-                        self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                        // A warm-up and three timed launches on a GPU; one in the
+                        // emulator, where only the path is under test.
+                        let reps = if events.is_some() { 3 } else { 1 };
+                        if events.is_some() {
+                            self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                        }
                         let wall = std::time::Instant::now();
                         if let Some((start, _, stream)) = &events {
                             start.record(stream).map_err(ev)?;
                         }
-                        for _ in 0..3 {
+                        for _ in 0..reps {
                             self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
                         }
                         let ms = match &events {
                             Some((start, end, stream)) => {
                                 end.record(stream).map_err(ev)?;
                                 end.synchronize().map_err(ev)?;
-                                start.elapsed_ms(end).map_err(ev)? / 3.0
+                                start.elapsed_ms(end).map_err(ev)? / reps as f32
                             }
-                            None => wall.elapsed().as_secs_f32() * 1e3 / 3.0,
+                            None => wall.elapsed().as_secs_f32() * 1e3,
                         };
                         if ms < best.1 {
                             best = ((i, sp), ms);

@@ -390,7 +390,12 @@ fn compare_pass_as(
     let mut rng = Rng::new(seed);
     let mut images = random_images(&mut rng, n);
     round_to(be.precision(), &mut images);
-    let key = format!("{} {n} {fractions:?} {:?}", plan.arch, be.precision());
+    // The images depend on the seed: it is part of the key.
+    let key = format!(
+        "{} {n} {fractions:?} {:?} seed {seed}",
+        plan.arch,
+        be.precision()
+    );
     let (plan, want, margins) = cache
         .entry(key)
         .or_insert_with(|| {
