@@ -112,12 +112,16 @@ impl Device {
                     .load_function(sym)
                     .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
                 if let Some(k) = super::exec::conv_kernel_info(sym).filter(|k| k.smem > 0) {
-                    // More than 48 KiB of dynamic shared memory needs an opt-in.
-                    f.set_attribute(
-                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        k.smem as i32,
-                    )
-                    .map_err(|e| Error::Cuda(format!("{sym}: {} B of shared memory: {e}", k.smem)))?;
+                    // More than 48 KiB of dynamic shared memory needs an opt-in. A device
+                    // that refuses it does without this tile (exec.rs falls back).
+                    let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                    if let Err(e) = f.set_attribute(attr, k.smem as i32) {
+                        eprintln!(
+                            "notice: {sym} left out: {} B of shared memory refused ({e})",
+                            k.smem
+                        );
+                        continue;
+                    }
                 }
                 functions.insert(sym.to_string(), f);
             }

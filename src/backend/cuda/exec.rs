@@ -862,7 +862,20 @@ impl Prepared {
             for op in &s.ops {
                 dev_ops.push(match op {
                     Op::Conv(c) => {
-                        let cands = conv_candidates(policy, dev.dtype(), plan, c);
+                        let mut cands = conv_candidates(policy, dev.dtype(), plan, c);
+                        cands.retain(|k| dev.has_function(k.name).is_ok());
+                        if cands.is_empty() {
+                            // A device that refused a tile's shared memory: the general kernel.
+                            cands.extend(
+                                ["conv_mma_f16", "conv_simt_f32"]
+                                    .iter()
+                                    .filter_map(|name| conv_kernel_info(name))
+                                    .filter(|k| {
+                                        k.dtype == dev.dtype() && dev.has_function(k.name).is_ok()
+                                    })
+                                    .take(1),
+                            );
+                        }
                         let k_major = match cands.first() {
                             Some(k) => k.k_major,
                             None => {
@@ -872,10 +885,7 @@ impl Prepared {
                                 )))
                             }
                         };
-                        for k in &cands {
-                            dev.has_function(k.name)?;
-                            debug_assert_eq!(k.k_major, k_major);
-                        }
+                        debug_assert!(cands.iter().all(|k| k.k_major == k_major));
                         let packed = pack_conv_weight(
                             &c.weight,
                             c.output.channels,
