@@ -42,7 +42,7 @@
 //   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64): register-blocked f32 (8x8, 8x4
 //       or 4x4 outputs per thread), double-buffered shared memory, no division in the
 //       inner loop (see below).
-//   The host picks the tile and split-K per layer and batch size (exec.rs).
+//   The host picks the tile and split-K per layer and batch size (convsel.rs, exec.rs).
 // All variants handle any H, W, stride, padding; the first three any C and K (every
 // load and store is bounds checked). Blocks whose first pixel belongs to a sample past
 // `*count` return at once.

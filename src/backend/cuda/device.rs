@@ -111,7 +111,7 @@ impl Device {
                 let f = module
                     .load_function(sym)
                     .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
-                if let Some(k) = super::exec::conv_kernel_info(sym).filter(|k| k.smem > 0) {
+                if let Some(k) = super::convsel::conv_kernel_info(sym).filter(|k| k.smem > 0) {
                     // More than 48 KiB of dynamic shared memory needs an opt-in. A device
                     // that refuses it does without this tile (exec.rs falls back).
                     let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;

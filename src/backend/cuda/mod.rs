@@ -10,8 +10,9 @@
 //! a CUDA graph and replayed (set `DGATE_CUDA_GRAPHS=0` to launch kernel by kernel).
 //!
 //! Module map: [`kernels`] (sources, NVRTC), [`params`] (launch structs mirrored in
-//! `common.cuh`), `device` (context or CPU emulator, memory), `exec` (a plan made
-//! resident, the launch sequence), [`selfcheck`] (every op and small networks against
+//! `common.cuh`), `device` (context or CPU emulator, memory), `convsel` (the conv
+//! kernel table, candidates per layer, split-K, cost model), `exec` (a plan made
+//! resident, kernel tuning, the launch sequence), [`selfcheck`] (every op and small networks against
 //! [`reference`](mod@reference)), [`synthetic`] (random-weight plans), [`bench`](mod@bench) (latency tables).
 //!
 //! Without a GPU the same kernel sources run in a CPU emulator
@@ -28,6 +29,7 @@
 //! memory per kernel).
 
 pub mod bench;
+mod convsel;
 mod device;
 mod exec;
 pub mod kernels;
@@ -87,7 +89,7 @@ impl CudaBackend {
         let dev = Device::new(precision)?;
         // DGATE_CONV names a conv kernel policy for experiments (see set_conv_kernel).
         let conv_kernel = std::env::var("DGATE_CONV").unwrap_or_else(|_| "auto".into());
-        if !exec::policy_known(&conv_kernel, dev.dtype()) {
+        if !convsel::policy_known(&conv_kernel, dev.dtype()) {
             return Err(Error::Config(format!(
                 "DGATE_CONV={conv_kernel} is not a convolution kernel policy for {}",
                 dev.dtype()
@@ -136,14 +138,14 @@ impl CudaBackend {
     /// tiles; f16: the pipelined tensor-core conv_tc tiles where a layer's channels are
     /// aligned to 8, else conv_mma_f16), a family (`conv_sgemm_f32`, `conv_tc_f16`), or
     /// one kernel for every layer (`conv_simt_f32`, `conv_sgemm128x128_f32`,
-    /// `conv_tc64x64_f16`, `conv_mmavec_f16`, ...; see `CONV_KERNELS` in exec.rs), the
+    /// `conv_tc64x64_f16`, `conv_mmavec_f16`, ...; see `CONV_KERNELS` in convsel.rs), the
     /// aligned-only ones falling back where a layer is unaligned. Within a family the
     /// tile and split-K are chosen per layer and batch size: measured on the GPU before
     /// a batch size's graph is captured (unless `DGATE_AUTOTUNE=0`), else by a cost
     /// model. The resident plan is dropped: weights are packed per kernel.
     pub fn set_conv_kernel(&mut self, name: &str) -> Result<()> {
-        if !exec::policy_known(name, self.dev.dtype()) {
-            let mut names: Vec<&str> = exec::CONV_KERNELS
+        if !convsel::policy_known(name, self.dev.dtype()) {
+            let mut names: Vec<&str> = convsel::CONV_KERNELS
                 .iter()
                 .filter(|k| k.dtype == self.dev.dtype())
                 .map(|k| k.name)

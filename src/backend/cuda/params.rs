@@ -168,7 +168,7 @@ pub fn sizes() -> [(&'static str, usize); 8] {
         ("DGATE_SIZEOF_COMPACT", size_of::<CompactParams>()),
         ("DGATE_SIZEOF_PACK", size_of::<PackParams>()),
         // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
-        ("DGATE_TC_STAGES", super::exec::TC_STAGES),
-        ("DGATE_TC_LDS", super::exec::TC_LDS),
+        ("DGATE_TC_STAGES", super::convsel::TC_STAGES),
+        ("DGATE_TC_LDS", super::convsel::TC_LDS),
     ]
 }

@@ -247,7 +247,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                     let plan = conv_case_plan(cc, &mut rng, exact);
                     let err = run_op_case(be, &plan, n, &mut rng, exact)?;
                     let used = match &plan.stages[0].ops[0] {
-                        Op::Conv(c) => super::exec::choose_conv_kernel(var, tag, &plan, c),
+                        Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
                         _ => var.to_string(),
                     };
                     ran.insert(used.clone());

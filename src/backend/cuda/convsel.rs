@@ -1,0 +1,414 @@
+//! Which convolution kernel runs a layer: the table of conv.cu's kernels (tile, threads,
+//! shared memory, weight packing, what layers each can run), the candidates a policy
+//! offers a layer, split-K, and the cost model used where nothing was measured (the
+//! measuring itself is `Prepared::tune` in exec.rs).
+
+use crate::plan::{Conv, Plan, View};
+
+/// conv_tc's k-tile width plus padding (halves per shared row) and ring depth; passed
+/// to NVRTC and checked against conv.cu's own.
+pub(crate) const TC_LDS: usize = 40;
+pub(crate) const TC_STAGES: usize = 4;
+const MAX_SPLIT_K: usize = 16;
+
+/// Which layers a convolution kernel can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Needs {
+    /// Any C, K, view and pre-activation.
+    Any,
+    /// Channels, strides and offsets aligned for 16-byte loads (see `vec_aligned`).
+    Aligned,
+    /// Aligned, no pre-activation, at least 128 output channels.
+    AlignedPlainWide,
+}
+
+/// One convolution kernel of conv.cu and how to launch it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvKernel {
+    pub name: &'static str,
+    pub dtype: &'static str,
+    /// Block tile (output pixels, output channels, reduction step).
+    pub tile: (usize, usize, usize),
+    pub threads: u32,
+    /// Dynamic shared memory per block, bytes.
+    pub smem: u32,
+    /// Weight packed `[K][(r, s, c)]` (else `[(r, s, c)][K]`).
+    pub k_major: bool,
+    /// Supports split-K through the workspace.
+    pub split: bool,
+    pub needs: Needs,
+    /// Cost model (used where nothing was measured): relative throughput of a full tile.
+    pub efficiency: f64,
+}
+
+const fn plain(
+    name: &'static str,
+    dtype: &'static str,
+    tile: (usize, usize, usize),
+    threads: u32,
+    (k_major, split, needs): (bool, bool, Needs),
+    efficiency: f64,
+) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype,
+        tile,
+        threads,
+        smem: 0,
+        k_major,
+        split,
+        needs,
+        efficiency,
+    }
+}
+
+const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: f64) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype: "f16",
+        tile: (bm, bn, 32),
+        threads,
+        smem: ((bm + bn) * TC_LDS * 2 * TC_STAGES) as u32,
+        k_major: true,
+        split: true,
+        needs: Needs::Aligned,
+        efficiency,
+    }
+}
+
+/// Every convolution kernel. Families that share a weight packing can be mixed per
+/// batch size; the `auto` policy picks among conv_sgemm* (f32) and conv_tc* (f16).
+pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
+    plain(
+        "conv_simt_f32",
+        "f32",
+        (64, 64, 16),
+        256,
+        (false, true, Needs::Any),
+        0.5,
+    ),
+    plain(
+        "conv_sgemm128x128_f32",
+        "f32",
+        (128, 128, 8),
+        256,
+        (false, true, Needs::Any),
+        1.0,
+    ),
+    plain(
+        "conv_sgemm128x64_f32",
+        "f32",
+        (128, 64, 8),
+        256,
+        (false, true, Needs::Any),
+        0.85,
+    ),
+    plain(
+        "conv_sgemm64x64_f32",
+        "f32",
+        (64, 64, 8),
+        256,
+        (false, true, Needs::Any),
+        0.7,
+    ),
+    plain(
+        "conv_simt_f16",
+        "f16",
+        (64, 64, 16),
+        256,
+        (false, true, Needs::Any),
+        0.1,
+    ),
+    plain(
+        "conv_mma_f16",
+        "f16",
+        (64, 64, 32),
+        128,
+        (false, false, Needs::Any),
+        0.4,
+    ),
+    plain(
+        "conv_mmavec_f16",
+        "f16",
+        (128, 64, 32),
+        256,
+        (true, true, Needs::Aligned),
+        0.6,
+    ),
+    plain(
+        "conv_mmaasync_f16",
+        "f16",
+        (128, 128, 32),
+        256,
+        (true, true, Needs::AlignedPlainWide),
+        0.8,
+    ),
+    tc("conv_tc128x128_f16", 128, 128, 256, 1.0),
+    tc("conv_tc128x64_f16", 128, 64, 128, 0.85),
+    tc("conv_tc64x64_f16", 64, 64, 128, 0.7),
+    tc("conv_tc128x32_f16", 128, 32, 128, 0.6),
+    tc("conv_tc64x32_f16", 64, 32, 64, 0.5),
+];
+
+pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
+    CONV_KERNELS.iter().find(|k| k.name == name)
+}
+
+/// Where the candidates for one layer come from: the `auto` policy's family, or one
+/// named kernel.
+fn family_of(name: &str) -> &str {
+    if name.starts_with("conv_tc") {
+        "conv_tc"
+    } else if name.starts_with("conv_sgemm") {
+        "conv_sgemm"
+    } else {
+        name
+    }
+}
+
+/// Whether conv_mmavec's 16-byte loads and paired stores are aligned for this layer.
+pub(crate) fn vec_aligned(plan: &Plan, c: &Conv) -> bool {
+    let stride = |v: &View| plan.buffers[v.buf].channels;
+    c.input.channels.is_multiple_of(8)
+        && c.output.channels.is_multiple_of(8)
+        && stride(&c.input).is_multiple_of(8)
+        && c.input.offset.is_multiple_of(8)
+        && stride(&c.output).is_multiple_of(2)
+        && c.output.offset.is_multiple_of(2)
+        && c.residual
+            .as_ref()
+            .is_none_or(|r| stride(r).is_multiple_of(2) && r.offset.is_multiple_of(2))
+}
+
+fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
+    match k.needs {
+        Needs::Any => true,
+        Needs::Aligned => vec_aligned(plan, c),
+        Needs::AlignedPlainWide => {
+            vec_aligned(plan, c) && c.pre.is_none() && c.output.channels >= 128
+        }
+    }
+}
+
+/// Whether `policy` names something [`conv_candidates`] understands for `dtype`.
+pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
+    policy == "auto"
+        || policy == format!("conv_tc_{dtype}") && dtype == "f16"
+        || policy == format!("conv_sgemm_{dtype}") && dtype == "f32"
+        || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype)
+}
+
+/// The kernels one convolution may use under `policy`, all with one weight packing:
+/// `auto` (f32: the conv_sgemm tiles; f16: the conv_tc tiles), a family
+/// (`conv_sgemm_f32`, `conv_tc_f16`), or one kernel by name. Where none applies (the
+/// aligned-only kernels on an unaligned layer) it falls back along
+/// conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16. Which candidate runs, and with
+/// how many k-splits, is chosen per batch size (measured by [`Prepared::tune`], else
+/// by the cost model of [`model_choice`]).
+pub(crate) fn conv_candidates(
+    policy: &str,
+    dtype: &str,
+    plan: &Plan,
+    c: &Conv,
+) -> Vec<&'static ConvKernel> {
+    let family = match policy {
+        "auto" if dtype == "f32" => "conv_sgemm",
+        "auto" => "conv_tc",
+        "conv_tc_f16" => "conv_tc",
+        "conv_sgemm_f32" => "conv_sgemm",
+        _ => "",
+    };
+    let mut cands: Vec<&'static ConvKernel> = match conv_kernel_info(policy) {
+        Some(k) => vec![k],
+        None => CONV_KERNELS
+            .iter()
+            .filter(|k| k.dtype == dtype && family_of(k.name) == family)
+            .collect(),
+    };
+    cands.retain(|k| applies(k, plan, c));
+    if cands.is_empty() {
+        let fallback = ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f32"];
+        cands.extend(
+            fallback
+                .iter()
+                .filter_map(|n| conv_kernel_info(n))
+                .filter(|k| k.dtype == dtype && applies(k, plan, c))
+                .take(1),
+        );
+    }
+    cands
+}
+
+/// The kernel a policy gives one convolution, or `family*` where it leaves the tile
+/// to be chosen per batch size.
+pub(crate) fn choose_conv_kernel(policy: &str, dtype: &str, plan: &Plan, c: &Conv) -> String {
+    let cands = conv_candidates(policy, dtype, plan, c);
+    match cands.as_slice() {
+        [one] => one.name.to_string(),
+        [first, ..] => format!("{}*", family_of(first.name)),
+        [] => String::new(),
+    }
+}
+
+/// (candidate index, k-splits) for a layer of GEMM shape `(m, k, kd)` by a cost
+/// model: waves of one block per SM, each the block's tile work over the kernel's
+/// relative throughput. Used where nothing was measured (the emulator, or
+/// `DGATE_AUTOTUNE=0`).
+pub(crate) fn model_choice(
+    cands: &[&'static ConvKernel],
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> (usize, usize) {
+    let mut best = (0, 1, f64::INFINITY);
+    for (i, cand) in cands.iter().enumerate() {
+        let (bm, bn, bk) = cand.tile;
+        let splits = if cand.split {
+            split_k(cand.tile, (m, k, kd), sms, workspace_floats)
+        } else {
+            1
+        };
+        let blocks = m.div_ceil(bm) * k.div_ceil(bn) * splits;
+        let waves = blocks.div_ceil(sms.max(1));
+        let steps = kd.div_ceil(bk).div_ceil(splits) * bk;
+        let cost = waves as f64 * (bm * bn * steps) as f64 / cand.efficiency;
+        if cost < best.2 {
+            best = (i, splits, cost);
+        }
+    }
+    (best.0, best.1)
+}
+
+/// How many k-ranges to split a conv_mmavec launch into: enough blocks to fill the
+/// GPU when the output alone gives fewer than half a wave.
+pub(crate) fn split_k(
+    (tile_m, tile_n, tile_k): (usize, usize, usize),
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> usize {
+    let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
+    let ktiles = kd.div_ceil(tile_k);
+    if tiles * 2 > sms || ktiles < 8 || m * k > workspace_floats {
+        return 1;
+    }
+    sms.div_ceil(tiles).min(ktiles / 4).clamp(1, MAX_SPLIT_K)
+}
+
+#[cfg(test)]
+mod kernel_choice {
+    use super::*;
+    use crate::backend::cuda::reference::Rng;
+    use crate::backend::cuda::synthetic::{buf, conv_op, random_pre, single_op_plan, view};
+    use crate::plan::Op;
+
+    /// A single-conv plan: C -> K, 3x3 at `hw`, optional pre-activation, input view at
+    /// `in_off` of a buffer `in_stride` channels wide.
+    fn plan(c: usize, k: usize, hw: usize, pre: bool, (in_stride, in_off): (usize, usize)) -> Plan {
+        let mut rng = Rng::new(1);
+        let pre = pre.then(|| random_pre(&mut rng, c));
+        // single_op_plan puts the image buffer first: output is buffer 1, input 2.
+        let op = conv_op(
+            &mut rng,
+            view(2, in_off, c),
+            view(1, 0, k),
+            hw,
+            3,
+            1,
+            pre,
+            None,
+            true,
+        );
+        single_op_plan(vec![buf(k, hw, hw), buf(in_stride, hw, hw)], op)
+    }
+
+    fn names(policy: &str, dtype: &str, p: &Plan) -> Vec<&'static str> {
+        let Op::Conv(c) = &p.stages[0].ops[0] else {
+            panic!("not a conv")
+        };
+        conv_candidates(policy, dtype, p, c)
+            .iter()
+            .map(|k| k.name)
+            .collect()
+    }
+
+    #[test]
+    fn auto_offers_one_packing_per_layer() {
+        let aligned = plan(64, 64, 8, false, (64, 0));
+        let tc = names("auto", "f16", &aligned);
+        assert_eq!(tc.len(), 5);
+        assert!(tc.iter().all(|n| n.starts_with("conv_tc")));
+        let f32s = names("auto", "f32", &aligned);
+        assert!(f32s.iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 3);
+        // Pre-activation is fine for conv_tc; an unaligned view is not.
+        assert_eq!(
+            names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
+            5
+        );
+        assert_eq!(
+            names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
+            ["conv_mma_f16"]
+        );
+        assert_eq!(
+            names("auto", "f16", &plan(64, 64, 8, false, (70, 3))),
+            ["conv_mma_f16"]
+        );
+        // The older kernels by name, with their fallbacks.
+        assert_eq!(
+            names("conv_mmaasync_f16", "f16", &aligned),
+            ["conv_mmavec_f16"]
+        );
+        assert_eq!(
+            names(
+                "conv_mmaasync_f16",
+                "f16",
+                &plan(64, 128, 8, false, (64, 0))
+            ),
+            ["conv_mmaasync_f16"]
+        );
+        assert_eq!(
+            names("conv_tc64x32_f16", "f16", &aligned),
+            ["conv_tc64x32_f16"]
+        );
+        for k in CONV_KERNELS {
+            assert!(policy_known(k.name, k.dtype));
+            assert!(!policy_known(
+                k.name,
+                if k.dtype == "f32" { "f16" } else { "f32" }
+            ));
+        }
+        assert!(policy_known("conv_tc_f16", "f16") && !policy_known("conv_tc_f16", "f32"));
+        assert!(!policy_known("conv_nope_f16", "f16"));
+    }
+
+    #[test]
+    fn the_cost_model_fits_the_tile_to_the_work() {
+        let p = plan(256, 256, 8, false, (256, 0));
+        let Op::Conv(c) = &p.stages[0].ops[0] else {
+            panic!("not a conv")
+        };
+        let cands = conv_candidates("auto", "f16", &p, c);
+        let ws = 67 * 128 * 128;
+        let pick = |n: usize| {
+            let (i, splits) = model_choice(
+                &cands,
+                (
+                    n * c.out_h * c.out_w,
+                    c.output.channels,
+                    9 * c.input.channels,
+                ),
+                132,
+                ws,
+            );
+            (cands[i].name, splits)
+        };
+        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile.
+        assert_eq!(pick(256), ("conv_tc128x128_f16", 1));
+        // Batch 1: 64 x 256 outputs are a few tiles; small tiles and split-K win.
+        let (name, splits) = pick(1);
+        assert!(
+            name != "conv_tc128x128_f16" && splits > 1,
+            "{name}/{splits}"
+        );
+    }
+}
