@@ -707,7 +707,7 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* s
 }
 
 template <int BM, int BN, int WM, int WN>
-__device__ __forceinline__ void conv_tc(const ConvParams& p) {
+__device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM;
     constexpr int WTN = BN / WN;
@@ -725,8 +725,6 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     __shared__ int rbase[BM], ry0[BM], rx0[BM];
 
     const int M = *p.count * p.P * p.Q;
-    const int m0 = blockIdx.x * BM;
-    if (m0 >= M) return;
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + TC_BK - 1) / TC_BK;
@@ -854,6 +852,18 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
 }
 
+// Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
+// the samples it expects live (after a gate: what recent passes left), so a smaller
+// survivor count launches no idle blocks, and a larger one is still covered.
+template <int BM, int BN, int WM, int WN>
+__device__ __forceinline__ void conv_tc(const ConvParams& p) {
+    const int M = *p.count * p.P * p.Q;
+    for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+        conv_tc_tile<BM, BN, WM, WN>(p, m0);
+        __syncthreads();  // the next tile reuses the shared memory
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // conv_sgemm<BM, BN>_f32: the register-blocked f32 kernel. Block tile BM x BN x 8,
 // 256 threads as 16 x 16, each thread (BM/16) x (BN/16) outputs held in registers as
@@ -868,7 +878,7 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
 #define SG_THREADS 256
 
 template <int BM, int BN>
-__device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
+__device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     constexpr int TM = BM / 16;
     constexpr int TN = BN / 16;
     constexpr int GM = TM / 4;
@@ -880,8 +890,6 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     __shared__ __align__(16) float Bs[2][SG_BK][BN + 4];
 
     const int M = *p.count * p.P * p.Q;
-    const int m0 = blockIdx.x * BM;
-    if (m0 >= M) return;
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + SG_BK - 1) / SG_BK;
@@ -1013,17 +1021,32 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     }
 }
 
-// Finishes a split-K convolution: one thread per output (pixel, channel).
+// Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
+// the samples it expects live (after a gate: what recent passes left), so a smaller
+// survivor count launches no idle blocks, and a larger one is still covered.
+template <int BM, int BN>
+__device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
+    const int M = *p.count * p.P * p.Q;
+    for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+        conv_sgemm_tile<BM, BN>(p, m0);
+        __syncthreads();  // the next tile reuses the shared memory
+    }
+}
+
+// Finishes a split-K convolution: a thread per output (pixel, channel), striding over
+// the grid when more are live than the grid was sized for.
 template <typename T>
 __device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
-    const long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x;
     const long long M = (long long)*p.count * p.P * p.Q;
-    if (e >= M * p.K || M * p.K > (long long)p.ws_cap) return;  // see conv_k_range
-    const int m = (int)(e / p.K);
-    const int k = (int)(e - (long long)m * p.K);
-    const float v = p.workspace[e];
-    p.workspace[e] = 0.0f;
-    conv_store<T>(p, m, k, v);
+    if (M * p.K > (long long)p.ws_cap) return;  // the split was undone: see conv_k_range
+    const long long step = (long long)gridDim.x * EPILOGUE_THREADS;
+    for (long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x; e < M * p.K; e += step) {
+        const int m = (int)(e / p.K);
+        const int k = (int)(e - (long long)m * p.K);
+        const float v = p.workspace[e];
+        p.workspace[e] = 0.0f;
+        conv_store<T>(p, m, k, v);
+    }
 }
 
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }

@@ -37,6 +37,9 @@ pub(crate) struct ConvKernel {
     /// Supports split-K through the workspace.
     pub split: bool,
     pub needs: Needs,
+    /// Loops over output tiles (grid-stride in m), so the grid may be sized for the
+    /// samples expected live rather than for the whole batch.
+    pub m_loop: bool,
     /// Cost model (used where nothing was measured): relative throughput of a full tile.
     pub efficiency: f64,
 }
@@ -58,8 +61,15 @@ const fn plain(
         k_major,
         split,
         needs,
+        m_loop: false,
         efficiency,
     }
+}
+
+/// `k` with `m_loop` set (its kernel loops over output tiles).
+const fn looped(mut k: ConvKernel) -> ConvKernel {
+    k.m_loop = true;
+    k
 }
 
 const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: f64) -> ConvKernel {
@@ -72,6 +82,7 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
         k_major: true,
         split: true,
         needs: Needs::Aligned,
+        m_loop: true,
         efficiency,
     }
 }
@@ -87,30 +98,30 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
         (false, true, Needs::Any),
         0.5,
     ),
-    plain(
+    looped(plain(
         "conv_sgemm128x128_f32",
         "f32",
         (128, 128, 8),
         256,
         (false, true, Needs::Any),
         1.0,
-    ),
-    plain(
+    )),
+    looped(plain(
         "conv_sgemm128x64_f32",
         "f32",
         (128, 64, 8),
         256,
         (false, true, Needs::Any),
         0.85,
-    ),
-    plain(
+    )),
+    looped(plain(
         "conv_sgemm64x64_f32",
         "f32",
         (64, 64, 8),
         256,
         (false, true, Needs::Any),
         0.7,
-    ),
+    )),
     plain(
         "conv_simt_f16",
         "f16",

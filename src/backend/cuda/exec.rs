@@ -1077,12 +1077,19 @@ impl Prepared {
         // workspace holds, the kernel undoes the split itself (conv_k_range).
         let splits = if kernel.split { splits.max(1) } else { 1 };
         let (tm, tn, _) = kernel.tile;
-        let grid = (blocks(m, tm), blocks(k, tn), splits as u32);
+        // Kernels that loop over output tiles get a grid for the samples expected live
+        // (fewer than the batch after a gate), not idle blocks for the rest.
+        let m_grid = if kernel.m_loop {
+            Self::gemm_shape(c, self.assumed_count(n, level).clamp(1, n)).0
+        } else {
+            m
+        };
+        let grid = (blocks(m_grid, tm), blocks(k, tn), splits as u32);
         dev.launch3(kernel.name, grid, kernel.threads, kernel.smem, &p)?;
         if splits > 1 {
             dev.launch(
                 &format!("conv_splitk_epilogue_{}", dev.dtype()),
-                (blocks(m * k, ELEMENTWISE_THREADS as usize), 1),
+                (blocks(m_grid * k, ELEMENTWISE_THREADS as usize), 1),
                 ELEMENTWISE_THREADS,
                 0,
                 &p,
