@@ -206,3 +206,57 @@ fn info_matches_design_flops() {
         "18.10"
     );
 }
+
+#[test]
+fn bench_profile_is_reported_per_configuration_and_gpu_check_parts_are_checked() {
+    let (code, out, err) = run(&[
+        "bench",
+        "--random",
+        "resnet20",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1,2",
+        "--exits",
+        "0.5,0.3",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--profile",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let profiles = v["profiles"].as_array().expect("profiles");
+    // Full network and with exits, each at the largest batch only; the CPU cannot profile.
+    assert_eq!(profiles.len(), 2, "{out}");
+    assert!(profiles
+        .iter()
+        .all(|p| p["batch"] == 2 && p["steps"].is_null()));
+    let (code, out, _) = run(&[
+        "bench",
+        "--random",
+        "resnet20",
+        "--backend",
+        "cpu",
+        "--batch",
+        "1",
+        "--exits",
+        "",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--profile",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("### profile: ResNet-20 f32 full, batch 1") && out.contains("CUDA only"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["gpu-check", "--parts", "ops,bogus"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown part \"bogus\""), "{err}");
+}
