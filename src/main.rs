@@ -708,17 +708,17 @@ fn bench(a: &BenchArgs) -> Result<()> {
             if !a.model.json {
                 eprintln!("timing {cfg}, batch {n}");
             }
-            rows.push(dgate_rt::bench::measure(
-                &mut engine,
-                &cfg,
-                xb,
-                n,
-                a.warmup,
-                a.runs,
-            )?);
-            if a.profile && n == maxn {
-                profiles.push((cfg.clone(), n, engine.profile(xb, n)?));
-            }
+            // One row per configuration; the profile at the largest batch when asked.
+            let mut measure = |engine: &mut Engine, cfg: String| -> Result<()> {
+                rows.push(dgate_rt::bench::measure(
+                    engine, &cfg, xb, n, a.warmup, a.runs,
+                )?);
+                if a.profile && n == maxn {
+                    profiles.push((cfg, n, engine.profile(xb, n)?));
+                }
+                Ok(())
+            };
+            measure(&mut engine, cfg)?;
             if !exits.is_empty() && gates > 0 {
                 let t = dgate_rt::bench::thresholds_for_fractions(&mut engine, xb, n, &exits)?;
                 let pct: Vec<String> = exits.iter().map(|f| format!("{:.0}", 100.0 * f)).collect();
@@ -726,17 +726,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 if !a.model.json {
                     eprintln!("timing {cfg}, batch {n} (thresholds {t:?})");
                 }
-                rows.push(dgate_rt::bench::measure(
-                    &mut engine,
-                    &cfg,
-                    xb,
-                    n,
-                    a.warmup,
-                    a.runs,
-                )?);
-                if a.profile && n == maxn {
-                    profiles.push((cfg.clone(), n, engine.profile(xb, n)?));
-                }
+                measure(&mut engine, cfg)?;
             }
         }
     }

@@ -259,6 +259,12 @@ impl Plan {
         }
     }
 
+    /// How many gates a sample passes before `stage`: the compaction level whose live
+    /// count that stage's kernels run on (0: the whole batch).
+    pub fn level_of(&self, stage: usize) -> usize {
+        self.gates.iter().filter(|g| g.after_stage < stage).count()
+    }
+
     /// The gate placed after `stage`, if any.
     pub fn gate_after(&self, stage: usize) -> Option<usize> {
         self.gates.iter().position(|g| g.after_stage == stage)

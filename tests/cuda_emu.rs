@@ -12,17 +12,24 @@ use dgate_rt::backend::cuda::{kernels, selfcheck, CudaBackend};
 /// (two in parallel crashed with SIGSEGV).
 static EMULATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The emulator library built under the test's temporary directory `name`; `None`
+/// (after printing `skipped: <reason>`) without a host C++ compiler.
+fn emulator(name: &str) -> Option<PathBuf> {
+    match kernels::build_emulator(&PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)) {
+        Ok(lib) => Some(lib),
+        Err(dgate_rt::Error::CudaUnavailable(msg)) => {
+            println!("skipped: {msg}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[test]
 fn emulated_kernels_match_the_reference() {
     let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu");
-    let lib = match kernels::build_emulator(&dir) {
-        Ok(lib) => lib,
-        Err(dgate_rt::Error::CudaUnavailable(msg)) => {
-            println!("skipped: {msg}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(lib) = emulator("dgate-emu") else {
+        return;
     };
     let mut out = std::io::stdout();
     let mut make = |p| CudaBackend::new_emulated(p, &lib);
@@ -35,14 +42,8 @@ fn emulated_kernels_match_the_reference() {
 #[test]
 fn emulated_bench_tables_run() {
     let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu-bench");
-    let lib = match kernels::build_emulator(&dir) {
-        Ok(lib) => lib,
-        Err(dgate_rt::Error::CudaUnavailable(msg)) => {
-            println!("skipped: {msg}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(lib) = emulator("dgate-emu-bench") else {
+        return;
     };
     use dgate_rt::backend::cuda::bench;
     use dgate_rt::backend::Precision;
@@ -78,14 +79,8 @@ fn emulated_bench_tables_run() {
 #[test]
 fn emulated_profile_times_every_step_of_a_gated_pass() {
     let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dgate-emu-profile");
-    let lib = match kernels::build_emulator(&dir) {
-        Ok(lib) => lib,
-        Err(dgate_rt::Error::CudaUnavailable(msg)) => {
-            println!("skipped: {msg}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(lib) = emulator("dgate-emu-profile") else {
+        return;
     };
     use dgate_rt::backend::{Backend, Precision};
     let mut plan = dgate_rt::backend::cuda::synthetic::tiny_resnet(3, 10);

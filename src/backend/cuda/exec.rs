@@ -457,7 +457,6 @@ impl Prepared {
         n: usize,
         eb: usize,
     ) -> crate::backend::OpTime {
-        let level_of = |s: usize| plan.gates.iter().filter(|g| g.after_stage < s).count();
         let at = |l: usize| live.get(l).copied().unwrap_or(n);
         let (op, kernel, samples, flops, bytes) = match step {
             Step::Pack => (
@@ -468,7 +467,7 @@ impl Prepared {
                 (n * IMAGE_FLOATS * (4 + eb)) as f64,
             ),
             Step::Op(s, o) => {
-                let l = at(level_of(s));
+                let l = at(plan.level_of(s));
                 match &plan.stages[s].ops[o] {
                     Op::Conv(c) => {
                         let (m, k, kd) = Self::gemm_shape(c, l);
@@ -525,8 +524,8 @@ impl Prepared {
             }
             Step::Gate(g) => {
                 let gate = &plan.gates[g];
-                let l = at(level_of(gate.after_stage));
-                let kept = at(level_of(gate.after_stage) + 1);
+                let l = at(plan.level_of(gate.after_stage));
+                let kept = at(plan.level_of(gate.after_stage) + 1);
                 let out = &plan.stages[gate.after_stage].output;
                 let hwc = gate.h * gate.w * out.channels;
                 (
@@ -693,7 +692,7 @@ impl Prepared {
         ) else {
             return None;
         };
-        let level = plan.gates.iter().filter(|g| g.after_stage < stage).count();
+        let level = plan.level_of(stage);
         let (i, splits) = self.choice(stage, op, level, c, cands, n);
         let name = cands.get(i)?.name;
         Some(if splits > 1 {

@@ -293,14 +293,21 @@ impl CudaBackend {
         check_batch(images, n)?;
         self.ensure_prepared(plan, n)?;
         self.stage_images(images, n)?;
-        self.launch_pass(plan, n)?; // warm-up, and capture
+        self.warm_up(plan, n)?;
+        self.median_ms(iters, |be| be.launch_pass(plan, n))
+    }
+
+    /// One pass on the staged batch that tunes and captures, and a second when the
+    /// survivors it saw re-choose the post-gate kernels: afterwards a pass at `n` runs
+    /// with the kernels it will keep.
+    fn warm_up(&mut self, plan: &Plan, n: usize) -> Result<()> {
+        self.launch_pass(plan, n)?;
         self.dev.sync()?;
         if self.observe_survivors(plan, n)? {
-            // Kernels re-chosen for the samples the gates leave: capture again.
             self.launch_pass(plan, n)?;
             self.dev.sync()?;
         }
-        self.median_ms(iters, |be| be.launch_pass(plan, n))
+        Ok(())
     }
 
     /// One pass at batch `n` launched step by step (no graph) with the kernels a graph
@@ -311,12 +318,7 @@ impl CudaBackend {
         self.ensure_prepared(plan, n)?;
         self.stage_images(images, n)?;
         // Kernels chosen (and re-chosen for the survivors) as for a timed pass.
-        self.launch_pass(plan, n)?;
-        self.dev.sync()?;
-        if self.observe_survivors(plan, n)? {
-            self.launch_pass(plan, n)?;
-            self.dev.sync()?;
-        }
+        self.warm_up(plan, n)?;
         let dev = &self.dev;
         let prep = self
             .prepared

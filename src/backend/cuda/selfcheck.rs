@@ -529,7 +529,7 @@ fn check_split_guard(
     let autotune = be.autotune();
     be.set_autotune(false);
     let (first, _) = compare_pass_as(be, &plan, n, 5, &[1.0, 1.0], cache, Some(&mut resident))?;
-    let after_gate = |s: usize| plan.gates.iter().any(|g| g.after_stage < s);
+    let after_gate = |s: usize| plan.level_of(s) > 0;
     let cap = plan
         .stages
         .iter()
