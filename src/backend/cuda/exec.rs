@@ -71,7 +71,14 @@ pub(crate) struct Prepared {
     ops: Vec<Vec<DevOp>>,
     gates: Vec<DevLinear>,
     head: DevLinear,
-    counts: Mem,
+    /// Live counts per level, then per input: exit, class, score, logits, in one
+    /// allocation so that a pass's results come back in one copy (see `results`).
+    outputs: Mem,
+    /// Byte offsets into `outputs` (the counts start at 0).
+    off_exit: usize,
+    off_class: usize,
+    off_score: usize,
+    off_logits: usize,
     /// Split-K partial sums; zero between convolutions.
     workspace: Mem,
     idx: Vec<Mem>,
@@ -79,10 +86,6 @@ pub(crate) struct Prepared {
     src_of: Mem,
     scratch: Mem,
     pub staging: Mem,
-    out_class: Mem,
-    out_exit: Mem,
-    out_score: Mem,
-    out_logits: Mem,
     pub graphs: HashMap<usize, Graph>,
     sms: usize,
     /// (stage, op, batch) -> (candidate, k-splits), where measured or chosen.
@@ -650,6 +653,10 @@ impl Prepared {
             .max()
             .unwrap_or(0);
         let workspace_floats = (dev.sms / 2 + 1) * max_tile;
+        let off_exit = (levels * 4).next_multiple_of(16);
+        let off_class = off_exit + ints;
+        let off_score = off_class + ints;
+        let off_logits = off_score + ints;
         Ok(Prepared {
             workspace: dev.alloc(workspace_floats * 4)?,
             key: plan_key(plan),
@@ -660,7 +667,11 @@ impl Prepared {
             ops,
             gates,
             head,
-            counts: dev.alloc(levels * 4)?,
+            outputs: dev.alloc(off_logits + capacity * plan.classes * 4)?,
+            off_exit,
+            off_class,
+            off_score,
+            off_logits,
             idx: (0..levels)
                 .map(|_| dev.alloc(ints))
                 .collect::<Result<Vec<_>>>()?,
@@ -668,10 +679,6 @@ impl Prepared {
             src_of: dev.alloc(ints)?,
             scratch: dev.alloc(capacity * scratch_elems * eb)?,
             staging: dev.alloc(capacity * IMAGE_FLOATS * 4)?,
-            out_class: dev.alloc(ints)?,
-            out_exit: dev.alloc(ints)?,
-            out_score: dev.alloc(ints)?,
-            out_logits: dev.alloc(capacity * plan.classes * 4)?,
             graphs: HashMap::new(),
             sms: dev.sms,
             choices: HashMap::new(),
@@ -814,7 +821,7 @@ impl Prepared {
 
     /// Live samples per level after the last pass (device counters).
     pub fn live_counts(&self, dev: &Device) -> Result<Vec<usize>> {
-        let b = dev.download_bytes(&self.counts, self.idx.len() * 4)?;
+        let b = dev.download_bytes(&self.outputs, self.idx.len() * 4)?;
         Ok(b.chunks_exact(4)
             .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]).max(0) as usize)
             .collect())
@@ -874,7 +881,7 @@ impl Prepared {
             .iter()
             .flat_map(|&c| (c as i32).to_le_bytes())
             .collect();
-        dev.upload_bytes(&mut self.counts, &counts)?;
+        dev.upload_bytes(&mut self.outputs, &counts)?;
         let mut level = 0;
         for s in 0..plan.stages.len() {
             for (o, op) in plan.stages[s].ops.iter().enumerate() {
@@ -948,7 +955,7 @@ impl Prepared {
     }
 
     fn count_ptr(&self, level: usize) -> u64 {
-        self.counts.ptr + 4 * level as u64
+        self.outputs.ptr + 4 * level as u64
     }
 
     fn view_ptr(&self, v: &View) -> u64 {
@@ -1228,10 +1235,10 @@ impl Prepared {
             count: self.count_ptr(level),
             idx: self.idx[level].ptr,
             keep: self.keep.ptr,
-            out_class: self.out_class.ptr,
-            out_exit: self.out_exit.ptr,
-            out_score: self.out_score.ptr,
-            out_logits: self.out_logits.ptr,
+            out_class: self.outputs.ptr + self.off_class as u64,
+            out_exit: self.outputs.ptr + self.off_exit as u64,
+            out_score: self.outputs.ptr + self.off_score as u64,
+            out_logits: self.outputs.ptr + self.off_logits as u64,
             in_stride: plan.buffers[input.buf].channels as i32,
             in_off: input.offset as i32,
             c: input.channels as i32,
@@ -1331,24 +1338,26 @@ impl Prepared {
         )
     }
 
-    /// Reads the per-input results of the last pass.
-    pub fn results(&self, dev: &Device, n: usize) -> Result<Vec<crate::plan::SampleResult>> {
-        let to_i32 = |b: Vec<u8>| -> Vec<i32> {
-            b.chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        let to_f32 = |b: Vec<u8>| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        let class = to_i32(dev.download_bytes(&self.out_class, n * 4)?);
-        let exit = to_i32(dev.download_bytes(&self.out_exit, n * 4)?);
-        let score = to_f32(dev.download_bytes(&self.out_score, n * 4)?);
-        let logits = to_f32(dev.download_bytes(&self.out_logits, n * self.classes * 4)?);
+    /// Reads the per-input results of the last pass and the live count per level it
+    /// left, in one device-to-host copy.
+    pub fn results(
+        &self,
+        dev: &Device,
+        n: usize,
+    ) -> Result<(Vec<crate::plan::SampleResult>, Vec<usize>)> {
         let k = self.classes;
-        (0..n)
+        let b = dev.download_bytes(&self.outputs, self.off_logits + n * k * 4)?;
+        let word = |at: usize| [b[at], b[at + 1], b[at + 2], b[at + 3]];
+        let int = |off: usize, i: usize| i32::from_le_bytes(word(off + 4 * i));
+        let float = |off: usize, i: usize| f32::from_le_bytes(word(off + 4 * i));
+        let live = (0..self.idx.len())
+            .map(|l| int(0, l).max(0) as usize)
+            .collect();
+        let class: Vec<i32> = (0..n).map(|i| int(self.off_class, i)).collect();
+        let exit: Vec<i32> = (0..n).map(|i| int(self.off_exit, i)).collect();
+        let score: Vec<f32> = (0..n).map(|i| float(self.off_score, i)).collect();
+        let logits: Vec<f32> = (0..n * k).map(|i| float(self.off_logits, i)).collect();
+        let results = (0..n)
             .map(|i| {
                 let c = class[i];
                 if c < 0 || c as usize >= k || exit[i] < -1 || exit[i] >= self.gates.len() as i32 {
@@ -1368,13 +1377,17 @@ impl Prepared {
                     logits: logits[i * k..(i + 1) * k].to_vec(),
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((results, live))
     }
 
-    /// Marks every result invalid so that a sample nobody wrote is caught.
+    /// Marks every result invalid so that a sample nobody wrote is caught. One copy of
+    /// the prefix of `outputs`: the live counts (zero; the pass writes them) and the
+    /// exits.
     pub fn clear_results(&mut self, dev: &Device, n: usize) -> Result<()> {
-        let bytes: Vec<u8> = (0..n).flat_map(|_| (-9i32).to_le_bytes()).collect();
-        dev.upload_bytes(&mut self.out_exit, &bytes)
+        let mut bytes = vec![0u8; self.off_exit];
+        bytes.extend((0..n).flat_map(|_| (-9i32).to_le_bytes()));
+        dev.upload_bytes(&mut self.outputs, &bytes)
     }
 
     // --- single-op access for the self-check ---
@@ -1424,7 +1437,7 @@ impl Prepared {
     pub fn set_live(&mut self, dev: &Device, n: usize) -> Result<()> {
         let idx: Vec<u8> = (0..n as i32).flat_map(|i| i.to_le_bytes()).collect();
         dev.upload_bytes(&mut self.idx[0], &idx)?;
-        dev.upload_bytes(&mut self.counts, &(n as i32).to_le_bytes())
+        dev.upload_bytes(&mut self.outputs, &(n as i32).to_le_bytes())
     }
 }
 
