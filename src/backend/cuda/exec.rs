@@ -104,8 +104,9 @@ pub(crate) struct Prepared {
     ws_canary: usize,
 }
 
-/// What a convolution's speed depends on: kernels, GEMM shape, geometry, epilogue.
-type TuneKey = (usize, [usize; 10]);
+/// What a convolution's speed depends on: its candidate kernels (the first one's name
+/// and their number), live samples, geometry, epilogue.
+type TuneKey = (&'static str, usize, [usize; 10]);
 
 fn hash_values(h: &mut KeyHasher, v: &[f32]) {
     // The key is checked before every pass, so it must cost microseconds, not the
@@ -829,12 +830,8 @@ impl Prepared {
 
     fn tune_key(c: &Conv, cands: &[&'static ConvKernel], n: usize) -> TuneKey {
         (
-            // Candidates are elements of the static CONV_KERNELS: the first one's
-            // address and the count identify the family.
-            cands
-                .first()
-                .map_or(0, |k| *k as *const ConvKernel as usize)
-                ^ cands.len().rotate_left(48),
+            cands.first().map_or("", |k| k.name),
+            cands.len(),
             [
                 n,
                 c.input.channels,
