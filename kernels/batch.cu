@@ -13,6 +13,13 @@
 //   compact_copy_{f32,f16}: view[new] = scratch[new]. Gathering through a scratch
 //       buffer avoids the read/write race of an in-place gather.
 //       One thread per (slot, pixel, channel).
+//   fill_noise_{f32,f16}: a view <- values in [-1, 1) hashed from (seed, element), so
+//       a candidate kernel and the reference it is checked against (while tuning)
+//       read the same, non-trivial input.
+//   diff_max_{f32,f16}: max |a - b| and max |b| over a view of two buffers (a
+//       candidate's output, the reference's), as f32 bits by atomicMax on out[0..2]
+//       (non-negative floats order as their bits; NaN orders above every number).
+//       Grid-stride, one atomic per thread.
 #include "common.cuh"
 
 #define MOVE_THREADS 256
@@ -86,3 +93,49 @@ DGATE_KERNEL(compact_gather_f32, CompactParams, MOVE_THREADS) { compact_move<flo
 DGATE_KERNEL(compact_gather_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, true); }
 DGATE_KERNEL(compact_copy_f32, CompactParams, MOVE_THREADS) { compact_move<float>(p, false); }
 DGATE_KERNEL(compact_copy_f16, CompactParams, MOVE_THREADS) { compact_move<__half>(p, false); }
+
+__device__ __forceinline__ unsigned hash_u32(unsigned x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+template <typename T>
+__device__ __forceinline__ void fill_noise(const CheckParams& p) {
+    const long long total = (long long)p.rows * p.C;
+    for (long long e = (long long)blockIdx.x * MOVE_THREADS + threadIdx.x; e < total;
+         e += (long long)gridDim.x * MOVE_THREADS) {
+        const long long pix = e / p.C;
+        const int c = (int)(e - pix * p.C);
+        const unsigned h = hash_u32((unsigned)e * 0x9e3779b9u ^ hash_u32(p.seed + (unsigned)(e >> 32)));
+        const float v = (float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f;
+        ((T*)p.a)[pix * p.stride + p.off + c] = from_f32<T>(v);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void diff_max(const CheckParams& p) {
+    const long long total = (long long)p.rows * p.C;
+    float d = 0.0f, m = 0.0f;
+    for (long long e = (long long)blockIdx.x * MOVE_THREADS + threadIdx.x; e < total;
+         e += (long long)gridDim.x * MOVE_THREADS) {
+        const long long pix = e / p.C;
+        const long long at = pix * p.stride + p.off + (e - pix * p.C);
+        const float a = to_f32(((const T*)p.a)[at]);
+        const float b = to_f32(((const T*)p.b)[at]);
+        const float ad = fabsf(a - b);
+        // NaN (a broken candidate) must win: fmaxf would drop it.
+        d = (ad > d || ad != ad) && d == d ? ad : d;
+        m = fmaxf(m, fabsf(b));
+    }
+    atomicMax(p.out, __float_as_uint(d));
+    atomicMax(p.out + 1, __float_as_uint(m));
+}
+
+DGATE_KERNEL(fill_noise_f32, CheckParams, MOVE_THREADS) { fill_noise<float>(p); }
+DGATE_KERNEL(fill_noise_f16, CheckParams, MOVE_THREADS) { fill_noise<__half>(p); }
+DGATE_KERNEL(diff_max_f32, CheckParams, MOVE_THREADS) { diff_max<float>(p); }
+DGATE_KERNEL(diff_max_f16, CheckParams, MOVE_THREADS) { diff_max<__half>(p); }

@@ -43,6 +43,15 @@ __device__ __forceinline__ void dgate_pdl_enter() {
         name##_body(p);                                                               \
     }                                                                                 \
     __device__ __forceinline__ void name##_body(const Params& p)
+// The same, asking the compiler for at most 65536 / (threads * min_blocks) registers per
+// thread, so that `min_blocks` blocks fit an SM (for tiles whose shared memory allows two).
+#define DGATE_KERNEL_OCC(name, Params, threads, min_blocks)                                 \
+    __device__ __forceinline__ void name##_body(const Params& p);                           \
+    extern "C" __global__ void __launch_bounds__(threads, min_blocks) name(const Params p) { \
+        dgate_pdl_enter();                                                                  \
+        name##_body(p);                                                                     \
+    }                                                                                       \
+    __device__ __forceinline__ void name##_body(const Params& p)
 #define DGATE_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #endif
 
@@ -56,13 +65,14 @@ struct ConvParams {
     const float* pre_shift;
     const int* count;
     float* workspace;       // split-K partial sums [M][K], zero between uses
+    int* tickets;           // split-K: blocks done per output tile, zero between uses
     int in_stride, in_off, C;
     int out_stride, out_off, K;
     int res_stride, res_off;
     int H, W, P, Q, R, stride, pad;
     int pre_relu, relu, ldw;
     int ws_cap;             // floats of `workspace` split-K may use
-    int pad0;
+    int n_tickets;          // output tiles `tickets` can count
 };
 
 struct ShortcutParams {
@@ -129,6 +139,16 @@ struct PackParams {
     int C, pad0;
 };
 
+// A view in `a` (and in `b`) that tuning checks; see batch.cu's fill_noise / diff_max.
+struct CheckParams {
+    void* a;
+    const void* b;
+    unsigned* out;          // diff_max: max |a - b|, max |b| as f32 bits
+    int rows, C, stride, off;
+    unsigned seed;
+    int pad0;
+};
+
 #ifdef DGATE_SIZEOF_CONV
 static_assert(sizeof(ConvParams) == DGATE_SIZEOF_CONV, "ConvParams differs from its Rust mirror");
 #endif
@@ -143,6 +163,9 @@ static_assert(sizeof(GapLinearParams) == DGATE_SIZEOF_GAP_LINEAR, "GapLinearPara
 #endif
 #ifdef DGATE_SIZEOF_COMPACT
 static_assert(sizeof(CompactParams) == DGATE_SIZEOF_COMPACT, "CompactParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_CHECK
+static_assert(sizeof(CheckParams) == DGATE_SIZEOF_CHECK, "CheckParams differs from its Rust mirror");
 #endif
 #ifdef DGATE_SIZEOF_PACK
 static_assert(sizeof(PackParams) == DGATE_SIZEOF_PACK, "PackParams differs from its Rust mirror");

@@ -26,10 +26,11 @@
 //       the fragments want), and the next k-tile is fetched into registers while the
 //       current one is multiplied (two shared buffers, one barrier per k-tile).
 //       Split-K: blockIdx.z takes a contiguous range of k-tiles (conv_k_range) and, when split,
-//       atomically adds its partial sums to an f32 workspace [M][K]; then
-//       conv_splitk_epilogue_f16 applies bias/residual/ReLU, writes the output and
-//       zeroes the workspace for the next layer. Used where the output is too small to
-//       fill the GPU (batch 1, 4x4 and 8x8 maps).
+//       atomically adds its partial sums to an f32 workspace [M][K]; the last block of
+//       each output tile to finish (a ticket per tile) applies bias/residual/ReLU,
+//       writes the output and zeroes the workspace for the next layer (splitk_finish;
+//       every kernel with split-K ends so). Used where the output is too small to fill
+//       the GPU (batch 1, 4x4 and 8x8 maps, the few samples left after a gate).
 //   conv_mmaasync_f16: for aligned layers without pre-activation and K >= 128: a
 //       128x128x32 block tile, 256 threads = 2x4 warps of 64x32 (4x4 MMAs per k-step),
 //       operands copied global -> shared by cp.async (no register staging; out-of-range
@@ -57,7 +58,6 @@
 #define VEC_BN 64
 #define VEC_BK 32
 #define VEC_THREADS 256
-#define EPILOGUE_THREADS 256
 
 #define ASY_BM 128
 #define ASY_BN 128
@@ -69,14 +69,16 @@
 #define MMA_BK 32
 #define MMA_THREADS 128
 
-// This block's k-tiles [kt0, kt1) and whether it adds into the workspace (split-K).
-// The host plans gridDim.z splits for the samples it expects to be live after the gates
-// (exec.rs); when more are live than the workspace holds (M * K > ws_cap), the split
-// is undone here: block z = 0 takes every k-tile and writes the output, the rest
-// return. False: nothing for this block to do.
-__device__ __forceinline__ bool conv_k_range(const ConvParams& p, int M, int ktiles, int* kt0, int* kt1, bool* split) {
+// This block's k-tiles [kt0, kt1), whether it adds into the workspace (split-K), and
+// how many blocks (`parts`, the non-empty ranges) add into each of the `tiles` output
+// tiles. The host plans gridDim.z splits for the samples it expects to be live after
+// the gates (exec.rs); when more are live than the workspace or the tickets hold
+// (M * K > ws_cap, tiles > n_tickets), the split is undone here: block z = 0 takes
+// every k-tile and writes the output, the rest return. False: nothing for this block.
+__device__ __forceinline__ bool conv_k_range(const ConvParams& p, int M, int ktiles, int tiles, int* kt0, int* kt1,
+                                             bool* split, int* parts) {
     int splits = (int)gridDim.z;
-    if (splits > 1 && (long long)M * p.K > (long long)p.ws_cap) {
+    if (splits > 1 && ((long long)M * p.K > (long long)p.ws_cap || tiles > p.n_tickets)) {
         if (blockIdx.z != 0) return false;
         splits = 1;
     }
@@ -84,8 +86,10 @@ __device__ __forceinline__ bool conv_k_range(const ConvParams& p, int M, int kti
     *kt0 = (int)blockIdx.z * per;
     *kt1 = min(ktiles, *kt0 + per);
     *split = splits > 1;
+    *parts = (ktiles + per - 1) / per;
     return *kt0 < *kt1;
 }
+
 
 // Decodes output pixel `m` into the input pixel base of its sample and the top-left
 // input coordinate of its receptive field; base = -1 marks a row past the batch.
@@ -141,6 +145,33 @@ __device__ __forceinline__ void conv_store(const ConvParams& p, int m, int k, fl
     ((T*)p.out)[(size_t)m * p.out_stride + p.out_off + k] = from_f32<T>(v);
 }
 
+// Split-K's end, in the convolution kernel itself (no second launch): once a block has
+// added its partial sums of output tile `tile` (rows m0.., channels n0.., BM x BN) into
+// the workspace, it takes the tile's ticket; the last of its `parts` blocks to arrive
+// reads the sums back, writes the outputs (bias, residual, ReLU) and leaves the
+// workspace and the ticket zero for the next layer. The fences order the atomics
+// before the ticket and the ticket before the reads (which bypass L1).
+template <typename T, int BM, int BN>
+__device__ __forceinline__ void splitk_finish(const ConvParams& p, int M, int m0, int n0, int parts, int tile) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(p.tickets + tile, 1) == parts - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int e = (int)threadIdx.x; e < BM * BN; e += (int)blockDim.x) {
+        const int m = m0 + e / BN;
+        const int k = n0 + e % BN;
+        if (m >= M || k >= p.K) continue;
+        float* ws = p.workspace + (size_t)m * p.K + k;
+        const float v = __ldcg(ws);
+        __stcg(ws, 0.0f);
+        conv_store<T>(p, m, k, v);
+    }
+    if (threadIdx.x == 0) p.tickets[tile] = 0;
+}
+
 template <typename T>
 __device__ __forceinline__ void conv_simt(const ConvParams& p) {
     __shared__ float As[SIMT_BK][SIMT_BM + 4];
@@ -154,9 +185,11 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
     const int n0 = blockIdx.y * SIMT_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + SIMT_BK - 1) / SIMT_BK;
-    int kt0, kt1;
+    const int tiles = (int)(gridDim.x * gridDim.y);
+    const int tile = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
     const int tid = threadIdx.x;
     const T* in = (const T*)p.in;
     const T* w = (const T*)p.weight;
@@ -222,6 +255,7 @@ __device__ __forceinline__ void conv_simt(const ConvParams& p) {
             }
         }
     }
+    if (split) splitk_finish<T, SIMT_BM, SIMT_BN>(p, M, m0, n0, parts, tile);
 }
 
 // One m16n8k16 tensor-core MMA, f16 inputs, f32 accumulators (PTX ISA fragment
@@ -435,9 +469,11 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     const int n0 = blockIdx.y * VEC_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
-    int kt0, kt1;
+    const int tiles = (int)(gridDim.x * gridDim.y);
+    const int tile = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -536,19 +572,14 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     }
 
     mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
+    if (split) splitk_finish<__half, VEC_BM, VEC_BN>(p, M, m0, n0, parts, tile);
 }
 
 // 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
 // zero-fills the destination without reading the source.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
 #ifdef DGATE_HOST_EMU
-    emu_check_align(smem, 16);
-    if (valid) {
-        emu_check_align(gmem, 16);
-        std::memcpy(smem, gmem, 16);
-    } else {
-        std::memset(smem, 0, 16);
-    }
+    emu_cp_async16(smem, gmem, valid);
 #else
     unsigned long long shared_addr;
     asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
@@ -558,16 +589,22 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 }
 
 __device__ __forceinline__ void cp_async_commit() {
-#ifndef DGATE_HOST_EMU
-    asm volatile("cp.async.commit_group;\n" ::);
+#ifdef DGATE_HOST_EMU
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
-// Waits until at most `N` committed groups of this thread are still in flight.
+// Waits until at most `N` committed groups of this thread are still in flight. The
+// "memory" clobber keeps the compiler from moving shared-memory reads above it
+// (conv_tc's pre-activation reads its landed chunks with no barrier in between).
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#ifndef DGATE_HOST_EMU
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#ifdef DGATE_HOST_EMU
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 
@@ -583,9 +620,11 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
     const int n0 = blockIdx.y * ASY_BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + ASY_BK - 1) / ASY_BK;
-    int kt0, kt1;
+    const int tiles = (int)(gridDim.x * gridDim.y);
+    const int tile = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -670,6 +709,7 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
     }
 
     mma_epilogue<4, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
+    if (split) splitk_finish<__half, ASY_BM, ASY_BN>(p, M, m0, n0, parts, tile);
 }
 
 // ---------------------------------------------------------------------------------
@@ -706,6 +746,33 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* s
 #endif
 }
 
+// A thread's place in the reduction: column kd and its (c, r, s), c = -1 past Kd.
+struct TcCursor {
+    int kd, c, r, s;
+};
+__device__ __forceinline__ TcCursor tc_cursor(const ConvParams& p, int kd, int Kd) {
+    TcCursor k;
+    k.kd = kd;
+    conv_k_info(p, kd, Kd, &k.c, &k.r, &k.s);
+    return k;
+}
+// The next k-tile's column: TC_BK further, carried into s and r without a division.
+__device__ __forceinline__ void tc_step(const ConvParams& p, TcCursor* k, int Kd) {
+    k->kd += TC_BK;
+    if (k->kd >= Kd) {
+        k->c = -1;
+        return;
+    }
+    k->c += TC_BK;
+    while (k->c >= p.C) {
+        k->c -= p.C;
+        if (++k->s == p.R) {
+            k->s = 0;
+            ++k->r;
+        }
+    }
+}
+
 template <int BM, int BN, int WM, int WN>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int THREADS = WM * WN * 32;
@@ -728,9 +795,11 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + TC_BK - 1) / TC_BK;
-    int kt0, kt1;
+    const int tiles = (M + BM - 1) / BM * (int)gridDim.y;
+    const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
+    int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -747,55 +816,53 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     __syncthreads();
 
     // This thread's chunks: column kc of rows r0 + i * ROWS_PER_PASS, in A and in B.
+    // Each k-tile's (c, r, s) comes from a cursor stepped by TC_BK (no division in the
+    // loop); the rows' pixels from the table above (registers would cost occupancy).
     const int kc = tid % 4;
     const int r0 = tid / 4;
-
-    auto a_src = [&](int row, int c, int r, int s, bool* ok) {
-        const int base = rbase[row];
-        const int y = ry0[row] + r;
-        const int x = rx0[row] + s;
-        *ok = base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W;
-        return *ok ? in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c : in;
+    // Whether tap (r, s) of A row `row` lies in the image (rows past M never do).
+    auto a_in = [&](int row, int r, int s) {
+        return rbase[row] >= 0 && (unsigned)(ry0[row] + r) < (unsigned)p.H && (unsigned)(rx0[row] + s) < (unsigned)p.W;
     };
+    TcCursor at_issue = tc_cursor(p, kt0 * TC_BK + kc * 8, Kd);
+    TcCursor at_pre = at_issue;
 
     auto issue = [&](int kt, int slot) {
         if (kt < kt1) {
             unsigned short* As = smem + slot * STAGE;
             unsigned short* Bs = As + BM * TC_LDS;
-            const int kd = kt * TC_BK + kc * 8;
-            int c = -1, r = 0, s = 0;
-            conv_k_info(p, kd, Kd, &c, &r, &s);
+            const TcCursor& k = at_issue;
 #pragma unroll
             for (int i = 0; i < A_ITERS; ++i) {
                 const int row = r0 + i * ROWS_PER_PASS;
-                bool ok;
-                const __half* src = a_src(row, c, r, s, &ok);
-                cp_async16(&As[row * TC_LDS + kc * 8], src, ok);
+                const bool ok = k.c >= 0 && a_in(row, k.r, k.s);
+                const size_t at = (size_t)(rbase[row] + (ry0[row] + k.r) * p.W + rx0[row] + k.s) * p.in_stride;
+                cp_async16(&As[row * TC_LDS + kc * 8], ok ? in + at + p.in_off + k.c : in, ok);
             }
 #pragma unroll
             for (int i = 0; i < B_ITERS; ++i) {
                 const int row = r0 + i * ROWS_PER_PASS;
                 const int oc = n0 + row;
-                const bool ok = oc < p.K && kd < Kd;
-                cp_async16(&Bs[row * TC_LDS + kc * 8], ok ? w + (size_t)oc * p.ldw + kd : w, ok);
+                const bool ok = oc < p.K && k.c >= 0;
+                cp_async16(&Bs[row * TC_LDS + kc * 8], ok ? w + (size_t)oc * p.ldw + k.kd : w, ok);
             }
+            tc_step(p, &at_issue, Kd);
         }
         cp_async_commit();  // an empty group past the end keeps the wait counts uniform
     };
 
-    // relu?(x * scale + shift) on this thread's landed A chunks of tile kt.
-    auto pre_activate = [&](int kt, int slot) {
+    // relu?(x * scale + shift) on this thread's landed A chunks of the next tile (the
+    // tiles come in order, as they were issued).
+    auto pre_activate = [&](int slot) {
         unsigned short* As = smem + slot * STAGE;
-        const int kd = kt * TC_BK + kc * 8;
-        int c = -1, r = 0, s = 0;
-        conv_k_info(p, kd, Kd, &c, &r, &s);
-        if (c < 0) return;
+        const TcCursor k = at_pre;
+        tc_step(p, &at_pre, Kd);
+        if (k.c < 0) return;
+        const int c = k.c;
 #pragma unroll
         for (int i = 0; i < A_ITERS; ++i) {
             const int row = r0 + i * ROWS_PER_PASS;
-            bool ok;
-            a_src(row, c, r, s, &ok);
-            if (!ok) continue;
+            if (!a_in(row, k.r, k.s)) continue;
             unsigned short* q = &As[row * TC_LDS + kc * 8];
             uint4 v = ld128(q);
             v.x = pre_act_pair(v.x, p, c);
@@ -821,7 +888,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         const int it = kt - kt0;
         const int slot = it % TC_STAGES;
         cp_async_wait<TC_STAGES - 2>();  // this thread's copies of tile kt have landed
-        if (pre) pre_activate(kt, slot);
+        if (pre) pre_activate(slot);
         __syncthreads();  // everyone's copies of tile kt visible; slot of tile kt-1 free
         issue(kt + TC_STAGES - 1, (it + TC_STAGES - 1) % TC_STAGES);
         const unsigned short* A = smem + slot * STAGE;
@@ -850,6 +917,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     cp_async_wait<0>();
 
     mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
+    if (split) splitk_finish<__half, BM, BN>(p, M, m0, n0, parts, tile);
 }
 
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
@@ -893,9 +961,11 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
     const int ktiles = (Kd + SG_BK - 1) / SG_BK;
-    int kt0, kt1;
+    const int tiles = (M + BM - 1) / BM * (int)gridDim.y;
+    const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
+    int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, &kt0, &kt1, &split)) return;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
 
     const int tid = threadIdx.x;
     const float* in = (const float*)p.in;
@@ -942,13 +1012,18 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
         }
         const int kd = kt * SG_BK + b_row;
         const int k = n0 + b_col;
-        if (b_vec && kd < Kd && k + 3 < p.K) {
-            const float4 v = *(const float4*)(w + (size_t)kd * p.ldw + k);
-            rb[0] = v.x;
-            rb[1] = v.y;
-            rb[2] = v.z;
-            rb[3] = v.w;
-        } else {
+        bool loaded = false;
+        if constexpr (B_PER == 4) {
+            if (b_vec && kd < Kd && k + 3 < p.K) {
+                const float4 v = *(const float4*)(w + (size_t)kd * p.ldw + k);
+                rb[0] = v.x;
+                rb[1] = v.y;
+                rb[2] = v.z;
+                rb[3] = v.w;
+                loaded = true;
+            }
+        }
+        if (!loaded) {
 #pragma unroll
             for (int j = 0; j < B_PER; ++j)
                 rb[j] = (kd < Kd && k + j < p.K) ? w[(size_t)kd * p.ldw + k + j] : 0.0f;
@@ -1019,6 +1094,7 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
             }
         }
     }
+    if (split) splitk_finish<float, BM, BN>(p, M, m0, n0, parts, tile);
 }
 
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
@@ -1033,30 +1109,13 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     }
 }
 
-// Finishes a split-K convolution: a thread per output (pixel, channel), striding over
-// the grid when more are live than the grid was sized for.
-template <typename T>
-__device__ __forceinline__ void conv_splitk_epilogue(const ConvParams& p) {
-    const long long M = (long long)*p.count * p.P * p.Q;
-    if (M * p.K > (long long)p.ws_cap) return;  // the split was undone: see conv_k_range
-    const long long step = (long long)gridDim.x * EPILOGUE_THREADS;
-    for (long long e = (long long)blockIdx.x * EPILOGUE_THREADS + threadIdx.x; e < M * p.K; e += step) {
-        const int m = (int)(e / p.K);
-        const int k = (int)(e - (long long)m * p.K);
-        const float v = p.workspace[e];
-        p.workspace[e] = 0.0f;
-        conv_store<T>(p, m, k, v);
-    }
-}
-
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
 DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
 DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
-DGATE_KERNEL(conv_splitk_epilogue_f32, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<float>(p); }
-DGATE_KERNEL(conv_splitk_epilogue_f16, ConvParams, EPILOGUE_THREADS) { conv_splitk_epilogue<__half>(p); }
 DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }
-DGATE_KERNEL(conv_tc128x128_f16, ConvParams, 256) { conv_tc<128, 128, 2, 4>(p); }
+// Two blocks per SM (2 x 83 KB of shared memory fit): at most 128 registers.
+DGATE_KERNEL_OCC(conv_tc128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4>(p); }
 DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }

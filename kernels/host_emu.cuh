@@ -11,6 +11,20 @@
 // message (a real GPU would hang). The MMA follows the PTX ISA fragment layout, so a
 // layout mistake in conv.cu shows up as wrong numbers here too; rounding differs from
 // the hardware's (products are summed in f32 in a fixed order).
+//
+// A GPU gives no order between the threads of a barrier phase, nor a time at which an
+// asynchronous copy lands before its wait; code that depends on either passes on one
+// schedule and fails on another. So the emulator varies both, deterministically:
+// - between barriers, the runnable threads run in ascending order on even scheduling
+//   rounds and descending order on odd ones, so a read-after-write or write-after-read
+//   between two threads of one phase sees both outcomes across a launch;
+// - on alternate blocks, cp.async copies land at once (the earliest a GPU may) or only
+//   when the issuing thread's cp.async.wait_group retires their group (the latest), so
+//   reading a stage before waiting for it, or overwriting a stage still in use, gives
+//   wrong numbers;
+// - every block's shared memory, static and dynamic, starts as NaN bytes (0xff), as a
+//   GPU's starts as garbage (and not as what the previous block left);
+// - alternate launches run their blocks in reverse order.
 #pragma once
 #include <ucontext.h>
 
@@ -29,7 +43,9 @@ using std::min;
 #define __device__
 #define __global__
 #define __forceinline__ inline
-#define __shared__ static
+// Static shared arrays live in one linker section, so that each block can start
+// with them poisoned (see dgate_emu_launch), as a GPU's shared memory starts as garbage.
+#define __shared__ static __attribute__((section("dgate_emu_shared")))
 #define __align__(n) __attribute__((aligned(n)))
 
 struct EmuDim3 {
@@ -58,6 +74,11 @@ inline __half __ushort_as_half(unsigned short x) {
     return h;
 }
 
+inline unsigned __float_as_uint(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
 inline float __uint_as_float(unsigned u) {
     float f;
     std::memcpy(&f, &u, 4);
@@ -80,10 +101,25 @@ inline void emu_check_align(const void* p, unsigned bytes) {
     }
 }
 
-// Fibers never run concurrently, so a plain add is atomic here.
+// Fibers never run concurrently, so a plain add is atomic here, every access is
+// coherent and fences have nothing to order.
 inline float atomicAdd(float* p, float v) {
     const float old = *p;
     *p = old + v;
+    return old;
+}
+inline int atomicAdd(int* p, int v) {
+    const int old = *p;
+    *p = old + v;
+    return old;
+}
+inline void __threadfence() {}
+inline float __ldcg(const float* p) { return *p; }
+inline void __stcg(float* p, float v) { *p = v; }
+
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+    const unsigned old = *p;
+    if (v > old) *p = v;
     return old;
 }
 
@@ -107,6 +143,30 @@ inline float xchg_f[1024];
 inline std::mutex launch_lock;
 inline unsigned xchg_u[1024][6];
 inline const unsigned short* xchg_p[1024];
+inline unsigned long long rounds = 0;  // scheduling rounds, for the alternating order
+
+// cp.async: copies a thread has issued, in commit groups, landing at the latest
+// allowed moment when `defer_copies` (alternate blocks), at once otherwise.
+struct Copy {
+    void* dst;
+    unsigned char bytes[16];
+};
+struct CopyQueue {
+    std::vector<std::vector<Copy>> committed;  // oldest first
+    std::vector<Copy> open;                    // issued, not yet committed
+};
+inline bool defer_copies = false;
+inline CopyQueue copies[1024];
+inline void land(std::vector<Copy>& g) {
+    for (const Copy& c : g) std::memcpy(c.dst, c.bytes, 16);
+    g.clear();
+}
+inline void land_all(unsigned t) {
+    CopyQueue& q = copies[t];
+    for (auto& g : q.committed) land(g);
+    q.committed.clear();
+    land(q.open);
+}
 
 inline void wait(State s) {
     fibers[current].state = s;
@@ -115,6 +175,7 @@ inline void wait(State s) {
 
 inline void trampoline() {
     kernel(params);
+    land_all(current);  // copies still in flight at exit land all the same
     fibers[current].state = DONE;
 }
 
@@ -130,7 +191,9 @@ inline void run_block(unsigned threads) {
     }
     for (;;) {
         bool ran = false;
-        for (unsigned i = 0; i < threads; ++i) {
+        const bool descending = (rounds++ & 1) != 0;
+        for (unsigned k = 0; k < threads; ++k) {
+            const unsigned i = descending ? threads - 1 - k : k;
             if (fibers[i].state != RUNNABLE) continue;
             current = i;
             threadIdx = {i, 0, 0};
@@ -171,6 +234,37 @@ inline void run_block(unsigned threads) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::wait(emu::WAIT_BLOCK); }
+
+// cp.async.cg.shared.global (16 bytes, zero-filled when !valid), commit_group and
+// wait_group N, with the landing time varied as described at the top.
+inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
+    emu_check_align(smem, 16);
+    emu::Copy c;
+    c.dst = smem;
+    if (valid) {
+        emu_check_align(gmem, 16);
+        std::memcpy(c.bytes, gmem, 16);
+    } else {
+        std::memset(c.bytes, 0, 16);
+    }
+    if (emu::defer_copies) {
+        emu::copies[threadIdx.x].open.push_back(c);
+    } else {
+        std::memcpy(smem, c.bytes, 16);
+    }
+}
+inline void emu_cp_async_commit() {
+    emu::CopyQueue& q = emu::copies[threadIdx.x];
+    q.committed.push_back(std::move(q.open));
+    q.open.clear();
+}
+inline void emu_cp_async_wait(unsigned pending) {
+    emu::CopyQueue& q = emu::copies[threadIdx.x];
+    while (q.committed.size() > pending) {
+        emu::land(q.committed.front());
+        q.committed.erase(q.committed.begin());
+    }
+}
 inline void emu_syncwarp() { emu::wait(emu::WAIT_WARP); }
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
@@ -232,9 +326,11 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
 }
 
 #define DGATE_KERNEL(name, Params, threads)                                                   \
-    static void name##_body(const Params& p);                                                 \
+    inline void name##_body(const Params& p);                                                 \
     extern "C" void name(const void* raw) { name##_body(*static_cast<const Params*>(raw)); } \
-    static void name##_body(const Params& p)
+    inline void name##_body(const Params& p)
+
+#define DGATE_KERNEL_OCC(name, Params, threads, min_blocks) DGATE_KERNEL(name, Params, threads)
 
 #define DGATE_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem.data())
 
@@ -242,6 +338,8 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
 // (and of the state above) may exist per process: the shared object is built from one
 // translation unit per kernel file, and this symbol is defined in conv.cu alone.
 #ifdef DGATE_EMU_DEFINE_LAUNCH
+// The bounds of the `__shared__` section, defined by the linker.
+extern "C" unsigned char __start_dgate_emu_shared[], __stop_dgate_emu_shared[];
 extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned threads,
                                 unsigned smem, const void* p) {
     if (threads == 0 || threads > 1024) return 1;
@@ -253,15 +351,23 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
     }
     emu::kernel = k;
     emu::params = p;
-    emu::dynamic_smem.assign(smem + 16, 0);
+    emu::dynamic_smem.resize(smem + 16);
+    static unsigned long long launches = 0;
+    const unsigned long long launch = launches++;
     blockDim = {threads, 1, 1};
     gridDim = {gx, gy, gz};
-    for (unsigned bz = 0; bz < gz; ++bz)
-        for (unsigned by = 0; by < gy; ++by)
-            for (unsigned bx = 0; bx < gx; ++bx) {
-                blockIdx = {bx, by, bz};
-                emu::run_block(threads);
-            }
+    // Blocks in order on even launches, in reverse on odd ones (a GPU runs them in any
+    // order: e.g. any of a split-K tile's blocks may be the last to finish).
+    const unsigned long long total = (unsigned long long)gx * gy * gz;
+    for (unsigned long long i = 0; i < total; ++i) {
+        const unsigned long long b = (launch & 1) != 0 ? total - 1 - i : i;
+        const unsigned bx = (unsigned)(b % gx), by = (unsigned)(b / gx % gy), bz = (unsigned)(b / gx / gy);
+        blockIdx = {bx, by, bz};
+        emu::defer_copies = ((launch + bx + by + bz) & 1) != 0;
+        std::fill(emu::dynamic_smem.begin(), emu::dynamic_smem.end(), 0xff);
+        std::memset(__start_dgate_emu_shared, 0xff, (size_t)(__stop_dgate_emu_shared - __start_dgate_emu_shared));
+        emu::run_block(threads);
+    }
     return 0;
 }
 #endif

@@ -237,6 +237,15 @@ pub(crate) fn conv_candidates(
             .collect(),
     };
     cands.retain(|k| applies(k, plan, c));
+    // `auto` also offers the previous default, which its candidates are checked
+    // against while tuning (and which then only runs where it is the fastest).
+    if policy == "auto" && !cands.is_empty() {
+        if let Some(r) = reference_kernel(dtype, plan, c) {
+            if r.k_major == cands[0].k_major && !cands.iter().any(|k| k.name == r.name) {
+                cands.push(r);
+            }
+        }
+    }
     if cands.is_empty() {
         let fallback = ["conv_mmavec_f16", "conv_mma_f16", "conv_simt_f32"];
         cands.extend(
@@ -248,6 +257,22 @@ pub(crate) fn conv_candidates(
         );
     }
     cands
+}
+
+/// The kernel every other `auto` candidate is checked against while tuning: the
+/// previous default of the same weight packing, which the H200 run of 2026-11-27
+/// checked against the CPU reference (`docs/performance.md`). Tuning also times it,
+/// so `auto` keeps it wherever a newer tile is not faster.
+pub(crate) fn reference_kernel(dtype: &str, plan: &Plan, c: &Conv) -> Option<&'static ConvKernel> {
+    let names: &[&str] = if dtype == "f32" {
+        &["conv_simt_f32"]
+    } else {
+        &["conv_mmaasync_f16", "conv_mmavec_f16"]
+    };
+    names
+        .iter()
+        .filter_map(|n| conv_kernel_info(n))
+        .find(|k| k.dtype == dtype && applies(k, plan, c))
 }
 
 /// The kernel a policy gives one convolution, or `family*` where it leaves the tile
@@ -346,15 +371,23 @@ mod kernel_choice {
     #[test]
     fn auto_offers_one_packing_per_layer() {
         let aligned = plan(64, 64, 8, false, (64, 0));
+        // The family's tiles, then the reference they are checked against (the
+        // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 5);
-        assert!(tc.iter().all(|n| n.starts_with("conv_tc")));
+        assert_eq!(tc.len(), 6);
+        assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
+        assert_eq!(tc[5], "conv_mmavec_f16");
+        let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
+        assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
-        assert!(f32s.iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 3);
+        assert!(f32s[..3].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 4);
+        assert_eq!(f32s[3], "conv_simt_f32");
+        // A family by name has no reference in it.
+        assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
         // Pre-activation is fine for conv_tc; an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            5
+            6
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),

@@ -95,6 +95,12 @@ impl Device {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(cuda_err("compute capability"))?;
+        // cp.async and the m16n8k16 f16 MMA need sm_80: conv.cu does not compile below.
+        if major < 8 {
+            return Err(Error::CudaUnavailable(format!(
+                "{name} has compute capability {major}.{minor}; dgate-rt's CUDA kernels need 8.0 or newer (A100, H100, RTX 30xx and later)"
+            )));
+        }
         let arch = format!("sm_{major}{minor}");
         let sms = ctx
             .attribute(
@@ -478,8 +484,6 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
-            "conv_splitk_epilogue_f32",
-            "conv_splitk_epilogue_f16",
         ],
         KernelFile::Pool => &[
             "shortcut_a_f32",
@@ -501,6 +505,10 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "compact_gather_f16",
             "compact_copy_f32",
             "compact_copy_f16",
+            "fill_noise_f32",
+            "fill_noise_f16",
+            "diff_max_f32",
+            "diff_max_f16",
         ],
     }
 }

@@ -36,6 +36,9 @@ enum DevOp {
         /// The kernels this layer may use (one weight packing); the choice among them
         /// is made per batch size.
         cands: Vec<&'static ConvKernel>,
+        /// The candidate every other one is checked against while tuning (the
+        /// `auto` policy's last, see `reference_kernel`).
+        reference: Option<usize>,
         weight: Mem,
         bias: Mem,
         pre: Option<DevPre>,
@@ -81,6 +84,10 @@ pub(crate) struct Prepared {
     off_logits: usize,
     /// Split-K partial sums; zero between convolutions.
     workspace: Mem,
+    /// Split-K: blocks finished per output tile (`n_tickets` of them); zero between
+    /// convolutions (the last block of a tile resets its own).
+    tickets: Mem,
+    n_tickets: usize,
     idx: Vec<Mem>,
     keep: Mem,
     src_of: Mem,
@@ -102,6 +109,26 @@ pub(crate) struct Prepared {
     pub ws_cap: usize,
     /// Floats past `ws_cap` that tests watch (see `test_workspace_with_canary`).
     ws_canary: usize,
+    /// Tuning's check of each candidate: the reference kernel's output (as large as
+    /// the largest activation buffer, made on first use) and two u32 for diff_max.
+    check: Option<(Mem, Mem)>,
+    /// Candidate runs that matched the reference, and those that did not (a line each,
+    /// also printed): a kernel that disagrees is never chosen.
+    pub verified: usize,
+    pub rejected: Vec<String>,
+    /// Tests only: a tolerance in place of `check_tolerance` (negative rejects all).
+    pub test_tolerance: Option<f32>,
+}
+
+/// Largest |candidate - reference| accepted, relative to the reference's largest
+/// |value| on the same noise: both accumulate in f32, so they differ by rounding
+/// (f16 storage: about 1e-3); a wrong tile, index or pipeline stage gives O(1).
+fn check_tolerance(dtype: &str) -> f32 {
+    if dtype == "f16" {
+        1e-2
+    } else {
+        1e-3
+    }
 }
 
 /// What a convolution's speed depends on: its candidate kernels (the first one's name
@@ -245,6 +272,11 @@ fn check_view(plan: &Plan, v: &View, h: usize, w: usize, what: &str) -> Result<(
     Ok(())
 }
 
+/// Whether two views share a channel of one buffer.
+fn overlaps(a: &View, b: &View) -> bool {
+    a.buf == b.buf && a.offset < b.offset + b.channels && b.offset < a.offset + a.channels
+}
+
 fn check_pre(pre: &Option<PreAct>, c: usize, what: &str) -> Result<()> {
     if let Some(p) = pre {
         if p.scale.len() != c || p.shift.len() != c {
@@ -278,6 +310,17 @@ pub(crate) fn validate(plan: &Plan) -> Result<()> {
                 Op::Conv(c) => {
                     check_view(plan, &c.input, c.in_h, c.in_w, &what)?;
                     check_view(plan, &c.output, c.out_h, c.out_w, &what)?;
+                    // Blocks write outputs while others still read inputs: a race.
+                    if overlaps(&c.input, &c.output) {
+                        return Err(cfg_err(format!(
+                            "{what}: output channels [{}, {}) of buffer {} overlap the input's [{}, {})",
+                            c.output.offset,
+                            c.output.offset + c.output.channels,
+                            c.output.buf,
+                            c.input.offset,
+                            c.input.offset + c.input.channels
+                        )));
+                    }
                     if let Some(r) = &c.residual {
                         check_view(plan, r, c.out_h, c.out_w, &what)?;
                         if r.channels != c.output.channels {
@@ -579,6 +622,9 @@ impl Prepared {
                     Op::Conv(c) => {
                         let mut cands = conv_candidates(policy, dev.dtype(), plan, c);
                         cands.retain(|k| dev.has_function(k.name).is_ok());
+                        let reference = reference_kernel(dev.dtype(), plan, c)
+                            .filter(|_| policy == "auto" && cands.len() > 1)
+                            .and_then(|r| cands.iter().position(|k| k.name == r.name));
                         if cands.is_empty() {
                             // A device that refused a tile's shared memory: the general kernel.
                             cands.extend(
@@ -610,6 +656,7 @@ impl Prepared {
                         );
                         DevOp::Conv {
                             cands,
+                            reference,
                             weight: dev.upload_storage(&packed)?,
                             bias: dev.upload_f32(&c.bias)?,
                             pre: upload_pre(dev, &c.pre)?,
@@ -654,12 +701,22 @@ impl Prepared {
             .max()
             .unwrap_or(0);
         let workspace_floats = (dev.sms / 2 + 1) * max_tile;
+        // As many output tiles as the workspace can hold sums for, at the smallest tile
+        // (kernels undo a split with more tiles than tickets, see conv_k_range).
+        let min_tile = CONV_KERNELS
+            .iter()
+            .map(|k| k.tile.0 * k.tile.1)
+            .min()
+            .unwrap_or(1);
+        let n_tickets = workspace_floats.div_ceil(min_tile) + 1;
         let off_exit = (levels * 4).next_multiple_of(16);
         let off_class = off_exit + ints;
         let off_score = off_class + ints;
         let off_logits = off_score + ints;
         Ok(Prepared {
             workspace: dev.alloc(workspace_floats * 4)?,
+            tickets: dev.alloc(n_tickets * 4)?,
+            n_tickets,
             key: plan_key(plan),
             decisions: decisions(plan),
             capacity,
@@ -689,6 +746,10 @@ impl Prepared {
             reassumed: HashMap::new(),
             ws_cap: workspace_floats,
             ws_canary: 0,
+            check: None,
+            verified: 0,
+            rejected: Vec::new(),
+            test_tolerance: None,
         })
     }
 
@@ -796,15 +857,15 @@ impl Prepared {
         Ok(())
     }
 
-    /// Whether the canary of [`Self::test_workspace_with_canary`] is untouched and the
-    /// workspace before it is zero again.
+    /// Whether the canary of [`Self::test_workspace_with_canary`] is untouched, and the
+    /// workspace before it and every split-K ticket are zero again.
     pub fn test_workspace_intact(&self, dev: &Device) -> Result<bool> {
         let bytes = dev.download_bytes(&self.workspace, (self.ws_cap + self.ws_canary) * 4)?;
         let v = storage_to_f32(crate::backend::Precision::F32, &bytes);
-        Ok(
-            v[..self.ws_cap].iter().all(|&x| x == 0.0)
-                && v[self.ws_cap..].iter().all(|&x| x == 1.0),
-        )
+        let tickets = dev.download_bytes(&self.tickets, self.n_tickets * 4)?;
+        Ok(v[..self.ws_cap].iter().all(|&x| x == 0.0)
+            && v[self.ws_cap..].iter().all(|&x| x == 1.0)
+            && tickets.iter().all(|&b| b == 0))
     }
 
     /// How many (op, batch size) kernel choices were measured.
@@ -882,43 +943,66 @@ impl Prepared {
         let mut level = 0;
         for s in 0..plan.stages.len() {
             for (o, op) in plan.stages[s].ops.iter().enumerate() {
-                let (Op::Conv(c), DevOp::Conv { cands, .. }) = (op, &self.ops[s][o]) else {
+                let (
+                    Op::Conv(c),
+                    DevOp::Conv {
+                        cands, reference, ..
+                    },
+                ) = (op, &self.ops[s][o])
+                else {
                     continue;
                 };
+                let (cands, reference) = (cands.clone(), *reference);
                 if self.choices.contains_key(&(s, o, n)) {
                     continue;
                 }
-                let key = Self::tune_key(c, cands, live[level]);
+                let key = Self::tune_key(c, &cands, live[level]);
                 if let Some(&ch) = self.tuned.get(&key) {
                     self.choices.insert((s, o, n), ch);
                     continue;
                 }
                 let shape = Self::gemm_shape(c, live[level]);
-                let mut best = ((0, 1), f32::INFINITY);
+                // Every candidate, unsplit and with the split-K the model would use.
+                let mut tries = Vec::new();
                 for (i, cand) in cands.iter().enumerate() {
+                    tries.push((i, 1));
                     let model = if cand.split {
                         split_k(cand.tile, shape, dev.sms, self.ws_cap)
                     } else {
                         1
                     };
-                    let mut splits = vec![1];
                     if model > 1 {
-                        splits.push(model);
+                        tries.push((i, model));
                     }
-                    for sp in splits {
+                }
+                if let Some(r) = reference {
+                    let bad = self.check_candidates(
+                        dev,
+                        plan,
+                        c,
+                        (s, o, level, n),
+                        live[level],
+                        r,
+                        &tries,
+                    )?;
+                    tries.retain(|t| !bad.contains(t));
+                }
+                let mut best = ((0, 1), f32::INFINITY);
+                {
+                    for &(i, sp) in &tries {
                         let ch = Some((i, sp));
                         // A warm-up and three timed launches on a GPU; one in the
                         // emulator, where only the path is under test.
                         let reps = if events.is_some() { 3 } else { 1 };
                         if events.is_some() {
-                            self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
                         }
                         let wall = std::time::Instant::now();
                         if let Some((start, _, stream)) = &events {
                             start.record(stream).map_err(ev)?;
                         }
                         for _ in 0..reps {
-                            self.launch_conv(dev, plan, c, s, o, level, n, ch)?;
+                            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
                         }
                         let ms = match &events {
                             Some((start, end, stream)) => {
@@ -949,6 +1033,153 @@ impl Prepared {
             );
         }
         Ok(())
+    }
+
+    /// Tuning's correctness check. Fills the convolution's input (and residual) views
+    /// with noise, runs the `reference` candidate into a scratch buffer, then each of
+    /// `tries` (candidate, k-splits) into the real output, comparing the two on the
+    /// device (`diff_max`, 8 bytes back). Returns the tries that disagree: each is
+    /// printed and kept in `rejected`, and tuning never chooses it. So a kernel that is
+    /// wrong on some device (or for some shape) costs speed, not answers.
+    #[allow(clippy::too_many_arguments)]
+    fn check_candidates(
+        &mut self,
+        dev: &Device,
+        plan: &Plan,
+        c: &Conv,
+        (s, o, level, n): (usize, usize, usize, usize),
+        live: usize,
+        reference: usize,
+        tries: &[(usize, usize)],
+    ) -> Result<Vec<(usize, usize)>> {
+        // A residual read in place (the output's own channels) changes with every run:
+        // nothing to compare against (no plan the model builds does this).
+        if c.residual.as_ref().is_some_and(|r| overlaps(r, &c.output)) {
+            return Ok(Vec::new());
+        }
+        let dt = dev.dtype();
+        if self.check.is_none() {
+            let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
+            self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
+        }
+        let view_params =
+            |v: &View, rows: usize, a: u64, b: u64, out: u64, seed: u32| CheckParams {
+                a,
+                b,
+                out,
+                rows: rows as i32,
+                c: v.channels as i32,
+                stride: plan.buffers[v.buf].channels as i32,
+                off: v.offset as i32,
+                seed,
+                pad0: 0,
+            };
+        let grid = |rows: usize, v: &View| {
+            (
+                blocks(rows * v.channels, ELEMENTWISE_THREADS as usize).min(4096),
+                1,
+            )
+        };
+        let seed = (s * 1000 + o) as u32;
+        let in_rows = live * c.in_h * c.in_w;
+        let out_rows = live * c.out_h * c.out_w;
+        let fill = view_params(&c.input, in_rows, self.view_ptr(&c.input), 0, 0, seed);
+        dev.launch(
+            &format!("fill_noise_{dt}"),
+            grid(in_rows, &c.input),
+            ELEMENTWISE_THREADS,
+            0,
+            &fill,
+        )?;
+        if let Some(r) = &c.residual {
+            let fill = view_params(r, out_rows, self.view_ptr(r), 0, 0, seed ^ 0x5555);
+            dev.launch(
+                &format!("fill_noise_{dt}"),
+                grid(out_rows, r),
+                ELEMENTWISE_THREADS,
+                0,
+                &fill,
+            )?;
+        }
+        let (ref_ptr, out_ptr) = match &self.check {
+            Some((r, d)) => (r.ptr, d.ptr),
+            None => unreachable!("allocated above"),
+        };
+        self.launch_conv(
+            dev,
+            plan,
+            c,
+            s,
+            o,
+            level,
+            n,
+            Some((reference, 1)),
+            Some(ref_ptr),
+        )?;
+        let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
+        let DevOp::Conv { cands, .. } = &self.ops[s][o] else {
+            return Ok(Vec::new());
+        };
+        let cands = cands.clone();
+        let mut bad = Vec::new();
+        for &(i, sp) in tries {
+            if (i, sp) == (reference, 1) {
+                continue;
+            }
+            self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)), None)?;
+            if let Some((_, d)) = self.check.as_mut() {
+                dev.upload_bytes(d, &[0u8; 8])?;
+            }
+            let cmp = view_params(
+                &c.output,
+                out_rows,
+                self.view_ptr(&c.output),
+                ref_ptr,
+                out_ptr,
+                0,
+            );
+            dev.launch(
+                &format!("diff_max_{dt}"),
+                grid(out_rows, &c.output),
+                ELEMENTWISE_THREADS,
+                0,
+                &cmp,
+            )?;
+            let b = match &self.check {
+                Some((_, d)) => dev.download_bytes(d, 8)?,
+                None => unreachable!("allocated above"),
+            };
+            let diff = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let scale = f32::from_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+            if diff <= tol * scale {
+                self.verified += 1;
+                continue;
+            }
+            let split = if sp > 1 {
+                format!("/{sp}")
+            } else {
+                String::new()
+            };
+            let msg = format!(
+                "{}{split} disagrees with {} on a {}->{} {}x{} stride-{} convolution at {}x{}, {live} samples \
+                 (max |diff| {diff:.3e}, max |value| {scale:.3e}): not used for this layer",
+                cands[i].name,
+                cands[reference].name,
+                c.input.channels,
+                c.output.channels,
+                c.kernel,
+                c.kernel,
+                c.stride,
+                c.in_h,
+                c.in_w,
+            );
+            if self.test_tolerance.is_none() {
+                eprintln!("dgate: {msg}");
+            }
+            self.rejected.push(msg);
+            bad.push((i, sp));
+        }
+        Ok(bad)
     }
 
     fn count_ptr(&self, level: usize) -> u64 {
@@ -1009,7 +1240,8 @@ impl Prepared {
     }
 
     /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
-    /// the kernel and splits chosen for batch `n`, or `force`d ones (for tuning).
+    /// the kernel and splits chosen for batch `n`, or `force`d ones (for tuning), into
+    /// its output view or, for tuning's check, the same view of buffer `out`.
     #[allow(clippy::too_many_arguments)]
     fn launch_conv(
         &self,
@@ -1021,12 +1253,14 @@ impl Prepared {
         level: usize,
         n: usize,
         force: Option<(usize, usize)>,
+        out: Option<u64>,
     ) -> Result<()> {
         let DevOp::Conv {
             cands,
             weight,
             bias,
             pre,
+            ..
         } = &self.ops[s][o]
         else {
             return Err(Error::Cuda("prepared plan does not match the plan".into()));
@@ -1047,7 +1281,7 @@ impl Prepared {
         let (m, k, kd) = Self::gemm_shape(c, n);
         let p = ConvParams {
             input: self.view_ptr(&c.input),
-            out: self.view_ptr(&c.output),
+            out: out.unwrap_or_else(|| self.view_ptr(&c.output)),
             weight: weight.ptr,
             bias: bias.ptr,
             residual: res_ptr,
@@ -1055,6 +1289,7 @@ impl Prepared {
             pre_shift: pb,
             count: self.count_ptr(level),
             workspace: self.workspace.ptr,
+            tickets: self.tickets.ptr,
             in_stride: plan.buffers[c.input.buf].channels as i32,
             in_off: c.input.offset as i32,
             c: c.input.channels as i32,
@@ -1074,7 +1309,7 @@ impl Prepared {
             relu: c.relu as i32,
             ldw: if kernel.k_major { kd as i32 } else { k as i32 },
             ws_cap: self.ws_cap.min(i32::MAX as usize) as i32,
-            pad0: 0,
+            n_tickets: self.n_tickets.min(i32::MAX as usize) as i32,
         };
         // Splits were chosen for the samples assumed live; should more arrive than the
         // workspace holds, the kernel undoes the split itself (conv_k_range).
@@ -1088,16 +1323,8 @@ impl Prepared {
             m
         };
         let grid = (blocks(m_grid, tm), blocks(k, tn), splits as u32);
+        // A split's last block per tile writes the outputs (splitk_finish): one launch.
         dev.launch3(kernel.name, grid, kernel.threads, kernel.smem, &p)?;
-        if splits > 1 {
-            dev.launch(
-                &format!("conv_splitk_epilogue_{}", dev.dtype()),
-                (blocks(m_grid * k, ELEMENTWISE_THREADS as usize), 1),
-                ELEMENTWISE_THREADS,
-                0,
-                &p,
-            )?;
-        }
         Ok(())
     }
 
@@ -1126,7 +1353,7 @@ impl Prepared {
         for (o, (op, dop)) in plan.stages[s].ops.iter().zip(&self.ops[s]).enumerate() {
             match (op, dop) {
                 (Op::Conv(c), DevOp::Conv { .. }) => {
-                    self.launch_conv(dev, plan, c, s, o, level, n, None)?;
+                    self.launch_conv(dev, plan, c, s, o, level, n, None, None)?;
                 }
                 (
                     Op::ShortcutA {
@@ -1457,5 +1684,41 @@ mod key_cost {
         let t = std::time::Instant::now();
         let _ = super::decisions(&m.plan);
         println!("decisions: {:.0} us", t.elapsed().as_secs_f64() * 1e6);
+    }
+}
+
+#[cfg(test)]
+mod validation {
+    use crate::backend::cuda::reference::Rng;
+    use crate::backend::cuda::synthetic::{buf, conv_op, single_op_plan, view};
+
+    /// A 1x1 conv inside one 32-channel buffer: input [0, 16), output at `out_off`.
+    fn within_one_buffer(out_off: usize) -> crate::plan::Plan {
+        let mut rng = Rng::new(3);
+        let op = conv_op(
+            &mut rng,
+            view(1, 0, 16),
+            view(1, out_off, 8),
+            8,
+            1,
+            1,
+            None,
+            None,
+            false,
+        );
+        single_op_plan(vec![buf(32, 8, 8)], op)
+    }
+
+    #[test]
+    fn a_conv_writing_over_its_own_input_is_refused() {
+        // DenseNet's layout: the new channels right after the ones read.
+        assert!(super::validate(&within_one_buffer(16)).is_ok());
+        let err = super::validate(&within_one_buffer(12))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("output channels [12, 20) of buffer 1 overlap the input's [0, 16)"),
+            "{err}"
+        );
     }
 }

@@ -500,6 +500,31 @@ impl CudaBackend {
         self.prepared.as_ref().map_or(0, |p| p.measured_choices())
     }
 
+    /// The storage type's kernel suffix: `f32` or `f16`.
+    pub(crate) fn dtype(&self) -> &'static str {
+        self.dev.dtype()
+    }
+
+    /// Tuning's checks so far on the resident plan: candidate runs that matched the
+    /// reference kernel, and the lines of those that did not.
+    pub(crate) fn op_test_checked(&self) -> (usize, Vec<String>) {
+        self.prepared
+            .as_ref()
+            .map_or((0, Vec::new()), |p| (p.verified, p.rejected.clone()))
+    }
+
+    /// Replaces tuning's check tolerance on the resident plan (negative: every
+    /// candidate but the reference disagrees) and drops its choices and graphs.
+    pub(crate) fn op_test_check_tolerance(&mut self, tol: Option<f32>) -> Result<()> {
+        let prep = self
+            .prepared
+            .as_mut()
+            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        prep.test_tolerance = tol;
+        prep.forget_choices();
+        Ok(())
+    }
+
     /// Whether that workspace is zero and its canary untouched.
     pub(crate) fn op_test_workspace_intact(&self) -> Result<bool> {
         self.prepared_mut_ref()?.test_workspace_intact(&self.dev)

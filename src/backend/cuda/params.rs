@@ -17,6 +17,8 @@ pub struct ConvParams {
     pub pre_shift: u64,
     pub count: u64,
     pub workspace: u64,
+    /// Split-K: a counter per output tile (see splitk_finish in conv.cu), zero between uses.
+    pub tickets: u64,
     pub in_stride: i32,
     pub in_off: i32,
     pub c: i32,
@@ -38,7 +40,8 @@ pub struct ConvParams {
     /// Floats of `workspace` split-K may use; more live outputs than this undo the
     /// split on the device (conv_k_range in conv.cu).
     pub ws_cap: i32,
-    pub pad0: i32,
+    /// Output tiles `tickets` can count; more undo the split on the device.
+    pub n_tickets: i32,
 }
 
 #[repr(C)]
@@ -148,6 +151,24 @@ pub struct PackParams {
     pub pad0: i32,
 }
 
+/// A view of `rows` pixels x `c` channels (pixel stride `stride`, first channel `off`)
+/// in `a` (and, for `diff_max`, the same view in `b`): the checks a tuning run makes
+/// of a candidate kernel's output against a reference kernel's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CheckParams {
+    pub a: u64,
+    pub b: u64,
+    /// diff_max: two u32, max |a - b| and max |b| as f32 bits (NaN counts as largest).
+    pub out: u64,
+    pub rows: i32,
+    pub c: i32,
+    pub stride: i32,
+    pub off: i32,
+    pub seed: u32,
+    pub pad0: i32,
+}
+
 // SAFETY: plain `#[repr(C)]` data (integers, floats, device addresses), laid out as
 // the CUDA structs of the same name; the sizes are checked at kernel compile time.
 unsafe impl DeviceRepr for ConvParams {}
@@ -156,9 +177,10 @@ unsafe impl DeviceRepr for PoolParams {}
 unsafe impl DeviceRepr for GapLinearParams {}
 unsafe impl DeviceRepr for CompactParams {}
 unsafe impl DeviceRepr for PackParams {}
+unsafe impl DeviceRepr for CheckParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 8] {
+pub fn sizes() -> [(&'static str, usize); 9] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -167,6 +189,7 @@ pub fn sizes() -> [(&'static str, usize); 8] {
         ("DGATE_SIZEOF_GAP_LINEAR", size_of::<GapLinearParams>()),
         ("DGATE_SIZEOF_COMPACT", size_of::<CompactParams>()),
         ("DGATE_SIZEOF_PACK", size_of::<PackParams>()),
+        ("DGATE_SIZEOF_CHECK", size_of::<CheckParams>()),
         // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
         ("DGATE_TC_STAGES", super::convsel::TC_STAGES),
         ("DGATE_TC_LDS", super::convsel::TC_LDS),

@@ -365,6 +365,29 @@ fn random_images(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// the calibrated plan, the results and the decision margins.
 type RefCache = std::collections::HashMap<String, (Plan, Vec<SampleResult>, Vec<f32>)>;
 
+/// What tells apart two plans of one arch name (tiny networks of another growth or
+/// seed): their convolutions' shapes and first weights. Unlike `plan_key`, equal for
+/// clones, so that one reference serves every copy of a plan.
+fn fingerprint(plan: &Plan) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for op in plan.stages.iter().flat_map(|s| s.ops.iter()) {
+        if let Op::Conv(c) = op {
+            let first = c.weight.first().map(|w| w.to_bits());
+            (
+                c.input.channels,
+                c.output.channels,
+                c.kernel,
+                c.stride,
+                c.weight.len(),
+                first,
+            )
+                .hash(&mut h);
+        }
+    }
+    h.finish()
+}
+
 fn compare_pass(
     be: &mut CudaBackend,
     plan: &Plan,
@@ -390,10 +413,12 @@ fn compare_pass_as(
     let mut rng = Rng::new(seed);
     let mut images = random_images(&mut rng, n);
     round_to(be.precision(), &mut images);
-    // The images depend on the seed: it is part of the key.
+    // The images depend on the seed, the reference on the plan (structure and weights,
+    // not thresholds: the calibration sets those): both are part of the key.
     let key = format!(
-        "{} {n} {fractions:?} {:?} seed {seed}",
+        "{} {:x} {n} {fractions:?} {:?} seed {seed}",
         plan.arch,
+        fingerprint(plan),
         be.precision()
     );
     let (plan, want, margins) = cache
@@ -584,13 +609,52 @@ fn check_tuned_passes(
 ) -> Result<()> {
     let autotune = be.autotune();
     be.set_autotune(true);
-    for (plan, n) in [(tiny_resnet(12, 10), 6), (tiny_densenet(14, 100, 3), 7)] {
-        let (ok, desc) = compare_pass(be, &plan, n, 21, &[0.5, 0.4], cache)?;
+    // Channels multiples of 8, so that f16 tunes among conv_tc's tiles (pre-activation
+    // included for DenseNet) and checks them against conv_mmavec_f16.
+    for (plan, n) in [(tiny_resnet(12, 10), 6), (tiny_densenet(14, 100, 8), 3)] {
+        let mut resident = plan.clone();
+        let (ok, desc) =
+            compare_pass_as(be, &plan, n, 21, &[0.5, 0.4], cache, Some(&mut resident))?;
         let measured = be.op_test_measured_choices();
+        // Tuning ran every candidate on noise against the reference kernel: all agree.
+        let (agreed, rejected) = be.op_test_checked();
         tally.verdict(
             out,
-            ok && measured > 0,
-            &format!("pass tuned ({measured} measured choices) {desc}"),
+            ok && measured > 0 && agreed > 0 && rejected.is_empty(),
+            &format!(
+                "pass tuned ({measured} measured choices; {} candidate runs checked against the reference kernel, {} disagreed) {desc}",
+                agreed + rejected.len(),
+                rejected.len()
+            ),
+        )?;
+        for r in &rejected {
+            writeln!(out, "     {r}").map_err(io_err)?;
+        }
+        // A candidate that disagrees is never chosen: with every one made to disagree,
+        // tuning keeps the reference kernel for every layer, and the pass still matches.
+        be.op_test_check_tolerance(Some(-1.0))?;
+        let (ok, desc) =
+            compare_pass_as(be, &plan, n, 21, &[0.5, 0.4], cache, Some(&mut resident))?;
+        let (_, rejected) = be.op_test_checked();
+        let mut off_reference = Vec::new();
+        for (s, st) in plan.stages.iter().enumerate() {
+            for (o, op) in st.ops.iter().enumerate() {
+                let Op::Conv(c) = op else { continue };
+                let want = super::convsel::reference_kernel(be.dtype(), &plan, c).map(|k| k.name);
+                let got = be.op_test_conv_kernel(&plan, s, o, n);
+                if want.is_some() && got.as_deref() != want {
+                    off_reference.push(got.unwrap_or_default());
+                }
+            }
+        }
+        be.op_test_check_tolerance(None)?;
+        tally.verdict(
+            out,
+            ok && !rejected.is_empty() && off_reference.is_empty(),
+            &format!(
+                "pass tuned with every candidate made to disagree ({} rejected, chosen other than the reference: {off_reference:?}) {desc}",
+                rejected.len()
+            ),
         )?;
     }
     be.set_autotune(autotune);
