@@ -82,5 +82,9 @@ if [ -n "$rejected" ]; then
 else
   stamp "tuning rejected no kernel (in the logs above)"
 fi
+# Both sides in one table, from this call's logs only (also saved as side-by-side.md).
+stamp "dgate-rt and PyTorch side by side"
+logs=$(ls "$OUT"/bench-*.md "$OUT"/pdl-bench-*.md "$OUT"/peer-*.log "$OUT"/compile-*.log 2>/dev/null)
+[ -n "$logs" ] && python3 scripts/side_by_side.py $logs | tee "$OUT/side-by-side.md"
 stamp "done"
 } 2>&1 | tee "$OUT/device-run.log"

@@ -991,27 +991,7 @@ impl Prepared {
                 {
                     for &(i, sp) in &tries {
                         let ch = Some((i, sp));
-                        // A warm-up and three timed launches on a GPU; one in the
-                        // emulator, where only the path is under test.
-                        let reps = if events.is_some() { 3 } else { 1 };
-                        if events.is_some() {
-                            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
-                        }
-                        let wall = std::time::Instant::now();
-                        if let Some((start, _, stream)) = &events {
-                            start.record(stream).map_err(ev)?;
-                        }
-                        for _ in 0..reps {
-                            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
-                        }
-                        let ms = match &events {
-                            Some((start, end, stream)) => {
-                                end.record(stream).map_err(ev)?;
-                                end.synchronize().map_err(ev)?;
-                                start.elapsed_ms(end).map_err(ev)? / reps as f32
-                            }
-                            None => wall.elapsed().as_secs_f32() * 1e3,
-                        };
+                        let ms = self.time_try(dev, plan, c, (s, o, level, n), ch, &events)?;
                         if ms < best.1 {
                             best = ((i, sp), ms);
                         }
@@ -1033,6 +1013,62 @@ impl Prepared {
             );
         }
         Ok(())
+    }
+
+    /// Milliseconds of one launch of convolution `o` of stage `s` with the `ch` (candidate,
+    /// splits). On a GPU, TIME_REPS launches captured into a CUDA graph, replayed once to
+    /// warm up and once under CUDA events: the passes run as graphs too, and a graph
+    /// launches short kernels back to back where launches from the host would measure
+    /// the host's launch rate instead (batch 1's kernels take a few microseconds). If
+    /// capture fails, the launches are timed directly. In the emulator (no events): one
+    /// launch by the wall clock, which exercises the path and says nothing of a GPU.
+    #[allow(clippy::type_complexity)]
+    fn time_try(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        c: &Conv,
+        (s, o, level, n): (usize, usize, usize, usize),
+        ch: Option<(usize, usize)>,
+        events: &Option<(
+            cudarc::driver::CudaEvent,
+            cudarc::driver::CudaEvent,
+            std::sync::Arc<cudarc::driver::CudaStream>,
+        )>,
+    ) -> Result<f32> {
+        const TIME_REPS: usize = 10;
+        let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("tuning event: {e}"));
+        let Some((start, end, stream)) = events else {
+            let wall = std::time::Instant::now();
+            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
+            return Ok(wall.elapsed().as_secs_f32() * 1e3);
+        };
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let graph = stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+            .ok()
+            .and_then(|()| {
+                let launched = (0..TIME_REPS)
+                    .try_for_each(|_| self.launch_conv(dev, plan, c, s, o, level, n, ch, None));
+                let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+                launched.ok().and(graph.ok().flatten())
+            });
+        let reps = if graph.is_some() { TIME_REPS } else { 3 };
+        let launch = || -> Result<()> {
+            match &graph {
+                Some(g) => g
+                    .launch()
+                    .map_err(|e| Error::Cuda(format!("tuning graph: {e}"))),
+                None => (0..reps)
+                    .try_for_each(|_| self.launch_conv(dev, plan, c, s, o, level, n, ch, None)),
+            }
+        };
+        launch()?; // warm-up
+        start.record(stream).map_err(ev)?;
+        launch()?;
+        end.record(stream).map_err(ev)?;
+        end.synchronize().map_err(ev)?;
+        Ok(start.elapsed_ms(end).map_err(ev)? / reps as f32)
     }
 
     /// Tuning's correctness check. Fills the convolution's input (and residual) views

@@ -1,0 +1,68 @@
+//! `scripts/side_by_side.py`, the table a device call ends with, over the log of the H200
+//! call recorded in docs/device: it must reproduce the figures docs/performance.md took
+//! from that log by hand, and judge the targets as that file does. Needs python3; prints
+//! `skipped: <reason>` without it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn side_by_side(args: &[&str]) -> Option<std::process::Output> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    match Command::new("python3")
+        .arg(root.join("scripts/side_by_side.py"))
+        .args(args)
+        .current_dir(root)
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) => {
+            println!("skipped: cannot run python3: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
+    let Some(out) = side_by_side(&["docs/device/device-run-h200-2026-11-27.log"]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "Card: NVIDIA H200.",
+        // ResNet-101 f16 at batch 256 against torch.compile; f32 against eager.
+        "| 256 | f16 | 10.088 | 8.712 |  | 4.760 | 2.12 (vs torch.compile) |",
+        "| 256 | f32 | 92.663 | 47.732 |  |  | 1.94 (vs PyTorch eager) |",
+        "| 1 | f16 | 1.178 | 14.080 | 1.720 |  | 0.68 (vs PyTorch CUDA graph) |",
+        // Early exit at batch 256: speed-up and FLOP ideal.
+        "| ResNet-101 | f16 | 256 | 50%/30% | 10.088 | 7.305 | 1.38x | 3.23x | 11.086 | 8.712 |",
+        "| DenseNet-201 | f32 | 256 | 50%/30% | 70.696 | 47.597 | 1.49x | 2.09x | 36.361 | 45.427 |",
+        // Verdicts.
+        "| ResNet-101 f32 batch 1: at most PyTorch eager f32's time | yes | 2.113 ms | 7.831 ms |",
+        "| ResNet-101 f16 batch 256: at most torch.compile's time | no | 10.088 ms | 4.760 ms |",
+        "| ResNet-101 f16 batch 1: at most torch.compile's time | not measured | 1.178 ms | |",
+        "| ResNet-101 f32 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 2.51x | 2.91x needed |",
+        "PyTorch logit check against dgate-rt (resnet101): max |diff| 1.43e-05, ok",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_log_without_bench_rows_is_an_error_that_names_it() {
+    let Some(out) = side_by_side(&["README.md"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no dgate-rt bench rows in README.md"));
+    let Some(out) = side_by_side(&["no/such.log"]) else {
+        return;
+    };
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no/such.log: no such file"));
+}
