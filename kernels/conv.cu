@@ -986,20 +986,44 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     const int b_col = (tid % (BN / B_PER)) * B_PER;
     const bool b_vec = B_PER == 4 && p.ldw % 4 == 0;
 
+    // Four channels of one tap in one 16-byte load, where the view allows it (C, the
+    // pixel stride and the offset multiples of 4; a_col is then too, so the four
+    // columns never cross into the next tap).
+    const bool a_vec = A_PER == 4 && p.C % 4 == 0 && p.in_stride % 4 == 0 && p.in_off % 4 == 0;
+
     float ra[A_PER], rb[B_PER];
     auto load = [&](int kt) {
         const int kd0 = kt * SG_BK + a_col;
-#pragma unroll
-        for (int j = 0; j < A_PER; ++j) {
-            int c = kc + j, r = kr, s = ks;
-            while (c >= p.C) {
-                c -= p.C;
-                if (++s == p.R) {
-                    s = 0;
-                    ++r;
+        bool a_loaded = false;
+        if constexpr (A_PER == 4) {
+            if (a_vec) {
+                const int y = y0 + kr;
+                const int x = x0 + ks;
+                if (kd0 < Kd && base >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
+                    const uint4 v = ld128(in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + kc);
+                    ra[0] = pre_act(__uint_as_float(v.x), p.pre_scale, p.pre_shift, p.pre_relu, kc);
+                    ra[1] = pre_act(__uint_as_float(v.y), p.pre_scale, p.pre_shift, p.pre_relu, kc + 1);
+                    ra[2] = pre_act(__uint_as_float(v.z), p.pre_scale, p.pre_shift, p.pre_relu, kc + 2);
+                    ra[3] = pre_act(__uint_as_float(v.w), p.pre_scale, p.pre_shift, p.pre_relu, kc + 3);
+                } else {
+                    ra[0] = ra[1] = ra[2] = ra[3] = 0.0f;
                 }
+                a_loaded = true;
             }
-            ra[j] = conv_load_a<float>(p, in, base, y0, x0, kd0 + j < Kd ? c : -1, r, s);
+        }
+        if (!a_loaded) {
+#pragma unroll
+            for (int j = 0; j < A_PER; ++j) {
+                int c = kc + j, r = kr, s = ks;
+                while (c >= p.C) {
+                    c -= p.C;
+                    if (++s == p.R) {
+                        s = 0;
+                        ++r;
+                    }
+                }
+                ra[j] = conv_load_a<float>(p, in, base, y0, x0, kd0 + j < Kd ? c : -1, r, s);
+            }
         }
         // Step (kc, kr, ks) to the next k-tile.
         kc += SG_BK;
@@ -1120,6 +1144,12 @@ DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }
 DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
-DGATE_KERNEL(conv_sgemm128x128_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 128>(p); }
+// Two blocks per SM on sm_90 (128 registers, no spills there); sm_80 would spill.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SG128_MIN_BLOCKS 2
+#else
+#define SG128_MIN_BLOCKS 1
+#endif
+DGATE_KERNEL_OCC(conv_sgemm128x128_f32, ConvParams, SG_THREADS, SG128_MIN_BLOCKS) { conv_sgemm<128, 128>(p); }
 DGATE_KERNEL(conv_sgemm128x64_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 64>(p); }
 DGATE_KERNEL(conv_sgemm64x64_f32, ConvParams, SG_THREADS) { conv_sgemm<64, 64>(p); }
