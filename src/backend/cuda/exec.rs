@@ -110,7 +110,8 @@ pub(crate) struct Prepared {
     /// Floats past `ws_cap` that tests watch (see `test_workspace_with_canary`).
     ws_canary: usize,
     /// Tuning's check of each candidate: the reference kernel's output (as large as
-    /// the largest activation buffer, made on first use) and two u32 for diff_max.
+    /// the largest activation buffer, made on first use, freed when tuning ends) and two
+    /// u32 for diff_max.
     check: Option<(Mem, Mem)>,
     /// Candidate runs that matched the reference, and those that did not (a line each,
     /// also printed): a kernel that disagrees is never chosen.
@@ -1006,6 +1007,9 @@ impl Prepared {
             }
         }
         dev.sync()?;
+        // The check's scratch is as large as the largest activation buffer: not kept
+        // between tunings.
+        self.check = None;
         if std::env::var_os("DGATE_DEBUG").is_some() {
             eprintln!(
                 "dgate: tuned {timed} convolution shapes for batch {n} (live per level {live:?}) in {:.0} ms; \
