@@ -983,7 +983,7 @@ impl Prepared {
                         c,
                         (s, o, level, n),
                         live[level],
-                        r,
+                        (&cands, r),
                         &tries,
                     )?;
                     tries.retain(|t| !bad.contains(t));
@@ -1079,7 +1079,7 @@ impl Prepared {
     }
 
     /// Tuning's correctness check. Fills the convolution's input (and residual) views
-    /// with noise, runs the `reference` candidate into a scratch buffer, then each of
+    /// with noise, runs candidate `reference` of `cands` into a scratch buffer, then each of
     /// `tries` (candidate, k-splits) into the real output, comparing the two on the
     /// device (`diff_max`, 8 bytes back). Returns the tries that disagree: each is
     /// printed and kept in `rejected`, and tuning never chooses it. So a kernel that is
@@ -1092,7 +1092,7 @@ impl Prepared {
         c: &Conv,
         (s, o, level, n): (usize, usize, usize, usize),
         live: usize,
-        reference: usize,
+        (cands, reference): (&[&'static ConvKernel], usize),
         tries: &[(usize, usize)],
     ) -> Result<Vec<(usize, usize)>> {
         // A residual read in place (the output's own channels) changes with every run:
@@ -1160,10 +1160,6 @@ impl Prepared {
             Some(ref_ptr),
         )?;
         let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
-        let DevOp::Conv { cands, .. } = &self.ops[s][o] else {
-            return Ok(Vec::new());
-        };
-        let cands = cands.clone();
         let mut bad = Vec::new();
         for &(i, sp) in tries {
             if (i, sp) == (reference, 1) {

@@ -320,10 +320,7 @@ impl CudaBackend {
         // Kernels chosen (and re-chosen for the survivors) as for a timed pass.
         self.warm_up(plan, n)?;
         let dev = &self.dev;
-        let prep = self
-            .prepared
-            .as_ref()
-            .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
+        let prep = self.prepared_mut_ref()?;
         let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("profile event: {e}"));
         let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         let mut steps = Vec::new();
