@@ -713,6 +713,135 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
 }
 
 // ---------------------------------------------------------------------------------
+// Hopper warpgroup MMA (wgmma, sm_90a): a warpgroup of 4 warps multiplies a 64 x N
+// tile of A by an N x 16 tile of B, both read by the tensor cores straight from
+// shared memory through 64-bit descriptors, asynchronously: issued after
+// wgmma.fence, grouped by wgmma.commit_group, finished by wgmma.wait_group. The
+// operands use the layout without swizzling, K-major: 8 x 8 "core matrices" of 8
+// rows x 16 contiguous bytes; the descriptor gives the start address, the byte
+// distance between core matrices adjacent in K (leading, LBO) and in M or N (stride,
+// SBO). The accumulator of warp w of the group is rows 16w..16w+15, laid out per n8
+// column block as mma.m16n8k16's C fragment, so conv_tc's epilogue serves it as is.
+// NVRTC defines __CUDA_ARCH_FEAT_SM90_ALL for sm_90a only; elsewhere the wgmma kernels
+// are not compiled (the host then does without them, see device.rs).
+#if !defined(DGATE_HOST_EMU) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DGATE_WGMMA 1
+#endif
+#if defined(DGATE_HOST_EMU) || defined(DGATE_WGMMA)
+#define DGATE_HAS_WGMMA 1
+#endif
+
+// Address of `p` in the shared window (the emulator: its offset in dynamic shared memory).
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+#ifdef DGATE_HOST_EMU
+    return emu_smem_addr(p);
+#else
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+#endif
+}
+
+// Descriptor of a K-major operand without swizzling (fields in 16-byte units).
+__device__ __forceinline__ unsigned long long wg_desc(const void* smem, unsigned lbo, unsigned sbo) {
+    return (unsigned long long)((smem_u32(smem) & 0x3ffff) >> 4) | (unsigned long long)((lbo & 0x3ffff) >> 4) << 16 |
+           (unsigned long long)((sbo & 0x3ffff) >> 4) << 32;
+}
+
+// Orders this thread's earlier generic-proxy writes to shared memory (cp.async
+// landings, the pre-activation's stores) before later async-proxy reads (wgmma).
+__device__ __forceinline__ void fence_proxy_async() {
+#ifdef DGATE_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_fence() {
+#ifdef DGATE_HOST_EMU
+    emu_wgmma_fence();
+#elif defined(DGATE_WGMMA)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#ifdef DGATE_HOST_EMU
+    emu_wgmma_commit();
+#elif defined(DGATE_WGMMA)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+#ifdef DGATE_HOST_EMU
+    emu_wgmma_wait(N);
+#elif defined(DGATE_WGMMA)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+// The accumulators pass through here after wgmma_wait, so that the compiler cannot
+// read them (the epilogue) before the wait, which has no register operands.
+template <int R>
+__device__ __forceinline__ void wgmma_fence_regs(float* d) {
+#ifdef DGATE_WGMMA
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_n64(float* d, unsigned long long da, unsigned long long db) {
+#ifdef DGATE_HOST_EMU
+    emu_wgmma(d, 64, da, db);
+#elif defined(DGATE_WGMMA)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(1)
+        : "memory");
+#endif
+}
+
+__device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da, unsigned long long db) {
+#ifdef DGATE_HOST_EMU
+    emu_wgmma(d, 128, da, db);
+#elif defined(DGATE_WGMMA)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1)
+        : "memory");
+#endif
+}
+
+template <int N>
+__device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsigned long long db) {
+    static_assert(N == 64 || N == 128, "wgmma tile width");
+    if constexpr (N == 64) {
+        wgmma_n64(d, da, db);
+    } else {
+        wgmma_n128(d, da, db);
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // conv_tc<BM, BN, WM, WN>_f16: the pipelined tensor-core kernel, for aligned layers
 // (as conv_mmavec), with or without pre-activation. Block tile BM x BN x 32, WM x WN
 // warps, each a (BM/WM) x (BN/WN) warp tile of m16n8k16 MMAs. Operands go global ->
@@ -773,7 +902,16 @@ __device__ __forceinline__ void tc_step(const ConvParams& p, TcCursor* k, int Kd
     }
 }
 
-template <int BM, int BN, int WM, int WN>
+// Where chunk `kc` (8 halves of the reduction) of tile row `row` lives in a stage of
+// an operand of `rows` rows, in halves: conv_tc's padded rows, or (WG) the wgmma core
+// matrices, each k-chunk a dense rows x 8 block, so that the core matrix of rows
+// 8i..8i+7 is 128 contiguous bytes (SBO 128 bytes, LBO rows * 16 bytes).
+template <bool WG>
+__device__ __forceinline__ int tc_off(int rows, int row, int kc) {
+    return WG ? kc * rows * 8 + row * 8 : row * TC_LDS + kc * 8;
+}
+
+template <int BM, int BN, int WM, int WN, bool WG>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM;
@@ -783,8 +921,15 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int ROWS_PER_PASS = THREADS / 4;  // 4 chunks of 8 halves per 32-wide row
     constexpr int A_ITERS = BM / ROWS_PER_PASS;
     constexpr int B_ITERS = BN / ROWS_PER_PASS;
-    constexpr int STAGE = (BM + BN) * TC_LDS;  // halves
+    constexpr int ROW = WG ? TC_BK : TC_LDS;   // halves per operand row in a stage
+    constexpr int STAGE = (BM + BN) * ROW;      // halves
+    // Tiles in flight ahead of the one multiplied (PF), and the ring: one slot more for
+    // wgmma, whose reads of tile kt may still run during iteration kt + 1 (see below).
+    constexpr int PF = TC_STAGES - 1;
+    constexpr int STAGES = WG ? TC_STAGES + 1 : TC_STAGES;
     static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
+    static_assert(!WG || (WN == 1 && WM % 4 == 0 && WTM == 16 && (BN == 64 || BN == 128)),
+                  "wgmma: warpgroups stacked in m, each 64 x BN");
     static_assert(A_ITERS >= 1 && B_ITERS >= 1 && A_ITERS * ROWS_PER_PASS == BM && B_ITERS * ROWS_PER_PASS == BN,
                   "tile rows must be a multiple of threads / 4");
     DGATE_DYNAMIC_SHARED(uint4, conv_tc_smem);
@@ -830,21 +975,21 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     auto issue = [&](int kt, int slot) {
         if (kt < kt1) {
             unsigned short* As = smem + slot * STAGE;
-            unsigned short* Bs = As + BM * TC_LDS;
+            unsigned short* Bs = As + BM * ROW;
             const TcCursor& k = at_issue;
 #pragma unroll
             for (int i = 0; i < A_ITERS; ++i) {
                 const int row = r0 + i * ROWS_PER_PASS;
                 const bool ok = k.c >= 0 && a_in(row, k.r, k.s);
                 const size_t at = (size_t)(rbase[row] + (ry0[row] + k.r) * p.W + rx0[row] + k.s) * p.in_stride;
-                cp_async16(&As[row * TC_LDS + kc * 8], ok ? in + at + p.in_off + k.c : in, ok);
+                cp_async16(&As[tc_off<WG>(BM, row, kc)], ok ? in + at + p.in_off + k.c : in, ok);
             }
 #pragma unroll
             for (int i = 0; i < B_ITERS; ++i) {
                 const int row = r0 + i * ROWS_PER_PASS;
                 const int oc = n0 + row;
                 const bool ok = oc < p.K && k.c >= 0;
-                cp_async16(&Bs[row * TC_LDS + kc * 8], ok ? w + (size_t)oc * p.ldw + k.kd : w, ok);
+                cp_async16(&Bs[tc_off<WG>(BN, row, kc)], ok ? w + (size_t)oc * p.ldw + k.kd : w, ok);
             }
             tc_step(p, &at_issue, Kd);
         }
@@ -863,7 +1008,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         for (int i = 0; i < A_ITERS; ++i) {
             const int row = r0 + i * ROWS_PER_PASS;
             if (!a_in(row, k.r, k.s)) continue;
-            unsigned short* q = &As[row * TC_LDS + kc * 8];
+            unsigned short* q = &As[tc_off<WG>(BM, row, kc)];
             uint4 v = ld128(q);
             v.x = pre_act_pair(v.x, p, c);
             v.y = pre_act_pair(v.y, p, c + 2);
@@ -882,39 +1027,65 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
 #pragma unroll
-    for (int s = 0; s < TC_STAGES - 1; ++s) issue(kt0 + s, s);
+    for (int s = 0; s < PF; ++s) issue(kt0 + s, s);
 
     for (int kt = kt0; kt < kt1; ++kt) {
         const int it = kt - kt0;
-        const int slot = it % TC_STAGES;
-        cp_async_wait<TC_STAGES - 2>();  // this thread's copies of tile kt have landed
+        const int slot = it % STAGES;
+        cp_async_wait<PF - 1>();  // this thread's copies of tile kt have landed
         if (pre) pre_activate(slot);
+        if constexpr (WG) fence_proxy_async();  // this thread's writes, before wgmma reads them
         __syncthreads();  // everyone's copies of tile kt visible; slot of tile kt-1 free
-        issue(kt + TC_STAGES - 1, (it + TC_STAGES - 1) % TC_STAGES);
         const unsigned short* A = smem + slot * STAGE;
-        const unsigned short* B = A + BM * TC_LDS;
+        const unsigned short* B = A + BM * ROW;
+        if constexpr (WG) {
+            // Warpgroup warp/4 multiplies rows 64(warp/4).. of the tile by all BN columns,
+            // 16 columns of the reduction (two core-matrix columns) per instruction, while
+            // this thread issues the copies of tile kt + PF. Waiting with one group left
+            // in flight means tile kt's MMAs may run on into iteration kt + 1; tile kt - 1's
+            // are done. So every warpgroup has finished with tile kt - 2 when anyone passes
+            // this iteration's barrier, and tile kt + PF goes into its slot:
+            // (kt + PF) % STAGES == (kt - 2) % STAGES.
+            static_assert(PF + 2 == STAGES, "wgmma ring: slot reuse two tiles back");
+            wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < TC_BK; kk += 16) {
-            unsigned a[MT][4], b[NT][2];
+            for (int kk = 0; kk < TC_BK / 16; ++kk)
+                wgmma_f16<BN>(&acc[0][0][0], wg_desc(A + tc_off<true>(BM, (warp / 4) * 64, 2 * kk), BM * 16, 128),
+                              wg_desc(B + tc_off<true>(BN, 0, 2 * kk), BN * 16, 128));
+            wgmma_commit();
+            issue(kt + PF, (it + PF) % STAGES);
+            wgmma_wait<1>();
+        } else {
+            static_assert(WG || PF + 1 == STAGES, "mma.sync ring: slot reuse one tile back");
+            issue(kt + PF, (it + PF) % STAGES);
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+            for (int kk = 0; kk < TC_BK; kk += 16) {
+                unsigned a[MT][4], b[NT][2];
 #pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                unsigned r[4];
-                ldmatrix_x4(r, B + (wn + np * 16 + (lane & 7) + (lane >> 4) * 8) * TC_LDS + kk + ((lane >> 3) & 1) * 8);
-                b[2 * np][0] = r[0];
-                b[2 * np][1] = r[1];
-                b[2 * np + 1][0] = r[2];
-                b[2 * np + 1][1] = r[3];
+                for (int mt = 0; mt < MT; ++mt)
+                    ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    unsigned r[4];
+                    ldmatrix_x4(r,
+                                B + (wn + np * 16 + (lane & 7) + (lane >> 4) * 8) * TC_LDS + kk + ((lane >> 3) & 1) * 8);
+                    b[2 * np][0] = r[0];
+                    b[2 * np][1] = r[1];
+                    b[2 * np + 1][0] = r[2];
+                    b[2 * np + 1][1] = r[3];
+                }
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
             }
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
         }
     }
     cp_async_wait<0>();
+    if constexpr (WG) {
+        wgmma_wait<0>();
+        wgmma_fence_regs<MT * NT * 4>(&acc[0][0][0]);
+    }
 
     mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
     if (split) splitk_finish<__half, BM, BN>(p, M, m0, n0, parts, tile);
@@ -923,11 +1094,11 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
 // the samples it expects live (after a gate: what recent passes left), so a smaller
 // survivor count launches no idle blocks, and a larger one is still covered.
-template <int BM, int BN, int WM, int WN>
+template <int BM, int BN, int WM, int WN, bool WG = false>
 __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     const int M = *p.count * p.P * p.Q;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
-        conv_tc_tile<BM, BN, WM, WN>(p, m0);
+        conv_tc_tile<BM, BN, WM, WN, WG>(p, m0);
         __syncthreads();  // the next tile reuses the shared memory
     }
 }
@@ -1144,6 +1315,14 @@ DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }
 DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
+// conv_tc's pipeline with Hopper wgmma in place of mma.sync (sm_90a; see above): one
+// warpgroup per 64 tile rows. 128-row tiles: two blocks per SM (2 x 82 KB of shared memory).
+#ifdef DGATE_HAS_WGMMA
+DGATE_KERNEL_OCC(conv_wg128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 8, 1, true>(p); }
+DGATE_KERNEL_OCC(conv_wg128x64_f16, ConvParams, 256, 2) { conv_tc<128, 64, 8, 1, true>(p); }
+DGATE_KERNEL(conv_wg64x128_f16, ConvParams, 128) { conv_tc<64, 128, 4, 1, true>(p); }
+DGATE_KERNEL(conv_wg64x64_f16, ConvParams, 128) { conv_tc<64, 64, 4, 1, true>(p); }
+#endif
 // Two blocks per SM on sm_90 (128 registers, no spills there); sm_80 would spill.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define SG128_MIN_BLOCKS 2

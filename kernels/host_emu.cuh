@@ -22,6 +22,10 @@
 //   when the issuing thread's cp.async.wait_group retires their group (the latest), so
 //   reading a stage before waiting for it, or overwriting a stage still in use, gives
 //   wrong numbers;
+// - wgmma (Hopper's asynchronous warpgroup MMA, read from shared memory through
+//   descriptors) runs when issued on the blocks whose copies are deferred, and only at
+//   its wgmma.wait_group on the others, so a stage refilled while an MMA may still read
+//   it, or multiplied before it landed, gives wrong numbers too;
 // - every block's shared memory, static and dynamic, starts as NaN bytes (0xff), as a
 //   GPU's starts as garbage (and not as what the previous block left);
 // - alternate launches run their blocks in reverse order.
@@ -145,27 +149,39 @@ inline unsigned xchg_u[1024][6];
 inline const unsigned short* xchg_p[1024];
 inline unsigned long long rounds = 0;  // scheduling rounds, for the alternating order
 
-// cp.async: copies a thread has issued, in commit groups, landing at the latest
-// allowed moment when `defer_copies` (alternate blocks), at once otherwise.
+// One thread's asynchronous operations in commit groups (cp.async, wgmma): issued
+// into `open`, committed as a group, retired oldest first by a wait_group N.
+template <typename T>
+struct Groups {
+    std::vector<std::vector<T>> committed;  // oldest first
+    std::vector<T> open;                    // issued, not yet committed
+    void commit() {
+        committed.push_back(std::move(open));
+        open.clear();
+    }
+    // Completes (`done`) every group but the newest `pending`.
+    template <typename F>
+    void retire(size_t pending, F done) {
+        while (committed.size() > pending) {
+            for (const T& x : committed.front()) done(x);
+            committed.erase(committed.begin());
+        }
+    }
+};
+
+// cp.async: copies a thread has issued, landing at the latest allowed moment when
+// `defer_copies` (alternate blocks), at once otherwise.
 struct Copy {
     void* dst;
     unsigned char bytes[16];
 };
-struct CopyQueue {
-    std::vector<std::vector<Copy>> committed;  // oldest first
-    std::vector<Copy> open;                    // issued, not yet committed
-};
 inline bool defer_copies = false;
-inline CopyQueue copies[1024];
-inline void land(std::vector<Copy>& g) {
-    for (const Copy& c : g) std::memcpy(c.dst, c.bytes, 16);
-    g.clear();
-}
+inline Groups<Copy> copies[1024];
+inline void land(const Copy& c) { std::memcpy(c.dst, c.bytes, 16); }
 inline void land_all(unsigned t) {
-    CopyQueue& q = copies[t];
-    for (auto& g : q.committed) land(g);
-    q.committed.clear();
-    land(q.open);
+    Groups<Copy>& q = copies[t];
+    q.commit();
+    q.retire(0, land);
 }
 
 inline void wait(State s) {
@@ -173,8 +189,22 @@ inline void wait(State s) {
     swapcontext(&fibers[current].ctx, &scheduler);
 }
 
+// wgmma: the MMAs a thread has issued, in commit groups, run when issued or only when
+// wgmma.wait_group retires their group: the tensor cores read shared memory at any
+// moment in between. They are deferred on the blocks whose copies land at once, so a
+// kernel that refills a stage (with a copy that lands at once) before the MMAs reading
+// it are waited for reads the wrong operands here; and run at once where copies are
+// deferred, so one that multiplies a stage before its copies were waited for does too.
+struct Wgmma {
+    float* d;
+    int n;
+    unsigned long long da, db;
+};
+inline Groups<Wgmma> wgmmas[1024];
+
 inline void trampoline() {
     kernel(params);
+    wgmmas[current] = Groups<Wgmma>{};
     land_all(current);  // copies still in flight at exit land all the same
     fibers[current].state = DONE;
 }
@@ -253,18 +283,8 @@ inline void emu_cp_async16(void* smem, const void* gmem, bool valid) {
         std::memcpy(smem, c.bytes, 16);
     }
 }
-inline void emu_cp_async_commit() {
-    emu::CopyQueue& q = emu::copies[threadIdx.x];
-    q.committed.push_back(std::move(q.open));
-    q.open.clear();
-}
-inline void emu_cp_async_wait(unsigned pending) {
-    emu::CopyQueue& q = emu::copies[threadIdx.x];
-    while (q.committed.size() > pending) {
-        emu::land(q.committed.front());
-        q.committed.erase(q.committed.begin());
-    }
-}
+inline void emu_cp_async_commit() { emu::copies[threadIdx.x].commit(); }
+inline void emu_cp_async_wait(unsigned pending) { emu::copies[threadIdx.x].retire(pending, emu::land); }
 inline void emu_syncwarp() { emu::wait(emu::WAIT_WARP); }
 
 inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
@@ -311,6 +331,66 @@ inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
         d[3] += A[g + 8][k] * B[k][2 * q + 1];
     }
 }
+
+// A shared address as the kernel sees it: the offset in the block's dynamic shared
+// memory (the only shared memory a wgmma operand lives in).
+inline unsigned emu_smem_addr(const void* p) {
+    const unsigned char* b = emu::dynamic_smem.data();
+    const unsigned char* q = static_cast<const unsigned char*>(p);
+    if (q < b || q >= b + emu::dynamic_smem.size()) {
+        std::fprintf(stderr, "host_emu: shared address of %p outside dynamic shared memory\n", p);
+        std::abort();
+    }
+    return (unsigned)(q - b);
+}
+
+// Element (row, k) of a wgmma operand from its descriptor: K-major without swizzling,
+// 8 x 8 core matrices of 8 rows x 16 contiguous bytes, LBO bytes between core matrices
+// adjacent in k, SBO between those adjacent in rows (PTX ISA, matrix descriptor).
+inline float emu_wgmma_elem(unsigned long long desc, unsigned row, unsigned k) {
+    const unsigned start = (unsigned)(desc & 0x3fff) << 4;
+    const unsigned lbo = (unsigned)((desc >> 16) & 0x3fff) << 4;
+    const unsigned sbo = (unsigned)((desc >> 32) & 0x3fff) << 4;
+    if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
+        std::fprintf(stderr, "host_emu: wgmma descriptor %llx: only unswizzled operands are emulated\n", desc);
+        std::abort();
+    }
+    const size_t at = (size_t)start + (row / 8) * sbo + (k / 8) * lbo + (row % 8) * 16 + (k % 8) * 2;
+    if (at + 2 > emu::dynamic_smem.size()) {
+        std::fprintf(stderr, "host_emu: wgmma operand byte %zu past shared memory (%zu)\n", at,
+                     emu::dynamic_smem.size());
+        std::abort();
+    }
+    unsigned short bits;
+    std::memcpy(&bits, emu::dynamic_smem.data() + at, 2);
+    return emu_half_bits(bits);
+}
+
+// wgmma.mma_async m64nNk16, f32 += f16 x f16, A and B K-major in shared memory: this
+// thread's accumulators, as the PTX ISA lays them out (warp w of the warpgroup holds
+// rows 16w..16w+15; per n8 block j, d[4j..4j+3] as mma.m16n8's C fragment).
+inline void emu_wgmma_run(const emu::Wgmma& m) {
+    const unsigned t = threadIdx.x, w = (t / 32) % 4, lane = t % 32, g = lane / 4, q = lane % 4;
+    for (int j = 0; j < m.n / 8; ++j) {
+        for (unsigned r = 0; r < 4; ++r) {
+            const unsigned row = 16 * w + g + 8 * (r / 2), col = 8 * (unsigned)j + 2 * q + (r % 2);
+            float s = 0.0f;
+            for (unsigned k = 0; k < 16; ++k) s += emu_wgmma_elem(m.da, row, k) * emu_wgmma_elem(m.db, col, k);
+            m.d[4 * j + r] += s;
+        }
+    }
+}
+inline void emu_wgmma(float* d, int n, unsigned long long da, unsigned long long db) {
+    const emu::Wgmma m{d, n, da, db};
+    if (!emu::defer_copies) {
+        emu::wgmmas[threadIdx.x].open.push_back(m);
+    } else {
+        emu_wgmma_run(m);
+    }
+}
+inline void emu_wgmma_fence() {}
+inline void emu_wgmma_commit() { emu::wgmmas[threadIdx.x].commit(); }
+inline void emu_wgmma_wait(unsigned pending) { emu::wgmmas[threadIdx.x].retire(pending, emu_wgmma_run); }
 
 // ldmatrix.sync.aligned.m8n8.x4.b16: lane l supplies the address of row l % 8 of
 // matrix l / 8 (16-byte aligned) and receives from matrix j the b16 pair at row

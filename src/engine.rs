@@ -56,7 +56,9 @@ impl BackendChoice {
 /// A model on a backend, ready to classify batches. See the [module docs](self) for
 /// threading.
 pub struct Engine {
-    /// The loaded model; its plan carries the current gate thresholds.
+    /// The loaded model; its plan carries the current gate thresholds. On the GPU in
+    /// f16 its image buffer and stem read 8 channels, the last 5 zero (see
+    /// [`crate::plan::Plan::pad_input_channels`]).
     pub model: Model,
     backend: Box<dyn Backend>,
     /// Set when `Auto` fell back to the CPU: why.
@@ -67,7 +69,7 @@ impl Engine {
     /// Puts `model` on a backend. Fails with [`Error::Config`] for f16 on the CPU and
     /// with [`Error::CudaUnavailable`] when `Cuda` is asked for and cannot start; `Auto`
     /// never fails for want of a GPU.
-    pub fn new(model: Model, choice: BackendChoice, precision: Precision) -> Result<Engine> {
+    pub fn new(mut model: Model, choice: BackendChoice, precision: Precision) -> Result<Engine> {
         let (backend, fallback_notice): (Box<dyn Backend>, _) = match choice {
             BackendChoice::Cpu => {
                 if precision != Precision::F32 {
@@ -86,6 +88,13 @@ impl Engine {
                 ),
             },
         };
+        // On the GPU in f16 the image buffer is widened to 8 channels (zeros; the stem's
+        // weights get zero taps for them), so that the stem runs on the aligned
+        // tensor-core kernels: the same network, see `Plan::pad_input_channels`.
+        if fallback_notice.is_none() && choice != BackendChoice::Cpu && precision == Precision::F16
+        {
+            model.plan.pad_input_channels(8);
+        }
         Ok(Engine {
             model,
             backend,

@@ -270,6 +270,72 @@ impl Plan {
         self.gates.iter().position(|g| g.after_stage == stage)
     }
 
+    /// Widens the image buffer to `to` channels, zero past the image's own, and every
+    /// convolution reading it, whose weights get zero taps for the new channels: the
+    /// same network (per-stage FLOPs, which count the image's channels, unchanged),
+    /// but its first convolution reads an input whose channel count and pixel stride
+    /// are multiples of 8, which the f16 tensor-core kernels need (3 channels leave the
+    /// stem to a general kernel that ran it at 7.5 TFLOP/s on an H200). The buffer must
+    /// start zero and only the image may be written into it. Returns `false`, changing
+    /// nothing, unless the image has a buffer of its own, read only by convolutions of
+    /// exactly the image view without pre-activation.
+    pub fn pad_input_channels(&mut self, to: usize) -> bool {
+        let input = self.input;
+        let b = input.buf;
+        let c = input.channels;
+        if input.offset != 0 || self.buffers[b].channels != c || to <= c {
+            return false;
+        }
+        let touches = |v: &View| v.buf == b;
+        for s in &self.stages {
+            if touches(&s.output) {
+                return false;
+            }
+            for op in &s.ops {
+                let ok = match op {
+                    Op::Conv(cv) => {
+                        !touches(&cv.output)
+                            && cv.residual.as_ref().is_none_or(|r| !touches(r))
+                            && (!touches(&cv.input) || (cv.input == input && cv.pre.is_none()))
+                    }
+                    Op::ShortcutA {
+                        input: i,
+                        output: o,
+                        ..
+                    }
+                    | Op::AvgPool2 {
+                        input: i,
+                        output: o,
+                        ..
+                    } => !touches(i) && !touches(o),
+                };
+                if !ok {
+                    return false;
+                }
+            }
+        }
+        if self.gates.iter().any(|g| touches(&g.input)) || touches(&self.head.input) {
+            return false;
+        }
+        self.buffers[b].channels = to;
+        for s in &mut self.stages {
+            for op in &mut s.ops {
+                let Op::Conv(cv) = op else { continue };
+                if cv.input != input {
+                    continue;
+                }
+                let taps = cv.kernel * cv.kernel;
+                let mut w = vec![0.0f32; cv.output.channels * to * taps];
+                for (k, src) in cv.weight.chunks(c * taps).enumerate() {
+                    w[k * to * taps..][..c * taps].copy_from_slice(src);
+                }
+                cv.weight = w;
+                cv.input.channels = to;
+            }
+        }
+        true
+    }
+
     /// Sets one threshold per gate; a wrong count or a NaN is [`crate::Error::Config`].
     pub fn set_thresholds(&mut self, t: &[f32]) -> crate::Result<()> {
         if t.len() != self.gates.len() {
@@ -318,5 +384,75 @@ pub fn decide(scores: &[f32], rule: ExitRule) -> (usize, f32) {
             let z: f32 = scores.iter().map(|&s| (s - m).exp()).sum();
             (best, 1.0 / z)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cpu::CpuBackend;
+    use crate::backend::cuda::reference::Rng;
+    use crate::backend::cuda::synthetic::{bottleneck_plan, tiny_densenet, tiny_resnet};
+    use crate::backend::Backend;
+
+    #[test]
+    fn padding_the_input_keeps_the_network() {
+        for plan in [
+            tiny_resnet(3, 10),
+            tiny_densenet(4, 10, 8),
+            bottleneck_plan([1, 1, 1, 1], 8, 10, 5),
+        ] {
+            let mut padded = plan.clone();
+            assert!(padded.pad_input_channels(8), "{}", plan.arch);
+            assert_eq!(padded.buffers[padded.input.buf].channels, 8);
+            assert_eq!(
+                padded.input, plan.input,
+                "the image itself keeps its 3 channels"
+            );
+            let Op::Conv(stem) = &padded.stages[0].ops[0] else {
+                panic!("{}: no stem conv", plan.arch)
+            };
+            assert_eq!(
+                (stem.input.channels, stem.weight.len()),
+                (8, stem.output.channels * 8 * 9)
+            );
+            assert_eq!(
+                padded.stages.iter().map(|s| s.flops).collect::<Vec<_>>(),
+                plan.stages.iter().map(|s| s.flops).collect::<Vec<_>>()
+            );
+            // Padding twice does nothing more.
+            assert!(!padded.pad_input_channels(8));
+            let n = 3;
+            let images = Rng::new(11).vec(n * 3 * 32 * 32, 1.5);
+            let want = CpuBackend::new().run(&plan, &images, n).unwrap();
+            let got = CpuBackend::new().run(&padded, &images, n).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.class, g.exit), (w.class, w.exit), "{}", plan.arch);
+                for (a, b) in g.logits.iter().zip(&w.logits) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{}: {a} vs {b}",
+                        plan.arch
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_refuses_a_shared_image_buffer() {
+        // The stem writes back into the image's buffer: padding would leave the
+        // widened channels to whatever it writes.
+        let mut plan = tiny_resnet(3, 10);
+        if let Op::Conv(c) = &mut plan.stages[0].ops[0] {
+            c.output.buf = plan.input.buf;
+        }
+        let before = plan.clone();
+        assert!(!plan.pad_input_channels(8));
+        assert_eq!(plan, before);
+        // A buffer wider than the image is not the image's own either.
+        let mut plan = tiny_resnet(3, 10);
+        plan.buffers[plan.input.buf].channels = 4;
+        assert!(!plan.pad_input_channels(8));
     }
 }

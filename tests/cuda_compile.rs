@@ -1,5 +1,6 @@
-//! Compiles every kernel file with NVRTC for sm_80 and sm_90. Needs NVRTC but no GPU
-//! (CI installs it with `scripts/nvrtc-setup.sh`); prints `skipped: …` without it.
+//! Compiles every kernel file with NVRTC for sm_80, sm_90 and sm_90a (what an H100 or
+//! H200 gets: the wgmma kernels are built for it alone). Needs NVRTC but no GPU (CI
+//! installs it with `scripts/nvrtc-setup.sh`); prints `skipped: …` without it.
 
 use dgate_rt::backend::cuda::{compile_all_for_arch, kernels};
 
@@ -13,12 +14,29 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         println!("skipped: no CUDA headers (set DGATE_CUDA_INCLUDE or run scripts/nvrtc-setup.sh)");
         return;
     }
-    for arch in ["sm_80", "sm_90"] {
+    let wgmma = [
+        "conv_wg128x128_f16",
+        "conv_wg128x64_f16",
+        "conv_wg64x128_f16",
+        "conv_wg64x64_f16",
+    ];
+    let has = |bin: &[u8], sym: &str| bin.windows(sym.len()).any(|w| w == sym.as_bytes());
+    for arch in ["sm_80", "sm_90", "sm_90a"] {
         match compile_all_for_arch(arch) {
             Ok(bins) => {
                 for (file, bin) in bins {
                     println!("{arch} {}: {} bytes of cubin", file.file_name(), bin.len());
                     assert!(!bin.is_empty());
+                    if file == kernels::KernelFile::Conv {
+                        assert!(
+                            has(&bin, "conv_tc128x128_f16"),
+                            "{arch}: no conv_tc128x128_f16"
+                        );
+                        // The wgmma tiles exist for sm_90a alone (device.rs skips them elsewhere).
+                        for sym in wgmma {
+                            assert_eq!(has(&bin, sym), arch == "sm_90a", "{arch}: {sym}");
+                        }
+                    }
                 }
             }
             Err(e) => panic!("{e}"),

@@ -74,6 +74,13 @@ fn emulated_bench_tables_run() {
             .count()
             == 2
     );
+    // The emulator has the wgmma tiles, so conv_tc alone (printed `tc_f16`) is timed beside `auto` too.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("f16    tc_f16 "))
+            .count(),
+        2
+    );
 }
 
 #[test]

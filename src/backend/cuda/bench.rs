@@ -73,10 +73,15 @@ pub fn timing_with(
         (Precision::F32, "auto"),
         (Precision::F32, "conv_simt_f32"),
         (Precision::F16, "auto"),
+        (Precision::F16, "conv_tc_f16"),
         (Precision::F16, "conv_mmaasync_f16"),
     ];
     for (p, policy) in configs {
         let mut be = make(p)?;
+        // conv_tc alone (no wgmma) differs from `auto` only where the wgmma tiles exist.
+        if policy == "conv_tc_f16" && !be.has_conv_kernel("conv_wg128x128_f16") {
+            continue;
+        }
         be.set_conv_kernel(policy)?;
         for &b in batches {
             let images = random_images(&mut rng, b);
@@ -124,6 +129,8 @@ pub type ConvShape = (&'static str, usize, usize, usize, usize, usize);
 /// Every distinct convolution of a CIFAR ResNet-101 (Bottleneck, widths 64..512 x 4).
 pub const RESNET101_CONVS: &[ConvShape] = &[
     ("stem", 3, 64, 32, 3, 1),
+    // As Engine runs it in f16 (Plan::pad_input_channels); FLOPs count all 8 channels.
+    ("stem, 8-ch padded", 8, 64, 32, 3, 1),
     ("l1 1x1 in", 64, 64, 32, 1, 1),
     ("l1 3x3", 64, 64, 32, 3, 1),
     ("l1 1x1 out", 64, 256, 32, 1, 1),

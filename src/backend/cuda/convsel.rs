@@ -42,6 +42,8 @@ pub(crate) struct ConvKernel {
     pub m_loop: bool,
     /// Cost model (used where nothing was measured): relative throughput of a full tile.
     pub efficiency: f64,
+    /// Uses Hopper wgmma: compiled for sm_90a only (elsewhere absent from the cubin).
+    pub wgmma: bool,
 }
 
 const fn plain(
@@ -63,6 +65,7 @@ const fn plain(
         needs,
         m_loop: false,
         efficiency,
+        wgmma: false,
     }
 }
 
@@ -84,7 +87,18 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
         needs: Needs::Aligned,
         m_loop: true,
         efficiency,
+        wgmma: false,
     }
+}
+
+/// conv_tc's pipeline on Hopper wgmma: one 128-thread warpgroup per 64 tile rows,
+/// operands in unpadded core-matrix order (32 halves per row and stage), a ring one
+/// stage deeper than conv_tc's (an MMA group stays in flight across the barrier).
+const fn wg(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKernel {
+    let mut k = tc(name, bm, bn, (bm / 64 * 128) as u32, efficiency);
+    k.smem = ((bm + bn) * 32 * 2 * (TC_STAGES + 1)) as u32;
+    k.wgmma = true;
+    k
 }
 
 /// Every convolution kernel. Families that share a weight packing can be mixed per
@@ -159,6 +173,11 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tc("conv_tc64x64_f16", 64, 64, 128, 0.7),
     tc("conv_tc128x32_f16", 128, 32, 128, 0.6),
     tc("conv_tc64x32_f16", 64, 32, 64, 0.5),
+    // Not yet measured on a GPU; the cost model assumes wgmma's higher peak.
+    wg("conv_wg128x128_f16", 128, 128, 1.25),
+    wg("conv_wg128x64_f16", 128, 64, 1.05),
+    wg("conv_wg64x128_f16", 64, 128, 0.95),
+    wg("conv_wg64x64_f16", 64, 64, 0.85),
 ];
 
 pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
@@ -170,6 +189,8 @@ pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
 fn family_of(name: &str) -> &str {
     if name.starts_with("conv_tc") {
         "conv_tc"
+    } else if name.starts_with("conv_wg") {
+        "conv_wg"
     } else if name.starts_with("conv_sgemm") {
         "conv_sgemm"
     } else {
@@ -204,14 +225,15 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
 /// Whether `policy` names something [`conv_candidates`] understands for `dtype`.
 pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
     policy == "auto"
-        || policy == format!("conv_tc_{dtype}") && dtype == "f16"
+        || (policy == "conv_tc_f16" || policy == "conv_wg_f16") && dtype == "f16"
         || policy == format!("conv_sgemm_{dtype}") && dtype == "f32"
         || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype)
 }
 
 /// The kernels one convolution may use under `policy`, all with one weight packing:
-/// `auto` (f32: the conv_sgemm tiles; f16: the conv_tc tiles), a family
-/// (`conv_sgemm_f32`, `conv_tc_f16`), or one kernel by name. Where none applies (the
+/// `auto` (f32: the conv_sgemm tiles; f16: the conv_tc tiles and, on sm_90, the
+/// conv_wg ones, which share their weight packing), a family (`conv_sgemm_f32`,
+/// `conv_tc_f16`, `conv_wg_f16`), or one kernel by name. Where none applies (the
 /// aligned-only kernels on an unaligned layer) it falls back along
 /// conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16. Which candidate runs, and with
 /// how many k-splits, is chosen per batch size (measured by [`Prepared::tune`], else
@@ -222,18 +244,19 @@ pub(crate) fn conv_candidates(
     plan: &Plan,
     c: &Conv,
 ) -> Vec<&'static ConvKernel> {
-    let family = match policy {
-        "auto" if dtype == "f32" => "conv_sgemm",
-        "auto" => "conv_tc",
-        "conv_tc_f16" => "conv_tc",
-        "conv_sgemm_f32" => "conv_sgemm",
-        _ => "",
+    let families: &[&str] = match policy {
+        "auto" if dtype == "f32" => &["conv_sgemm"],
+        "auto" => &["conv_tc", "conv_wg"],
+        "conv_tc_f16" => &["conv_tc"],
+        "conv_wg_f16" => &["conv_wg"],
+        "conv_sgemm_f32" => &["conv_sgemm"],
+        _ => &[],
     };
     let mut cands: Vec<&'static ConvKernel> = match conv_kernel_info(policy) {
         Some(k) => vec![k],
         None => CONV_KERNELS
             .iter()
-            .filter(|k| k.dtype == dtype && family_of(k.name) == family)
+            .filter(|k| k.dtype == dtype && families.contains(&family_of(k.name)))
             .collect(),
     };
     cands.retain(|k| applies(k, plan, c));
@@ -374,9 +397,10 @@ mod kernel_choice {
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 6);
+        assert_eq!(tc.len(), 10);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
-        assert_eq!(tc[5], "conv_mmavec_f16");
+        assert!(tc[5..9].iter().all(|n| n.starts_with("conv_wg")));
+        assert_eq!(tc[9], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
@@ -384,10 +408,12 @@ mod kernel_choice {
         assert_eq!(f32s[3], "conv_simt_f32");
         // A family by name has no reference in it.
         assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
+        let wg = names("conv_wg_f16", "f16", &aligned);
+        assert!(wg.len() == 4 && wg.iter().all(|n| n.starts_with("conv_wg")));
         // Pre-activation is fine for conv_tc; an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            6
+            10
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
@@ -422,6 +448,7 @@ mod kernel_choice {
             ));
         }
         assert!(policy_known("conv_tc_f16", "f16") && !policy_known("conv_tc_f16", "f32"));
+        assert!(policy_known("conv_wg_f16", "f16") && !policy_known("conv_wg_f16", "f32"));
         assert!(!policy_known("conv_nope_f16", "f16"));
     }
 
@@ -446,13 +473,15 @@ mod kernel_choice {
             );
             (cands[i].name, splits)
         };
-        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile.
-        assert_eq!(pick(256), ("conv_tc128x128_f16", 1));
+        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile
+        // (wgmma's, where the device has it: exec.rs drops the tiles it lacks).
+        assert_eq!(pick(256), ("conv_wg128x128_f16", 1));
         // Batch 1: 64 x 256 outputs are a few tiles; small tiles and split-K win.
         let (name, splits) = pick(1);
-        assert!(
-            name != "conv_tc128x128_f16" && splits > 1,
-            "{name}/{splits}"
-        );
+        assert!(!name.contains("128x128") && splits > 1, "{name}/{splits}");
+        // Without the wgmma tiles (sm_80, sm_89), conv_tc's.
+        let tc: Vec<_> = cands.iter().copied().filter(|k| !k.wgmma).collect();
+        let (i, splits) = model_choice(&tc, (256 * 64, 256, 9 * 256), 132, ws);
+        assert_eq!((tc[i].name, splits), ("conv_tc128x128_f16", 1));
     }
 }

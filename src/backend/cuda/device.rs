@@ -83,6 +83,40 @@ pub(crate) struct Device {
     pub pdl: bool,
 }
 
+/// Compiles (once per process) and loads every kernel file for `arch`. The wgmma
+/// tiles exist only in an sm_90a build; a tile whose shared memory the device refuses
+/// is left out (exec.rs falls back to the others).
+fn load_kernels(ctx: &Arc<CudaContext>, arch: &str) -> Result<HashMap<String, CudaFunction>> {
+    let mut functions = HashMap::new();
+    for (file, cubin) in kernels::cubins_for_arch(arch)? {
+        let module = ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(|e| Error::Cuda(format!("loading {} ({arch}): {e}", file.file_name())))?;
+        for &sym in symbols(file) {
+            let info = super::convsel::conv_kernel_info(sym);
+            if info.is_some_and(|k| k.wgmma) && arch != "sm_90a" {
+                continue;
+            }
+            let f = module
+                .load_function(sym)
+                .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
+            if let Some(k) = info.filter(|k| k.smem > 0) {
+                // More than 48 KiB of dynamic shared memory needs an opt-in.
+                let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                if let Err(e) = f.set_attribute(attr, k.smem as i32) {
+                    eprintln!(
+                        "notice: {sym} left out: {} B of shared memory refused ({e})",
+                        k.smem
+                    );
+                    continue;
+                }
+            }
+            functions.insert(sym.to_string(), f);
+        }
+    }
+    Ok(functions)
+}
+
 impl Device {
     pub fn new(precision: Precision) -> Result<Self> {
         probe()?;
@@ -101,37 +135,28 @@ impl Device {
                 "{name} has compute capability {major}.{minor}; dgate-rt's CUDA kernels need 8.0 or newer (A100, H100, RTX 30xx and later)"
             )));
         }
-        let arch = format!("sm_{major}{minor}");
         let sms = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(cuda_err("multiprocessor count"))?
             .max(1) as usize;
-        let mut functions = HashMap::new();
-        for (file, cubin) in kernels::cubins_for_arch(&arch)? {
-            let module = ctx
-                .load_module(Ptx::from_binary(cubin))
-                .map_err(|e| Error::Cuda(format!("loading {}: {e}", file.file_name())))?;
-            for &sym in symbols(file) {
-                let f = module
-                    .load_function(sym)
-                    .map_err(|e| Error::Cuda(format!("{}: symbol {sym}: {e}", file.file_name())))?;
-                if let Some(k) = super::convsel::conv_kernel_info(sym).filter(|k| k.smem > 0) {
-                    // More than 48 KiB of dynamic shared memory needs an opt-in. A device
-                    // that refuses it does without this tile (exec.rs falls back).
-                    let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                    if let Err(e) = f.set_attribute(attr, k.smem as i32) {
-                        eprintln!(
-                            "notice: {sym} left out: {} B of shared memory refused ({e})",
-                            k.smem
-                        );
-                        continue;
-                    }
+        // sm_90 builds for sm_90a, the Hopper-only target that has wgmma (conv_wg*),
+        // unless DGATE_WGMMA=0; other targets are built without those kernels. Should
+        // the driver refuse the sm_90a build, plain sm_90 runs (without them).
+        let plain = format!("sm_{major}{minor}");
+        let wgmma_off = std::env::var("DGATE_WGMMA").as_deref() == Ok("0");
+        let (arch, functions) = if (major, minor) == (9, 0) && !wgmma_off {
+            match load_kernels(&ctx, "sm_90a") {
+                Ok(f) => ("sm_90a".to_string(), f),
+                Err(e) => {
+                    eprintln!("notice: the sm_90a (wgmma) kernels did not load ({e}); using sm_90 kernels");
+                    (plain.clone(), load_kernels(&ctx, &plain)?)
                 }
-                functions.insert(sym.to_string(), f);
             }
-        }
+        } else {
+            (plain.clone(), load_kernels(&ctx, &plain)?)
+        };
         let pdl = major >= 9 && std::env::var("DGATE_PDL").as_deref() == Ok("1");
         Ok(Device {
             engine: Engine::Cuda {
@@ -481,6 +506,10 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_tc64x64_f16",
             "conv_tc128x32_f16",
             "conv_tc64x32_f16",
+            "conv_wg128x128_f16",
+            "conv_wg128x64_f16",
+            "conv_wg64x128_f16",
+            "conv_wg64x64_f16",
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",

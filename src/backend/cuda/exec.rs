@@ -521,9 +521,20 @@ impl Prepared {
                         let (m, k, kd) = Self::gemm_shape(c, l);
                         let inputs = l * c.in_h * c.in_w * c.input.channels;
                         let outs = m * k * (1 + c.residual.is_some() as usize);
+                        // A stem reading a widened image buffer (Plan::pad_input_channels):
+                        // FLOPs count the image's own channels, as the other tables do.
+                        let real = if c.input.buf == plan.input.buf {
+                            plan.input.channels.min(c.input.channels)
+                        } else {
+                            c.input.channels
+                        };
+                        let channels = if real == c.input.channels {
+                            real.to_string()
+                        } else {
+                            format!("{real}(of {})", c.input.channels)
+                        };
                         let label = format!(
-                            "conv {r}x{r} {}->{k} {}x{}{}{}{}",
-                            c.input.channels,
+                            "conv {r}x{r} {channels}->{k} {}x{}{}{}{}",
                             c.in_h,
                             c.in_w,
                             if c.stride > 1 { " s2" } else { "" },
@@ -535,7 +546,7 @@ impl Prepared {
                             label,
                             self.conv_kernel(plan, s, o, n).unwrap_or_default(),
                             l,
-                            2.0 * (m * k * kd) as f64,
+                            2.0 * (m * k * kd / c.input.channels * real) as f64,
                             ((inputs + outs + k * kd) * eb) as f64,
                         )
                     }

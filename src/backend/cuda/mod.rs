@@ -134,9 +134,16 @@ impl CudaBackend {
         &self.conv_kernel
     }
 
+    /// Whether this device has convolution kernel `name` (the wgmma tiles exist on
+    /// sm_90 and in the emulator only; a tile whose shared memory was refused is absent).
+    pub fn has_conv_kernel(&self, name: &str) -> bool {
+        self.dev.has_function(name).is_ok()
+    }
+
     /// Chooses the convolution kernels: `auto` (f32: the register-blocked conv_sgemm
-    /// tiles; f16: the pipelined tensor-core conv_tc tiles where a layer's channels are
-    /// aligned to 8, else conv_mma_f16), a family (`conv_sgemm_f32`, `conv_tc_f16`), or
+    /// tiles; f16: the pipelined tensor-core conv_tc tiles, and on sm_90 their wgmma
+    /// twins conv_wg, where a layer's channels are aligned to 8, else conv_mma_f16), a
+    /// family (`conv_sgemm_f32`, `conv_tc_f16`, `conv_wg_f16`), or
     /// one kernel for every layer (`conv_simt_f32`, `conv_sgemm128x128_f32`,
     /// `conv_tc64x64_f16`, `conv_mmavec_f16`, ...; see `CONV_KERNELS` in convsel.rs), the
     /// aligned-only ones falling back where a layer is unaligned. Within a family the
@@ -151,14 +158,11 @@ impl CudaBackend {
                 .map(|k| k.name)
                 .collect();
             names.insert(0, "auto");
-            names.insert(
-                1,
-                if self.dev.dtype() == "f32" {
-                    "conv_sgemm_f32"
-                } else {
-                    "conv_tc_f16"
-                },
-            );
+            if self.dev.dtype() == "f32" {
+                names.insert(1, "conv_sgemm_f32");
+            } else {
+                names.splice(1..1, ["conv_tc_f16", "conv_wg_f16"]);
+            }
             return Err(Error::Config(format!(
                 "{name} is not a convolution kernel policy for {}; choose one of: {}",
                 self.dev.dtype(),
