@@ -15,6 +15,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         return;
     }
     let wgmma = [
+        "conv_wg128x256_f16",
         "conv_wg128x128_f16",
         "conv_wg128x64_f16",
         "conv_wg64x128_f16",

@@ -68,6 +68,7 @@ fn emulated_bench_tables_run() {
     let text = String::from_utf8_lossy(&out);
     println!("{text}");
     assert!(text.contains("mmaasync_f16") && text.contains("simt_f32"));
+    assert!(text.contains("sum of one of each (conv_tc_f16)"));
     assert!(
         text.lines()
             .filter(|l| l.starts_with("f16    auto"))

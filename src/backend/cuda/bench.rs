@@ -195,8 +195,20 @@ pub fn layer_table_with(
             Precision::F32 => "conv_simt_f32",
             Precision::F16 => "conv_mmaasync_f16",
         };
-        for policy in ["auto", baseline] {
+        // conv_tc alone beside `auto` where the wgmma tiles exist (mma.sync against wgmma).
+        let tc_only = if p == Precision::F16 {
+            "conv_tc_f16"
+        } else {
+            ""
+        };
+        for policy in ["auto", tc_only, baseline] {
+            if policy.is_empty() {
+                continue;
+            }
             let mut be = make(p)?;
+            if policy == tc_only && !be.has_conv_kernel("conv_wg128x128_f16") {
+                continue;
+            }
             be.set_conv_kernel(policy)?;
             let mut total_ms = 0.0;
             for &(name, c, k, hw, r, stride) in shapes {

@@ -174,6 +174,7 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tc("conv_tc128x32_f16", 128, 32, 128, 0.6),
     tc("conv_tc64x32_f16", 64, 32, 64, 0.5),
     // Not yet measured on a GPU; the cost model assumes wgmma's higher peak.
+    wg("conv_wg128x256_f16", 128, 256, 1.3),
     wg("conv_wg128x128_f16", 128, 128, 1.25),
     wg("conv_wg128x64_f16", 128, 64, 1.05),
     wg("conv_wg64x128_f16", 64, 128, 0.95),
@@ -397,10 +398,10 @@ mod kernel_choice {
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 10);
+        assert_eq!(tc.len(), 11);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
-        assert!(tc[5..9].iter().all(|n| n.starts_with("conv_wg")));
-        assert_eq!(tc[9], "conv_mmavec_f16");
+        assert!(tc[5..10].iter().all(|n| n.starts_with("conv_wg")));
+        assert_eq!(tc[10], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
@@ -409,11 +410,11 @@ mod kernel_choice {
         // A family by name has no reference in it.
         assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
         let wg = names("conv_wg_f16", "f16", &aligned);
-        assert!(wg.len() == 4 && wg.iter().all(|n| n.starts_with("conv_wg")));
+        assert!(wg.len() == 5 && wg.iter().all(|n| n.starts_with("conv_wg")));
         // Pre-activation is fine for conv_tc; an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            10
+            11
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
@@ -473,9 +474,10 @@ mod kernel_choice {
             );
             (cands[i].name, splits)
         };
-        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile
-        // (wgmma's, where the device has it: exec.rs drops the tiles it lacks).
-        assert_eq!(pick(256), ("conv_wg128x128_f16", 1));
+        // Batch 256 at 8x8: 16384 x 256 outputs fill the GPU with the largest tile, 128
+        // of them in one wave (wgmma's, where the device has it: exec.rs drops the
+        // tiles it lacks).
+        assert_eq!(pick(256), ("conv_wg128x256_f16", 1));
         // Batch 1: 64 x 256 outputs are a few tiles; small tiles and split-K win.
         let (name, splits) = pick(1);
         assert!(!name.contains("128x128") && splits > 1, "{name}/{splits}");

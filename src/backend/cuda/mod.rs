@@ -1,6 +1,7 @@
 //! CUDA backend: hand-written kernels (`kernels/*.cu`) compiled at run time by NVRTC
 //! for the device's architecture, NHWC activations, f32 or f16 storage with f32
-//! accumulation (tensor cores for f16 convolutions).
+//! accumulation (tensor cores for f16 convolutions: `mma.sync`, and on H100/H200 also
+//! Hopper's `wgmma`, for which sm_90 devices get an sm_90a build).
 //!
 //! A forward pass never returns to the host between stages: the gate kernel decides
 //! per sample and writes exiting samples' results straight to their input positions,
@@ -24,7 +25,8 @@
 //! (no graphs), `DGATE_CONV=<policy>` (see [`CudaBackend::set_conv_kernel`]),
 //! `DGATE_AUTOTUNE=0` (choose convolution tiles by the cost model instead of measuring
 //! them), `DGATE_PDL=1` (programmatic dependent launch on sm_90+: each kernel may be
-//! scheduled while its predecessor finishes; off until measured), `DGATE_DEBUG` (print
+//! scheduled while its predecessor finishes; off until measured), `DGATE_WGMMA=0` (on
+//! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_DEBUG` (print
 //! NVRTC compile times), `DGATE_PTXAS_VERBOSE` (print registers, spills and shared
 //! memory per kernel).
 

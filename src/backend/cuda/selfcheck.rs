@@ -254,6 +254,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_tc64x64_f16",
             "conv_tc128x32_f16",
             "conv_tc64x32_f16",
+            "conv_wg128x256_f16",
             "conv_wg128x128_f16",
             "conv_wg128x64_f16",
             "conv_wg64x128_f16",
