@@ -13,6 +13,21 @@ use dgate_rt::data::{parse_thresholds, Dataset};
 use dgate_rt::engine::{BackendChoice, Engine, Summary};
 use dgate_rt::model::{Model, Normalize};
 
+/// What `bench --help` adds: examples and the CUDA backend's environment settings.
+const BENCH_HELP: &str = "Examples:
+  dgate-rt bench --random resnet101 --backend cuda --precision f32,f16
+  dgate-rt bench --random densenet201 --backend cuda --precision f16 --batch 256 --profile
+  dgate-rt bench --weights resnet56.safetensors --backend cpu --batch 1,64 --json
+
+CUDA settings (environment; see the README):
+  DGATE_CONV=<policy>   convolution kernels: auto (default: each layer's tile and split-K timed on
+                        the GPU), conv_tc_f16, conv_wg_f16, conv_sgemm_f32 or one kernel by name
+  DGATE_AUTOTUNE=0      choose tiles by a cost model instead of timing them
+  DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
+  DGATE_PDL=1           programmatic dependent launch (sm_90+)
+  DGATE_CUDA_GRAPHS=0   launch kernel by kernel instead of replaying a CUDA graph
+  DGATE_DEBUG=1         print NVRTC compile and tuning times";
+
 #[derive(Parser)]
 #[command(
     name = "dgate-rt",
@@ -38,6 +53,7 @@ enum Cmd {
     /// Describe a model: architecture, stages, gates, FLOPs and parameters.
     Info(ModelArgs),
     /// Latency and throughput in the paper's Table 1 format, full network and with exits.
+    #[command(after_help = BENCH_HELP)]
     Bench(BenchArgs),
     /// Train decision gates on a frozen backbone (features cached on disk) and write a gated model.
     TrainGates(TrainArgs),

@@ -260,3 +260,25 @@ fn bench_profile_is_reported_per_configuration_and_gpu_check_parts_are_checked()
     assert_eq!(code, 1);
     assert!(err.contains("unknown part \"bogus\""), "{err}");
 }
+
+#[test]
+fn bench_help_names_every_cuda_setting() {
+    let (code, out, err) = run(&["bench", "--help"]);
+    assert_eq!(code, 0, "{err}");
+    for v in [
+        "DGATE_CONV",
+        "DGATE_AUTOTUNE",
+        "DGATE_WGMMA",
+        "DGATE_PDL",
+        "DGATE_CUDA_GRAPHS",
+        "DGATE_DEBUG",
+    ] {
+        assert!(out.contains(v), "bench --help does not mention {v}");
+        // Each is also in the README's table of settings.
+        let readme = include_str!("../README.md");
+        assert!(
+            readme.contains(&format!("`{v}")),
+            "README does not list {v}"
+        );
+    }
+}
