@@ -456,3 +456,26 @@ mod tests {
         assert!(!plan.pad_input_channels(8));
     }
 }
+
+#[cfg(test)]
+mod zoo_padding {
+    use crate::model::Model;
+
+    /// The widening `Engine` applies in f16 on the GPU takes on every architecture the
+    /// zoo builds (else the stem would silently stay on the general kernel).
+    #[test]
+    fn every_zoo_architecture_takes_the_widened_input() {
+        for arch in [
+            "resnet20",
+            "resnet18",
+            "resnet101",
+            "densenet121",
+            "densenet201",
+        ] {
+            let w = crate::zoo::random(arch, 1).unwrap();
+            let mut plan = Model::from_weights(&w).unwrap().plan;
+            assert!(plan.pad_input_channels(8), "{arch}");
+            assert_eq!(plan.buffers[plan.input.buf].channels, 8, "{arch}");
+        }
+    }
+}
