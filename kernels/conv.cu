@@ -90,7 +90,6 @@ __device__ __forceinline__ bool conv_k_range(const ConvParams& p, int M, int kti
     return *kt0 < *kt1;
 }
 
-
 // Decodes output pixel `m` into the input pixel base of its sample and the top-left
 // input coordinate of its receptive field; base = -1 marks a row past the batch.
 __device__ __forceinline__ void conv_row_info(const ConvParams& p, int m, int M, int* base, int* y0, int* x0) {
@@ -575,15 +574,25 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     if (split) splitk_finish<__half, VEC_BM, VEC_BN>(p, M, m0, n0, parts, tile);
 }
 
+// Address of `p` in the shared window, for PTX that takes one (the emulator: its offset
+// in dynamic shared memory, where every wgmma operand lives).
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+#ifdef DGATE_HOST_EMU
+    return emu_smem_addr(p);
+#else
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+#endif
+}
+
 // 16-byte global -> shared copy that bypasses registers (sm_80+); `valid == false`
 // zero-fills the destination without reading the source.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
 #ifdef DGATE_HOST_EMU
     emu_cp_async16(smem, gmem, valid);
 #else
-    unsigned long long shared_addr;
-    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)shared_addr), "l"(gmem),
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                  "r"(valid ? 16 : 0));
 #endif
 }
@@ -731,17 +740,6 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
 #define DGATE_HAS_WGMMA 1
 #endif
 
-// Address of `p` in the shared window (the emulator: its offset in dynamic shared memory).
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-#ifdef DGATE_HOST_EMU
-    return emu_smem_addr(p);
-#else
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-#endif
-}
-
 // Descriptor of a K-major operand without swizzling (fields in 16-byte units).
 __device__ __forceinline__ unsigned long long wg_desc(const void* smem, unsigned lbo, unsigned sbo) {
     return (unsigned long long)((smem_u32(smem) & 0x3ffff) >> 4) | (unsigned long long)((lbo & 0x3ffff) >> 4) << 16 |
@@ -787,97 +785,47 @@ __device__ __forceinline__ void wgmma_fence_regs(float* d) {
 #endif
 }
 
-__device__ __forceinline__ void wgmma_n64(float* d, unsigned long long da, unsigned long long db) {
-#ifdef DGATE_HOST_EMU
-    emu_wgmma(d, 64, da, db);
-#elif defined(DGATE_WGMMA)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-        "}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(1)
-        : "memory");
-#endif
-}
+// wgmma's accumulators as inline asm needs them, written out once: WG_D32(i) is the
+// operand list of d[i..i+31], WG_R<n> the placeholders %0..%<n-1> of the first n.
+#define WG_D8(i) \
+    "+f"(d[(i)]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
+        "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
+#define WG_D32(i) WG_D8(i), WG_D8((i) + 8), WG_D8((i) + 16), WG_D8((i) + 24)
+#define WG_R32 \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define WG_R64 WG_R32 ", " \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define WG_R128 WG_R64 ", " \
+    "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+    "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, " \
+    "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, " \
+    "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+// One wgmma.mma_async SHAPE, f32 += f16 x f16, both operands K-major from the
+// descriptors da and db (operands %IA and %IB), accumulating (the predicate from %IP).
+#define WGMMA_F16(SHAPE, REGS, IA, IB, IP, ...)                                                            \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
+                 "wgmma.mma_async.sync.aligned." SHAPE ".f32.f16.f16 {" REGS "}, %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
+                 : __VA_ARGS__                                                                          \
+                 : "l"(da), "l"(db), "r"(1)                                                             \
+                 : "memory")
 
-__device__ __forceinline__ void wgmma_n128(float* d, unsigned long long da, unsigned long long db) {
-#ifdef DGATE_HOST_EMU
-    emu_wgmma(d, 128, da, db);
-#elif defined(DGATE_WGMMA)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(1)
-        : "memory");
-#endif
-}
-
-__device__ __forceinline__ void wgmma_n256(float* d, unsigned long long da, unsigned long long db) {
-#ifdef DGATE_HOST_EMU
-    emu_wgmma(d, 256, da, db);
-#elif defined(DGATE_WGMMA)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-        "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
-          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
-          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
-          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
-          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
-          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
-          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-        : "l"(da), "l"(db), "r"(1)
-        : "memory");
-#endif
-}
-
+// d (this thread's N / 2 accumulators) += A (64 x 16) * B (16 x N) for the warpgroup.
 template <int N>
 __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsigned long long db) {
     static_assert(N == 64 || N == 128 || N == 256, "wgmma tile width");
+#ifdef DGATE_HOST_EMU
+    emu_wgmma(d, N, da, db);
+#elif defined(DGATE_WGMMA)
     if constexpr (N == 64) {
-        wgmma_n64(d, da, db);
+        WGMMA_F16("m64n64k16", WG_R32, "32", "33", "34", WG_D32(0));
     } else if constexpr (N == 128) {
-        wgmma_n128(d, da, db);
+        WGMMA_F16("m64n128k16", WG_R64, "64", "65", "66", WG_D32(0), WG_D32(32));
     } else {
-        wgmma_n256(d, da, db);
+        WGMMA_F16("m64n256k16", WG_R128, "128", "129", "130", WG_D32(0), WG_D32(32), WG_D32(64), WG_D32(96));
     }
+#endif
 }
 
 // ---------------------------------------------------------------------------------
@@ -906,11 +854,9 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* s
 #ifdef DGATE_HOST_EMU
     emu_ldmatrix_x4(r, smem);
 #else
-    unsigned long long shared_addr;
-    asm("cvta.to.shared.u64 %0, %1;\n" : "=l"(shared_addr) : "l"(smem));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"((unsigned)shared_addr));
+                 : "r"(smem_u32(smem)));
 #endif
 }
 

@@ -1000,13 +1000,11 @@ impl Prepared {
                     tries.retain(|t| !bad.contains(t));
                 }
                 let mut best = ((0, 1), f32::INFINITY);
-                {
-                    for &(i, sp) in &tries {
-                        let ch = Some((i, sp));
-                        let ms = self.time_try(dev, plan, c, (s, o, level, n), ch, &events)?;
-                        if ms < best.1 {
-                            best = ((i, sp), ms);
-                        }
+                for &(i, sp) in &tries {
+                    let ms =
+                        self.time_try(dev, plan, c, (s, o, level, n), Some((i, sp)), &events)?;
+                    if ms < best.1 {
+                        best = ((i, sp), ms);
                     }
                 }
                 self.tuned.insert(key, best.0);

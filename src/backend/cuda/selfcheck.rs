@@ -235,6 +235,39 @@ fn io_err(e: std::io::Error) -> Error {
     Error::io("selfcheck report", e)
 }
 
+/// One convolution case of [`CONV_CASES`] under policy `var` (storage `tag`): `n`
+/// samples, small integers if `exact` (error 0 demanded), split-K off if `unsplit`.
+/// Writes its line and returns the kernel that ran.
+fn conv_case_line(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    rng: &mut Rng,
+    (var, tag): (&str, &str),
+    cc: &ConvCase,
+    (n, exact, unsplit): (usize, bool, bool),
+) -> Result<String> {
+    let plan = conv_case_plan(cc, rng, exact);
+    let err = run_op_case_with(be, &plan, n, rng, exact, unsplit)?;
+    let used = match &plan.stages[0].ops[0] {
+        Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
+        _ => var.to_string(),
+    };
+    let what = format!(
+        "{used} {} n={n}{}{}",
+        cc.name,
+        if unsplit { " unsplit" } else { "" },
+        if exact { " exact" } else { "" }
+    );
+    let tol = if exact {
+        0.0
+    } else {
+        tolerance(be.precision())
+    };
+    tally.line(out, &what, err, tol)?;
+    Ok(used)
+}
+
 fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Result<()> {
     let p = be.precision();
     let tag = match p {
@@ -284,19 +317,15 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         for cc in CONV_CASES {
             for n in [1usize, 3] {
                 for exact in [false, true] {
-                    let plan = conv_case_plan(cc, &mut rng, exact);
-                    let err = run_op_case(be, &plan, n, &mut rng, exact)?;
-                    let used = match &plan.stages[0].ops[0] {
-                        Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
-                        _ => var.to_string(),
-                    };
-                    ran.insert(used.clone());
-                    let what = format!(
-                        "{used} {} n={n}{}",
-                        cc.name,
-                        if exact { " exact" } else { "" }
-                    );
-                    tally.line(out, &what, err, if exact { 0.0 } else { tolerance(p) })?;
+                    ran.insert(conv_case_line(
+                        be,
+                        out,
+                        tally,
+                        &mut rng,
+                        (var, tag),
+                        cc,
+                        (n, exact, false),
+                    )?);
                 }
             }
         }
@@ -307,18 +336,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         be.set_conv_kernel(var)?;
         for cc in CONV_CASES.iter().filter(|cc| LONG_CASES.contains(&cc.name)) {
             for exact in [false, true] {
-                let plan = conv_case_plan(cc, &mut rng, exact);
-                let err = run_op_case_with(be, &plan, 3, &mut rng, exact, true)?;
-                let used = match &plan.stages[0].ops[0] {
-                    Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
-                    _ => var.to_string(),
-                };
-                let what = format!(
-                    "{used} {} n=3 unsplit{}",
-                    cc.name,
-                    if exact { " exact" } else { "" }
-                );
-                tally.line(out, &what, err, if exact { 0.0 } else { tolerance(p) })?;
+                conv_case_line(be, out, tally, &mut rng, (var, tag), cc, (3, exact, true))?;
             }
         }
     }
@@ -571,12 +589,7 @@ fn check_passes(
     };
     // The image buffer widened to 8 channels, as `Engine` runs f16 on the GPU: the
     // stem then runs on the aligned kernels.
-    for (seed, n) in [(16u64, 5usize), (17, 4)] {
-        let mut plan = if seed == 16 {
-            tiny_resnet(seed, 10)
-        } else {
-            tiny_densenet(seed, 10, 8)
-        };
+    for (mut plan, n) in [(tiny_resnet(16, 10), 5usize), (tiny_densenet(17, 10, 8), 4)] {
         if plan.pad_input_channels(8) {
             plan.arch = format!("padded-input {}", plan.arch);
             cases.push((plan, n));
