@@ -40,9 +40,9 @@
 //       conv_mmaasync for every aligned layer, pre-activation included: a 4-deep
 //       cp.async ring in dynamic shared memory, ldmatrix fragment loads, one barrier per
 //       k-tile; tile sizes for wide and narrow layers and small batches (see below).
-//   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64): register-blocked f32 (8x8, 8x4
-//       or 4x4 outputs per thread), double-buffered shared memory, no division in the
-//       inner loop (see below).
+//   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64, 128x32, 64x32): register-blocked
+//       f32 (8x8, 8x4 or 4x4 outputs per thread), double-buffered shared memory, no
+//       division in the inner loop (see below).
 //   The host picks the tile and split-K per layer and batch size (convsel.rs, exec.rs).
 // All variants handle any H, W, stride, padding; the first three any C and K (every
 // load and store is bounds checked). Blocks whose first pixel belongs to a sample past
@@ -839,7 +839,8 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 // rows padded to 80 bytes, so the eight row addresses of each 8x8 matrix fall in
 // distinct banks). Pre-activation is applied in shared memory by the thread that
 // copied the chunk, after its copy landed and before the barrier: padding stays zero,
-// as in PyTorch. Split-K and the epilogue are conv_mmavec's.
+// as in PyTorch. Split-K is conv_mmavec's; the epilogue goes through shared memory
+// where the output is 8-channel aligned (tc_epi_*, below), else it is conv_mmavec's.
 #define TC_BK 32
 #define TC_LDS (TC_BK + 8)
 #define TC_STAGES 4
@@ -894,6 +895,96 @@ __device__ __forceinline__ void tc_step(const ConvParams& p, TcCursor* k, int Kd
 template <bool WG>
 __device__ __forceinline__ int tc_off(int rows, int row, int kc) {
     return WG ? kc * rows * 8 + row * 8 : row * TC_LDS + kc * 8;
+}
+
+// conv_tc's epilogue through shared memory. A warp's accumulators (the m16n8 C
+// fragment layout, which wgmma's shares) leave it as 8 bytes per row per instruction:
+// written straight out, each output row takes 16-byte pieces and so does the residual
+// read, half of each 32-byte sector. Staged, the tile goes out row by row, 8 channels
+// (16 bytes) per thread, bias, residual and ReLU applied on the way. Used when the
+// output (and residual) rows and K are 8-channel aligned, the block is not a split-K
+// part, and the host gave it the shared memory (tc_epi_bytes, at most the ring's size
+// but for wgmma's 128x256 tile, for which the host allots the larger of the two).
+#define TC_EPI_PAD 8  // floats per staged row past BN: float2 writes of a warp conflict-free
+template <int BM, int BN>
+__device__ __forceinline__ constexpr int tc_epi_bytes() {
+    return BM * (BN + TC_EPI_PAD) * 4;
+}
+#ifdef DGATE_TC_EPI_PAD
+static_assert(DGATE_TC_EPI_PAD == TC_EPI_PAD, "the host sizes the staged epilogue from a different pad (convsel.rs)");
+#endif
+
+__device__ __forceinline__ unsigned dynamic_smem_bytes() {
+#ifdef DGATE_HOST_EMU
+    return emu_dynamic_smem_bytes();
+#else
+    unsigned n;
+    asm volatile("mov.u32 %0, %%dynamic_smem_size;\n" : "=r"(n));
+    return n;
+#endif
+}
+
+__device__ __forceinline__ bool tc_epi_aligned(const ConvParams& p) {
+    return p.K % 8 == 0 && p.out_stride % 8 == 0 && p.out_off % 8 == 0 &&
+           (p.residual == nullptr || (p.res_stride % 8 == 0 && p.res_off % 8 == 0));
+}
+
+// Staged: this warp's fragments into `st` (rows of BN + TC_EPI_PAD floats).
+template <int MT, int NT, int BN>
+__device__ __forceinline__ void tc_epi_stage(float* st, float (*acc)[NT][4], int wm, int wn, int g, int t) {
+    constexpr int LD = BN + TC_EPI_PAD;
+    float* base = st + (wm + g) * LD + wn + 2 * t;  // the rest are immediate offsets
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                float* q = base + (mt * 16 + hf * 8) * LD + nt * 8;
+#ifdef DGATE_HOST_EMU
+                emu_check_dynamic_smem(q, 8);
+#endif
+                *(float2*)q = make_float2(acc[mt][nt][hf * 2], acc[mt][nt][hf * 2 + 1]);
+            }
+}
+
+// Staged: the whole tile out, 8 consecutive channels of one row per thread and step.
+template <int BM, int BN, int THREADS>
+__device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* st, int m0, int n0, int M) {
+    constexpr int LD = BN + TC_EPI_PAD;
+    constexpr int CH = BN / 8;  // 16-byte output pieces per tile row
+    // Four rows' loads in flight a thread; unrolled further, the 128x128 tile spills.
+#pragma unroll 4
+    for (int e = (int)threadIdx.x; e < BM * CH; e += THREADS) {
+        const int row = e / CH;
+        const int col = (e % CH) * 8;
+        const int m = m0 + row;
+        const int k = n0 + col;
+        if (m >= M || k >= p.K) continue;  // K % 8 == 0: all 8 channels or none
+        float v[8];
+        const float* q = st + row * LD + col;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = q[j] + p.bias[k + j];
+        if (p.residual != nullptr) {
+            const uint4 r = ld128((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
+            const unsigned rw[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[2 * j] += __half2float(__ushort_as_half((unsigned short)(rw[j] & 0xffffu)));
+                v[2 * j + 1] += __half2float(__ushort_as_half((unsigned short)(rw[j] >> 16)));
+            }
+        }
+        if (p.relu) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] = fmaxf(v[j], 0.0f);
+        }
+        unsigned ow[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            ow[j] = (unsigned)__half_as_ushort(__float2half_rn(v[2 * j])) |
+                    ((unsigned)__half_as_ushort(__float2half_rn(v[2 * j + 1])) << 16);
+        st128((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k, make_uint4(ow[0], ow[1], ow[2], ow[3]));
+    }
 }
 
 template <int BM, int BN, int WM, int WN, bool WG>
@@ -1072,6 +1163,14 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         wgmma_fence_regs<MT * NT * 4>(&acc[0][0][0]);
     }
 
+    if (!split && tc_epi_aligned(p) && dynamic_smem_bytes() >= (unsigned)tc_epi_bytes<BM, BN>()) {
+        float* st = reinterpret_cast<float*>(conv_tc_smem);
+        __syncthreads();  // every warp done with the ring (its ldmatrix reads, or its MMAs waited for)
+        tc_epi_stage<MT, NT, BN>(st, acc, wm, wn, g, t);
+        __syncthreads();
+        tc_epi_store<BM, BN, THREADS>(p, st, m0, n0, M);
+        return;
+    }
     mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
     if (split) splitk_finish<__half, BM, BN>(p, M, m0, n0, parts, tile);
 }
@@ -1090,26 +1189,49 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
 
 // ---------------------------------------------------------------------------------
 // conv_sgemm<BM, BN>_f32: the register-blocked f32 kernel. Block tile BM x BN x 8,
-// 256 threads as 16 x 16, each thread (BM/16) x (BN/16) outputs held in registers as
-// float4-aligned groups of 4 (the groups of one thread sit BM/2 or BN/2 apart, so the
-// shared-memory reads of a warp are broadcast or conflict-free). Two shared buffers
+// THREADS threads as TY x TX (TX = 16 along the output channels, 8 for the 32-wide
+// tiles of DenseNet's 3x3 layers, which a 64-wide tile would run half empty), each
+// thread (BM/TY) x (BN/TX) outputs held in registers as float4-aligned groups of 4 (the
+// groups of one thread sit BM/2 or BN/2 apart, so the shared-memory reads of a warp are
+// broadcast or conflict-free). Two shared buffers
 // with the next k-tile prefetched into registers while the current one is multiplied:
 // one barrier per k-tile. Each thread keeps one A row for the whole reduction (its
 // pixel decoded once) and walks its reduction columns' (r, s, c) incrementally, so the
 // inner loop has no integer division. Any C, K, H, W, stride, padding, views; split-K
 // as conv_simt.
 #define SG_BK 8
+// N (2 or 4) consecutive floats in one 8- or 16-byte load.
+template <int N>
+__device__ __forceinline__ void ld_floats(const float* src, float* dst) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(src, N * 4);
+#endif
+    if constexpr (N == 4) {
+        const float4 v = *(const float4*)src;
+        dst[0] = v.x;
+        dst[1] = v.y;
+        dst[2] = v.z;
+        dst[3] = v.w;
+    } else {
+        const float2 v = *(const float2*)src;
+        dst[0] = v.x;
+        dst[1] = v.y;
+    }
+}
 #define SG_THREADS 256
 
-template <int BM, int BN>
+template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
-    constexpr int TM = BM / 16;
-    constexpr int TN = BN / 16;
+    constexpr int TX = BN >= 64 ? 16 : 8;
+    constexpr int TY = THREADS / TX;
+    constexpr int TM = BM / TY;
+    constexpr int TN = BN / TX;
     constexpr int GM = TM / 4;
     constexpr int GN = TN / 4;
-    constexpr int A_PER = BM * SG_BK / SG_THREADS;
-    constexpr int B_PER = BN * SG_BK / SG_THREADS;
-    static_assert(TM % 4 == 0 && TN % 4 == 0 && A_PER >= 1 && B_PER >= 1, "tile shape");
+    constexpr int A_PER = BM * SG_BK / THREADS;
+    constexpr int B_PER = BN * SG_BK / THREADS;
+    static_assert(TM % 4 == 0 && TN % 4 == 0 && TY * TX == THREADS, "tile shape");
+    static_assert(A_PER >= 1 && SG_BK % A_PER == 0 && B_PER >= 1 && BN % B_PER == 0, "loads");
     __shared__ __align__(16) float As[2][SG_BK][BM + 4];
     __shared__ __align__(16) float Bs[2][SG_BK][BN + 4];
 
@@ -1140,29 +1262,35 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     // B: row b_row, columns b_col .. b_col + B_PER - 1.
     const int b_row = tid / (BN / B_PER);
     const int b_col = (tid % (BN / B_PER)) * B_PER;
-    const bool b_vec = B_PER == 4 && p.ldw % 4 == 0;
+    const bool b_vec = (B_PER == 4 || B_PER == 2) && p.ldw % B_PER == 0;
 
-    // Four channels of one tap in one 16-byte load, where the view allows it (C, the
-    // pixel stride and the offset multiples of 4; a_col is then too, so the four
-    // columns never cross into the next tap).
-    const bool a_vec = A_PER == 4 && p.C % 4 == 0 && p.in_stride % 4 == 0 && p.in_off % 4 == 0;
+    // Four channels of one tap per 16-byte load, where the view allows it (the pixel
+    // stride and the offset multiples of 4, C of A_PER; a_col and the tap's first
+    // channel kc are then multiples of A_PER, so the columns never cross into the next tap).
+    const bool a_vec = A_PER % 4 == 0 && p.C % A_PER == 0 && p.in_stride % 4 == 0 && p.in_off % 4 == 0;
 
     float ra[A_PER], rb[B_PER];
     auto load = [&](int kt) {
         const int kd0 = kt * SG_BK + a_col;
         bool a_loaded = false;
-        if constexpr (A_PER == 4) {
+        if constexpr (A_PER % 4 == 0) {
             if (a_vec) {
                 const int y = y0 + kr;
                 const int x = x0 + ks;
                 if (kd0 < Kd && base >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
-                    const uint4 v = ld128(in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + kc);
-                    ra[0] = pre_act(__uint_as_float(v.x), p.pre_scale, p.pre_shift, p.pre_relu, kc);
-                    ra[1] = pre_act(__uint_as_float(v.y), p.pre_scale, p.pre_shift, p.pre_relu, kc + 1);
-                    ra[2] = pre_act(__uint_as_float(v.z), p.pre_scale, p.pre_shift, p.pre_relu, kc + 2);
-                    ra[3] = pre_act(__uint_as_float(v.w), p.pre_scale, p.pre_shift, p.pre_relu, kc + 3);
+                    const float* src = in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + kc;
+#pragma unroll
+                    for (int q = 0; q < A_PER; q += 4) {
+                        const uint4 v = ld128(src + q);
+                        const int c = kc + q;
+                        ra[q] = pre_act(__uint_as_float(v.x), p.pre_scale, p.pre_shift, p.pre_relu, c);
+                        ra[q + 1] = pre_act(__uint_as_float(v.y), p.pre_scale, p.pre_shift, p.pre_relu, c + 1);
+                        ra[q + 2] = pre_act(__uint_as_float(v.z), p.pre_scale, p.pre_shift, p.pre_relu, c + 2);
+                        ra[q + 3] = pre_act(__uint_as_float(v.w), p.pre_scale, p.pre_shift, p.pre_relu, c + 3);
+                    }
                 } else {
-                    ra[0] = ra[1] = ra[2] = ra[3] = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < A_PER; ++j) ra[j] = 0.0f;
                 }
                 a_loaded = true;
             }
@@ -1193,13 +1321,9 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
         const int kd = kt * SG_BK + b_row;
         const int k = n0 + b_col;
         bool loaded = false;
-        if constexpr (B_PER == 4) {
-            if (b_vec && kd < Kd && k + 3 < p.K) {
-                const float4 v = *(const float4*)(w + (size_t)kd * p.ldw + k);
-                rb[0] = v.x;
-                rb[1] = v.y;
-                rb[2] = v.z;
-                rb[3] = v.w;
+        if constexpr (B_PER == 4 || B_PER == 2) {
+            if (b_vec && kd < Kd && k + B_PER - 1 < p.K) {
+                ld_floats<B_PER>(w + (size_t)kd * p.ldw + k, rb);
                 loaded = true;
             }
         }
@@ -1216,8 +1340,8 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
         for (int j = 0; j < B_PER; ++j) Bs[buf][b_row][b_col + j] = rb[j];
     };
 
-    const int ty = tid / 16;
-    const int tx = tid % 16;
+    const int ty = tid / TX;
+    const int tx = tid % TX;
     float acc[TM][TN];
 #pragma unroll
     for (int i = 0; i < TM; ++i)
@@ -1280,11 +1404,11 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
 // the samples it expects live (after a gate: what recent passes left), so a smaller
 // survivor count launches no idle blocks, and a larger one is still covered.
-template <int BM, int BN>
+template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     const int M = *p.count * p.P * p.Q;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
-        conv_sgemm_tile<BM, BN>(p, m0);
+        conv_sgemm_tile<BM, BN, THREADS>(p, m0);
         __syncthreads();  // the next tile reuses the shared memory
     }
 }
@@ -1317,6 +1441,11 @@ DGATE_KERNEL(conv_wg64x64_f16, ConvParams, 128) { conv_tc<64, 64, 4, 1, true>(p)
 #else
 #define SG128_MIN_BLOCKS 1
 #endif
-DGATE_KERNEL_OCC(conv_sgemm128x128_f32, ConvParams, SG_THREADS, SG128_MIN_BLOCKS) { conv_sgemm<128, 128>(p); }
-DGATE_KERNEL(conv_sgemm128x64_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 64>(p); }
-DGATE_KERNEL(conv_sgemm64x64_f32, ConvParams, SG_THREADS) { conv_sgemm<64, 64>(p); }
+DGATE_KERNEL_OCC(conv_sgemm128x128_f32, ConvParams, SG_THREADS, SG128_MIN_BLOCKS) {
+    conv_sgemm<128, 128, SG_THREADS>(p);
+}
+DGATE_KERNEL(conv_sgemm128x64_f32, ConvParams, SG_THREADS) { conv_sgemm<128, 64, SG_THREADS>(p); }
+DGATE_KERNEL(conv_sgemm64x64_f32, ConvParams, SG_THREADS) { conv_sgemm<64, 64, SG_THREADS>(p); }
+// 32 output channels (DenseNet's 3x3 layers): 8x4 outputs a thread, 16 x 8 or 8 x 8 threads.
+DGATE_KERNEL(conv_sgemm128x32_f32, ConvParams, 128) { conv_sgemm<128, 32, 128>(p); }
+DGATE_KERNEL(conv_sgemm64x32_f32, ConvParams, 64) { conv_sgemm<64, 32, 64>(p); }

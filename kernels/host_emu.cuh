@@ -95,6 +95,10 @@ struct alignas(16) uint4 {
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 // The GPU faults on misaligned vector accesses; x86 does not, so check here.
@@ -329,6 +333,18 @@ inline void emu_mma_16816(float* d, const unsigned* a, const unsigned* b) {
         d[1] += A[g][k] * B[k][2 * q + 1];
         d[2] += A[g + 8][k] * B[k][2 * q];
         d[3] += A[g + 8][k] * B[k][2 * q + 1];
+    }
+}
+
+// The dynamic shared memory the launch asked for (%dynamic_smem_size).
+inline unsigned emu_dynamic_smem_bytes() { return (unsigned)emu::dynamic_smem.size() - 16; }
+// A generic access of `bytes` at `p` must lie inside the launch's dynamic shared memory.
+inline void emu_check_dynamic_smem(const void* p, unsigned bytes) {
+    const unsigned char* b = emu::dynamic_smem.data();
+    const unsigned char* q = static_cast<const unsigned char*>(p);
+    if (q < b || q + bytes > b + emu_dynamic_smem_bytes()) {
+        std::fprintf(stderr, "host_emu: %u bytes at %p outside the launch's dynamic shared memory\n", bytes, p);
+        std::abort();
     }
 }
 

@@ -9,6 +9,9 @@ use crate::plan::{Conv, Plan, View};
 /// to NVRTC and checked against conv.cu's own.
 pub(crate) const TC_LDS: usize = 40;
 pub(crate) const TC_STAGES: usize = 4;
+/// Floats of padding per row of conv_tc's staged epilogue tile (`BM x (BN + pad)` f32,
+/// in the ring's shared memory once the reduction is done); checked as `TC_LDS` is.
+pub(crate) const TC_EPI_PAD: usize = 8;
 const MAX_SPLIT_K: usize = 16;
 
 /// Which layers a convolution kernel can run.
@@ -75,13 +78,20 @@ const fn looped(mut k: ConvKernel) -> ConvKernel {
     k
 }
 
+/// Shared memory of a conv_tc / conv_wg block: the larger of its operand ring and the
+/// f32 tile its epilogue stages (the kernel stages only where it was given that much).
+const fn tc_smem(bm: usize, bn: usize, ring: usize) -> u32 {
+    let epilogue = bm * (bn + TC_EPI_PAD) * 4;
+    (if ring > epilogue { ring } else { epilogue }) as u32
+}
+
 const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: f64) -> ConvKernel {
     ConvKernel {
         name,
         dtype: "f16",
         tile: (bm, bn, 32),
         threads,
-        smem: ((bm + bn) * TC_LDS * 2 * TC_STAGES) as u32,
+        smem: tc_smem(bm, bn, (bm + bn) * TC_LDS * 2 * TC_STAGES),
         k_major: true,
         split: true,
         needs: Needs::Aligned,
@@ -96,7 +106,7 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
 /// stage deeper than conv_tc's (an MMA group stays in flight across the barrier).
 const fn wg(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKernel {
     let mut k = tc(name, bm, bn, (bm / 64 * 128) as u32, efficiency);
-    k.smem = ((bm + bn) * 32 * 2 * (TC_STAGES + 1)) as u32;
+    k.smem = tc_smem(bm, bn, (bm + bn) * 32 * 2 * (TC_STAGES + 1));
     k.wgmma = true;
     k
 }
@@ -135,6 +145,24 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
         256,
         (false, true, Needs::Any),
         0.7,
+    )),
+    // 32 output channels (DenseNet's 3x3 layers), where a 64-wide tile idles half its
+    // threads. Not yet measured on a GPU.
+    looped(plain(
+        "conv_sgemm128x32_f32",
+        "f32",
+        (128, 32, 8),
+        128,
+        (false, true, Needs::Any),
+        0.75,
+    )),
+    looped(plain(
+        "conv_sgemm64x32_f32",
+        "f32",
+        (64, 32, 8),
+        64,
+        (false, true, Needs::Any),
+        0.6,
     )),
     plain(
         "conv_simt_f16",
@@ -405,8 +433,8 @@ mod kernel_choice {
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
-        assert!(f32s[..3].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 4);
-        assert_eq!(f32s[3], "conv_simt_f32");
+        assert!(f32s[..5].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 6);
+        assert_eq!(f32s[5], "conv_simt_f32");
         // A family by name has no reference in it.
         assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
         let wg = names("conv_wg_f16", "f16", &aligned);
@@ -454,6 +482,23 @@ mod kernel_choice {
     }
 
     #[test]
+    fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
+        let tiles: Vec<_> = CONV_KERNELS.iter().filter(|k| k.smem > 0).collect();
+        assert_eq!(tiles.len(), 10);
+        for k in tiles {
+            let (bm, bn, _) = k.tile;
+            assert!(k.smem as usize >= bm * (bn + TC_EPI_PAD) * 4, "{}", k.name);
+            // An H100/H200 block may have 227 KB.
+            assert!(k.smem <= 227 * 1024, "{}", k.name);
+        }
+        // Only wgmma's widest tile needs more than its ring for that.
+        let wide = conv_kernel_info("conv_wg128x256_f16").unwrap();
+        assert_eq!(wide.smem as usize, 128 * (256 + TC_EPI_PAD) * 4);
+        let ring = conv_kernel_info("conv_tc128x128_f16").unwrap();
+        assert_eq!(ring.smem as usize, 256 * TC_LDS * 2 * TC_STAGES);
+    }
+
+    #[test]
     fn the_cost_model_fits_the_tile_to_the_work() {
         let p = plan(256, 256, 8, false, (256, 0));
         let Op::Conv(c) = &p.stages[0].ops[0] else {
@@ -485,5 +530,17 @@ mod kernel_choice {
         let tc: Vec<_> = cands.iter().copied().filter(|k| !k.wgmma).collect();
         let (i, splits) = model_choice(&tc, (256 * 64, 256, 9 * 256), 132, ws);
         assert_eq!((tc[i].name, splits), ("conv_tc128x128_f16", 1));
+        // f32, DenseNet's 128 -> 32 3x3 layers at batch 256: a 32-wide tile rather than
+        // a 64-wide one half empty; wide layers keep the widest.
+        let d = plan(128, 32, 32, true, (256, 0));
+        let Op::Conv(dc) = &d.stages[0].ops[0] else {
+            panic!("not a conv")
+        };
+        let f32s = conv_candidates("auto", "f32", &d, dc);
+        let (i, _) = model_choice(&f32s, (256 * 1024, 32, 9 * 128), 132, ws);
+        assert_eq!(f32s[i].name, "conv_sgemm128x32_f32");
+        let f32s = conv_candidates("auto", "f32", &p, c);
+        let (i, _) = model_choice(&f32s, (256 * 64, 256, 9 * 256), 132, ws);
+        assert_eq!(f32s[i].name, "conv_sgemm128x128_f32");
     }
 }

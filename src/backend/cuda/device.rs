@@ -514,6 +514,8 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
+            "conv_sgemm128x32_f32",
+            "conv_sgemm64x32_f32",
         ],
         KernelFile::Pool => &[
             "shortcut_a_f32",

@@ -180,7 +180,7 @@ unsafe impl DeviceRepr for PackParams {}
 unsafe impl DeviceRepr for CheckParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 9] {
+pub fn sizes() -> [(&'static str, usize); 10] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -193,5 +193,6 @@ pub fn sizes() -> [(&'static str, usize); 9] {
         // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
         ("DGATE_TC_STAGES", super::convsel::TC_STAGES),
         ("DGATE_TC_LDS", super::convsel::TC_LDS),
+        ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
     ]
 }

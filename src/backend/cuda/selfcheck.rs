@@ -279,6 +279,8 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
+            "conv_sgemm128x32_f32",
+            "conv_sgemm64x32_f32",
             "conv_simt_f32",
         ],
         Precision::F16 => &[
