@@ -1220,6 +1220,26 @@ __device__ __forceinline__ void ld_floats(const float* src, float* dst) {
 }
 #define SG_THREADS 256
 
+// conv_store of 4 consecutive f32 channels k.. of row m (16-byte aligned: see vec_out).
+__device__ __forceinline__ void sgemm_store4(const ConvParams& p, int m, int k, const float* acc) {
+    float v[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = acc[j] + p.bias[k + j];
+    if (p.residual != nullptr) {
+        const uint4 r = ld128((const float*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
+        v[0] += __uint_as_float(r.x);
+        v[1] += __uint_as_float(r.y);
+        v[2] += __uint_as_float(r.z);
+        v[3] += __uint_as_float(r.w);
+    }
+    if (p.relu) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = fmaxf(v[j], 0.0f);
+    }
+    st128((float*)p.out + (size_t)m * p.out_stride + p.out_off + k,
+          make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])));
+}
+
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     constexpr int TX = BN >= 64 ? 16 : 8;
@@ -1268,6 +1288,10 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
     // stride and the offset multiples of 4, C of A_PER; a_col and the tap's first
     // channel kc are then multiples of A_PER, so the columns never cross into the next tap).
     const bool a_vec = A_PER % 4 == 0 && p.C % A_PER == 0 && p.in_stride % 4 == 0 && p.in_off % 4 == 0;
+    // Each thread's outputs are groups of 4 consecutive channels: one 16-byte store (and
+    // residual load) a group where the output and residual views are 4-channel aligned.
+    const bool vec_out = p.out_stride % 4 == 0 && p.out_off % 4 == 0 &&
+                         (p.residual == nullptr || (p.res_stride % 4 == 0 && p.res_off % 4 == 0));
 
     float ra[A_PER], rb[B_PER];
     auto load = [&](int kt) {
@@ -1388,13 +1412,22 @@ __device__ __forceinline__ void conv_sgemm_tile(const ConvParams& p, int m0) {
         const int m = m0 + (i / 4) * (BM / GM) + ty * 4 + i % 4;
         if (m >= M) continue;
 #pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int k = n0 + (j / 4) * (BN / GN) + tx * 4 + j % 4;
-            if (k >= p.K) continue;
-            if (split) {
-                atomicAdd(p.workspace + (size_t)m * p.K + k, acc[i][j]);
-            } else {
-                conv_store<float>(p, m, k, acc[i][j]);
+        for (int gj = 0; gj < GN; ++gj) {
+            const int k0 = n0 + gj * (BN / GN) + tx * 4;
+            if (k0 >= p.K) continue;
+            if (!split && vec_out && k0 + 3 < p.K) {
+                sgemm_store4(p, m, k0, &acc[i][gj * 4]);
+                continue;
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int k = k0 + j;
+                if (k >= p.K) continue;
+                if (split) {
+                    atomicAdd(p.workspace + (size_t)m * p.K + k, acc[i][gj * 4 + j]);
+                } else {
+                    conv_store<float>(p, m, k, acc[i][gj * 4 + j]);
+                }
             }
         }
     }
