@@ -6,8 +6,9 @@
 #   cargo build --release && bash scripts/device-stage.sh      # copies data into .gpudata/
 #   (device) bash scripts/device-run.sh check|bench|all        # carry: target/release/dgate-rt, .gpudata
 #
-# Writes logs under $OUT (or target/device). Each phase has its own time limit so the
-# whole call ends inside the 10-minute command limit.
+# Writes logs under $OUT (or target/device). Each phase has its own time limit, cut to
+# what is left of DEADLINE_S (default 540 s), so that the whole call, its closing table
+# included, ends inside the 10-minute command limit.
 set -uo pipefail
 MODE=${1:-all}
 OUT=${OUT:-target/device}
@@ -19,6 +20,9 @@ t0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 # Seconds left before DEADLINE_S (the whole call's budget), for phases that may not fit.
 left() { echo $(( ${DEADLINE_S:-540} - ($(date +%s) - t0) )); }
+# A phase's time limit: its own ($1), cut to what is left; 0 when under $2 seconds would
+# remain, so that the phase is skipped and the logs and table at the end still get written.
+cap() { local l b; l=$(left); b=$l; [ "$b" -gt "$1" ] && b=$1; [ "$l" -lt "$2" ] && b=0; echo "$b"; }
 
 {
 stamp "device"
@@ -42,44 +46,56 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
+  # In order of what the targets need: dgate-rt's table, the PyTorch peers (eager, CUDA
+  # graph, early exit), torch.compile, then programmatic dependent launch (opt-in).
   for arch in resnet101 densenet201; do
-    stamp "dgate-rt bench $arch"
-    # DGATE_DEBUG: NVRTC compile and tuning times (per batch size), which no GPU run has measured yet.
-    DGATE_DEBUG=1 timeout ${BENCH_S:-100} "$BIN" bench --random $arch --backend cuda --batch 1,64,256 --precision f32,f16 \
+    lim=$(cap ${BENCH_S:-100} 30)
+    if [ "$lim" = 0 ]; then stamp "skipping dgate-rt bench $arch: only $(left) s left"; continue; fi
+    stamp "dgate-rt bench $arch (limit $lim s)"
+    # DGATE_DEBUG: NVRTC compile and tuning times (per batch size).
+    DGATE_DEBUG=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64,256 --precision f32,f16 \
       --exits 0.5,0.3 --warmup 5 --runs 30 --profile 2>&1 | tee "$OUT/bench-$arch.md"
   done
-  if [ "${PDL:-1}" = 1 ]; then
-    # Programmatic dependent launch (opt-in until measured): correctness on the deep
-    # networks first, then the batch sizes where launch gaps matter.
-    stamp "DGATE_PDL=1 gpu-check --parts nets"
-    DGATE_PDL=1 timeout ${PDL_CHECK_S:-90} "$BIN" gpu-check --parts nets 2>&1 | tee "$OUT/pdl-check.log"
-    pdl_ok=${PIPESTATUS[0]}
-    echo "PDL gpu-check exit status: $pdl_ok"
-    if [ "$pdl_ok" = 0 ]; then
-      for arch in resnet101 densenet201; do
-        stamp "DGATE_PDL=1 dgate-rt bench $arch"
-        DGATE_PDL=1 timeout ${PDL_BENCH_S:-40} "$BIN" bench --random $arch --backend cuda --batch 1,64 --precision f32,f16 \
-          --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/pdl-bench-$arch.md"
-      done
-    fi
-  fi
   for arch in resnet101 densenet201; do
     "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors
     [ "${PEER:-1}" = 1 ] || continue
-    stamp "PyTorch peer $arch (eager, CUDA graph, early exit)"
-    timeout ${PEER_S:-120} python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+    lim=$(cap ${PEER_S:-120} 30)
+    if [ "$lim" = 0 ]; then stamp "skipping PyTorch peer $arch: only $(left) s left"; continue; fi
+    stamp "PyTorch peer $arch (eager, CUDA graph, early exit; limit $lim s)"
+    timeout $lim python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
       --device cuda --batch 1,64,256 --modes eager32,eager16,graph,exit32,exit16 --runs 30 \
       --check-with "$BIN" --data "$DGATE_DATA/cifar10/test_batch.bin" 2>&1 | tee "$OUT/peer-$arch.log"
   done
   if [ "${COMPILE:-1}" = 1 ]; then
     for arch in resnet101 densenet201; do
-      budget=$(left); [ "$budget" -gt ${COMPILE_S:-150} ] && budget=${COMPILE_S:-150}
-      if [ "$budget" -lt 45 ]; then stamp "skipping torch.compile $arch: only $(left) s left"; continue; fi
-      stamp "PyTorch peer $arch torch.compile (limit $budget s)"
-      timeout $budget python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+      lim=$(cap ${COMPILE_S:-150} 45)
+      if [ "$lim" = 0 ]; then stamp "skipping torch.compile $arch: only $(left) s left"; continue; fi
+      stamp "PyTorch peer $arch torch.compile (limit $lim s)"
+      timeout $lim python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
         --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
         --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
     done
+  fi
+  if [ "${PDL:-1}" = 1 ]; then
+    # Correctness on the deep networks first, then the batch sizes where launch gaps matter.
+    lim=$(cap ${PDL_CHECK_S:-90} 40)
+    if [ "$lim" = 0 ]; then
+      stamp "skipping DGATE_PDL=1: only $(left) s left"
+    else
+      stamp "DGATE_PDL=1 gpu-check --parts nets (limit $lim s)"
+      DGATE_PDL=1 timeout $lim "$BIN" gpu-check --parts nets 2>&1 | tee "$OUT/pdl-check.log"
+      pdl_ok=${PIPESTATUS[0]}
+      echo "PDL gpu-check exit status: $pdl_ok"
+      if [ "$pdl_ok" = 0 ]; then
+        for arch in resnet101 densenet201; do
+          lim=$(cap ${PDL_BENCH_S:-40} 20)
+          if [ "$lim" = 0 ]; then stamp "skipping DGATE_PDL=1 bench $arch: only $(left) s left"; continue; fi
+          stamp "DGATE_PDL=1 dgate-rt bench $arch (limit $lim s)"
+          DGATE_PDL=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 --precision f32,f16 \
+            --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/pdl-bench-$arch.md"
+        done
+      fi
+    fi
   fi
 fi
 # Tuning checks every candidate kernel against the previous default before timing it;
