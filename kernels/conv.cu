@@ -901,10 +901,11 @@ __device__ __forceinline__ int tc_off(int rows, int row, int kc) {
 // fragment layout, which wgmma's shares) leave it as 8 bytes per row per instruction:
 // written straight out, each output row takes 16-byte pieces and so does the residual
 // read, half of each 32-byte sector. Staged, the tile goes out row by row, 8 channels
-// (16 bytes) per thread, bias, residual and ReLU applied on the way. Used when the
-// output (and residual) rows and K are 8-channel aligned, the block is not a split-K
-// part, and the host gave it the shared memory (tc_epi_bytes, at most the ring's size
-// but for wgmma's 128x256 tile, for which the host allots the larger of the two).
+// (16 bytes) per thread, bias, residual and ReLU applied on the way; a split-K part
+// adds them into the workspace the same way (on sm_90 as 16-byte vector atomics). Used
+// when K and the output (and residual) rows are 8-channel aligned (for a split-K part,
+// K alone), and the host gave the block the shared memory (tc_epi_bytes, at most the
+// ring's size but for wgmma's 128x256 tile, for which the host allots the larger).
 #define TC_EPI_PAD 8  // floats per staged row past BN: float2 writes of a warp conflict-free
 template <int BM, int BN>
 __device__ __forceinline__ constexpr int tc_epi_bytes() {
@@ -948,9 +949,24 @@ __device__ __forceinline__ void tc_epi_stage(float* st, float (*acc)[NT][4], int
             }
 }
 
+// Split-K: adds 8 consecutive partial sums into the workspace (16-byte aligned: K % 8 ==
+// 0), as two vector atomics where the device has them (sm_90), else as eight.
+__device__ __forceinline__ void ws_add8(float* ws, const float* v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd((float4*)ws, make_float4(v[0], v[1], v[2], v[3]));
+    atomicAdd((float4*)(ws + 4), make_float4(v[4], v[5], v[6], v[7]));
+#else
+#ifdef DGATE_HOST_EMU
+    emu_check_align(ws, 16);
+#endif
+#pragma unroll
+    for (int j = 0; j < 8; ++j) atomicAdd(ws + j, v[j]);
+#endif
+}
+
 // Staged: the whole tile out, 8 consecutive channels of one row per thread and step.
 template <int BM, int BN, int THREADS>
-__device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* st, int m0, int n0, int M) {
+__device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* st, int m0, int n0, int M, bool split) {
     constexpr int LD = BN + TC_EPI_PAD;
     constexpr int CH = BN / 8;  // 16-byte output pieces per tile row
     // Four rows' loads in flight a thread; unrolled further, the 128x128 tile spills.
@@ -961,8 +977,12 @@ __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* s
         const int m = m0 + row;
         const int k = n0 + col;
         if (m >= M || k >= p.K) continue;  // K % 8 == 0: all 8 channels or none
-        float v[8];
         const float* q = st + row * LD + col;
+        if (split) {  // a part: its sums into the workspace (splitk_finish writes the output)
+            ws_add8(p.workspace + (size_t)m * p.K + k, q);
+            continue;
+        }
+        float v[8];
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = q[j] + p.bias[k + j];
         if (p.residual != nullptr) {
@@ -1163,12 +1183,13 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         wgmma_fence_regs<MT * NT * 4>(&acc[0][0][0]);
     }
 
-    if (!split && tc_epi_aligned(p) && dynamic_smem_bytes() >= (unsigned)tc_epi_bytes<BM, BN>()) {
+    if ((split ? p.K % 8 == 0 : tc_epi_aligned(p)) && dynamic_smem_bytes() >= (unsigned)tc_epi_bytes<BM, BN>()) {
         float* st = reinterpret_cast<float*>(conv_tc_smem);
         __syncthreads();  // every warp done with the ring (its ldmatrix reads, or its MMAs waited for)
         tc_epi_stage<MT, NT, BN>(st, acc, wm, wn, g, t);
         __syncthreads();
-        tc_epi_store<BM, BN, THREADS>(p, st, m0, n0, M);
+        tc_epi_store<BM, BN, THREADS>(p, st, m0, n0, M, split);
+        if (split) splitk_finish<__half, BM, BN>(p, M, m0, n0, parts, tile);
         return;
     }
     mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
