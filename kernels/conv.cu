@@ -898,14 +898,15 @@ __device__ __forceinline__ int tc_off(int rows, int row, int kc) {
 }
 
 // conv_tc's epilogue through shared memory. A warp's accumulators (the m16n8 C
-// fragment layout, which wgmma's shares) leave it as 8 bytes per row per instruction:
-// written straight out, each output row takes 16-byte pieces and so does the residual
-// read, half of each 32-byte sector. Staged, the tile goes out row by row, 8 channels
-// (16 bytes) per thread, bias, residual and ReLU applied on the way; a split-K part
-// adds them into the workspace the same way (on sm_90 as 16-byte vector atomics). Used
-// when K and the output (and residual) rows are 8-channel aligned (for a split-K part,
-// K alone), and the host gave the block the shared memory (tc_epi_bytes, at most the
-// ring's size but for wgmma's 128x256 tile, for which the host allots the larger).
+// fragment layout, which wgmma's shares) hold two channels a thread and row: written
+// straight out, each store instruction puts 16 bytes into each of 8 output rows, half
+// of a 32-byte sector, and the residual read is split the same way. Staged, the tile
+// goes out row by row, 8 channels (16 bytes) per thread, bias, residual and ReLU
+// applied on the way; a split-K part adds them into the workspace the same way (on
+// sm_90 as 16-byte vector atomics). Used when K and the output (and residual) rows
+// are 8-channel aligned (for a split-K part, K alone), and the host gave the block the
+// shared memory (tc_epi_bytes: at most the ring's size, but for wgmma's 128x256 tile,
+// for which the host allots the larger of the two).
 #define TC_EPI_PAD 8  // floats per staged row past BN: float2 writes of a warp conflict-free
 template <int BM, int BN>
 __device__ __forceinline__ constexpr int tc_epi_bytes() {
