@@ -85,6 +85,24 @@ const fn tc_smem(bm: usize, bn: usize, ring: usize) -> u32 {
     (if ring > epilogue { ring } else { epilogue }) as u32
 }
 
+/// A register-blocked f32 tile (conv_sgemm): any layer, split-K, looping over output tiles.
+const fn sgemm(
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    threads: u32,
+    efficiency: f64,
+) -> ConvKernel {
+    looped(plain(
+        name,
+        "f32",
+        (bm, bn, 8),
+        threads,
+        (false, true, Needs::Any),
+        efficiency,
+    ))
+}
+
 const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: f64) -> ConvKernel {
     ConvKernel {
         name,
@@ -122,48 +140,13 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
         (false, true, Needs::Any),
         0.5,
     ),
-    looped(plain(
-        "conv_sgemm128x128_f32",
-        "f32",
-        (128, 128, 8),
-        256,
-        (false, true, Needs::Any),
-        1.0,
-    )),
-    looped(plain(
-        "conv_sgemm128x64_f32",
-        "f32",
-        (128, 64, 8),
-        256,
-        (false, true, Needs::Any),
-        0.85,
-    )),
-    looped(plain(
-        "conv_sgemm64x64_f32",
-        "f32",
-        (64, 64, 8),
-        256,
-        (false, true, Needs::Any),
-        0.7,
-    )),
+    sgemm("conv_sgemm128x128_f32", 128, 128, 256, 1.0),
+    sgemm("conv_sgemm128x64_f32", 128, 64, 256, 0.85),
+    sgemm("conv_sgemm64x64_f32", 64, 64, 256, 0.7),
     // 32 output channels (DenseNet's 3x3 layers), where a 64-wide tile idles half its
     // threads. Not yet measured on a GPU.
-    looped(plain(
-        "conv_sgemm128x32_f32",
-        "f32",
-        (128, 32, 8),
-        128,
-        (false, true, Needs::Any),
-        0.75,
-    )),
-    looped(plain(
-        "conv_sgemm64x32_f32",
-        "f32",
-        (64, 32, 8),
-        64,
-        (false, true, Needs::Any),
-        0.6,
-    )),
+    sgemm("conv_sgemm128x32_f32", 128, 32, 128, 0.75),
+    sgemm("conv_sgemm64x32_f32", 64, 32, 64, 0.6),
     plain(
         "conv_simt_f16",
         "f16",
