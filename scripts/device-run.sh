@@ -111,5 +111,11 @@ fi
 stamp "dgate-rt and PyTorch side by side"
 logs=$(ls "$OUT"/bench-*.md "$OUT"/pdl-bench-*.md "$OUT"/peer-*.log "$OUT"/compile-*.log 2>/dev/null)
 [ -n "$logs" ] && python3 scripts/side_by_side.py $logs | tee "$OUT/side-by-side.md"
+# The device tool brings back at most 8 files: the per-phase logs (also in device-run.log)
+# travel as one archive beside device-run.log and side-by-side.md.
+phase_logs=$(cd "$OUT" && ls | grep -vxE 'device-run\.log|side-by-side\.md|phases\.tar\.gz')
+if [ -n "$phase_logs" ]; then
+  (cd "$OUT" && tar czf phases.tar.gz $phase_logs && rm -f $phase_logs) && stamp "phase logs: $OUT/phases.tar.gz"
+fi
 stamp "done"
 } 2>&1 | tee "$OUT/device-run.log"
