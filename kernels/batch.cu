@@ -12,7 +12,13 @@
 //   compact_gather_{f32,f16}: scratch[new] = view[src_of[new]] for new < *count_out.
 //   compact_copy_{f32,f16}: view[new] = scratch[new]. Gathering through a scratch
 //       buffer avoids the read/write race of an in-place gather.
-//       One thread per (slot, pixel, channel).
+//       Grid (slot, chunk): block (s, k) moves units k * MOVE_THREADS + t, then a grid
+//       stride of chunks, of sample s, a unit being `vec` channels of one pixel (16
+//       bytes where the view's width, offset and stride allow, else one element). All
+//       index arithmetic within a sample is 32-bit: a 64-bit division per element made
+//       these two kernels 0.7 ms of ResNet-101's gate 0 at batch 256 on an H200.
+//       A survivor already in its slot (src_of[s] == s: every sample before the first
+//       exit, and all of them in a pass where none exits) is not moved at all.
 //   fill_noise_{f32,f16}: a view <- values in [-1, 1) hashed from (seed, element), so
 //       a candidate kernel and the reference it is checked against (while tuning)
 //       read the same, non-trivial input.
@@ -68,22 +74,51 @@ DGATE_KERNEL(compact_scan_i32, CompactParams, SCAN_THREADS) {
     if (t == SCAN_THREADS - 1) *p.count_out = sums[t];
 }
 
+// Copies one unit of VEC elements (16 bytes, or one element).
+template <typename T, int VEC>
+__device__ __forceinline__ void move_unit(T* dst, const T* src) {
+    if (VEC * sizeof(T) == 16) {
+#ifdef DGATE_HOST_EMU
+        emu_check_align(dst, 16);
+        emu_check_align(src, 16);
+#endif
+        *(uint4*)dst = *(const uint4*)src;
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) dst[j] = src[j];
+    }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void compact_units(const CompactParams& p, bool gather) {
+    const int slot = blockIdx.x;
+    if (slot >= *p.count_out) return;
+    const int src = p.src_of[slot];
+    if (src == slot) return;
+    const int per_pixel = p.C / VEC;
+    const int units = p.HW * per_pixel;
+    T* buf = (T*)p.buf;
+    T* dense = (T*)p.scratch + (size_t)slot * p.HW * p.C;
+    T* view = buf + (size_t)(gather ? src : slot) * p.HW * p.stride + p.off;
+    for (int u = blockIdx.y * MOVE_THREADS + threadIdx.x; u < units; u += gridDim.y * MOVE_THREADS) {
+        const int pix = u / per_pixel;
+        const int c = (u - pix * per_pixel) * VEC;
+        T* v = view + pix * p.stride + c;
+        T* d = dense + pix * p.C + c;
+        if (gather) {
+            move_unit<T, VEC>(d, v);
+        } else {
+            move_unit<T, VEC>(v, d);
+        }
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void compact_move(const CompactParams& p, bool gather) {
-    const long long e = (long long)blockIdx.x * MOVE_THREADS + threadIdx.x;
-    const long long per = (long long)p.HW * p.C;
-    if (e >= (long long)*p.count_out * per) return;
-    const int slot = (int)(e / per);
-    const long long within = e - slot * per;
-    const int c = (int)(within % p.C);
-    const long long i = within / p.C;
-    T* buf = (T*)p.buf;
-    T* scratch = (T*)p.scratch;
-    if (gather) {
-        const long long src = (long long)p.src_of[slot] * p.HW + i;
-        scratch[e] = buf[src * p.stride + p.off + c];
+    if (p.vec * (int)sizeof(T) == 16) {
+        compact_units<T, 16 / sizeof(T)>(p, gather);
     } else {
-        buf[((long long)slot * p.HW + i) * p.stride + p.off + c] = scratch[e];
+        compact_units<T, 1>(p, gather);
     }
 }
 

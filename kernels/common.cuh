@@ -93,6 +93,8 @@ struct PoolParams {
     int in_stride, in_off, C;
     int out_stride, out_off;
     int H, W, P, Q, pre_relu;
+    int vec;                // channels a thread moves at once: 16 bytes' worth, or 1
+    int pad0;
 };
 
 // Gate and head: global average pool of a view, then `scores = W x + b`.
@@ -127,7 +129,8 @@ struct CompactParams {
     void* buf;
     void* scratch;          // dense [slot][HW][C]
     int stride, off, C, HW;
-    int n_max, pad0;
+    int n_max;
+    int vec;                // elements a thread moves at once: 16 bytes' worth, or 1
 };
 
 struct PackParams {

@@ -966,45 +966,64 @@ __device__ __forceinline__ void ws_add8(float* ws, const float* v) {
 }
 
 // Staged: the whole tile out, 8 consecutive channels of one row per thread and step.
+// Steps go in batches of TC_EPI_BATCH: the batch's residual pieces (16 bytes each) are
+// all requested before the first is used. Left to itself the compiler cannot hoist a
+// residual load above the previous step's output store (the two pointers might alias),
+// so each step would wait a full memory round trip: the H200 run of 2026-11-27 had the
+// residual layers at 0.9-1.7 TB/s. Unrolled further, the 128x128 tile spills.
+#define TC_EPI_BATCH 4
 template <int BM, int BN, int THREADS>
 __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* st, int m0, int n0, int M, bool split) {
     constexpr int LD = BN + TC_EPI_PAD;
     constexpr int CH = BN / 8;  // 16-byte output pieces per tile row
-    // Four rows' loads in flight a thread; unrolled further, the 128x128 tile spills.
-#pragma unroll 4
-    for (int e = (int)threadIdx.x; e < BM * CH; e += THREADS) {
-        const int row = e / CH;
-        const int col = (e % CH) * 8;
-        const int m = m0 + row;
-        const int k = n0 + col;
-        if (m >= M || k >= p.K) continue;  // K % 8 == 0: all 8 channels or none
-        const float* q = st + row * LD + col;
-        if (split) {  // a part: its sums into the workspace (splitk_finish writes the output)
-            ws_add8(p.workspace + (size_t)m * p.K + k, q);
-            continue;
+    constexpr int PIECES = BM * CH;
+    const bool res = p.residual != nullptr && !split;
+    for (int e0 = (int)threadIdx.x; e0 < PIECES; e0 += TC_EPI_BATCH * THREADS) {
+        uint4 r[TC_EPI_BATCH];
+#pragma unroll
+        for (int b = 0; b < TC_EPI_BATCH; ++b) {
+            const int e = e0 + b * THREADS;
+            const int m = m0 + e / CH;
+            const int k = n0 + (e % CH) * 8;
+            r[b] = make_uint4(0u, 0u, 0u, 0u);
+            if (res && e < PIECES && m < M && k < p.K)
+                r[b] = ld128((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
         }
-        float v[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = q[j] + p.bias[k + j];
-        if (p.residual != nullptr) {
-            const uint4 r = ld128((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k);
-            const unsigned rw[4] = {r.x, r.y, r.z, r.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                v[2 * j] += __half2float(__ushort_as_half((unsigned short)(rw[j] & 0xffffu)));
-                v[2 * j + 1] += __half2float(__ushort_as_half((unsigned short)(rw[j] >> 16)));
+        for (int b = 0; b < TC_EPI_BATCH; ++b) {
+            const int e = e0 + b * THREADS;
+            const int row = e / CH;
+            const int col = (e % CH) * 8;
+            const int m = m0 + row;
+            const int k = n0 + col;
+            if (e >= PIECES || m >= M || k >= p.K) continue;  // K % 8 == 0: all 8 channels or none
+            const float* q = st + row * LD + col;
+            if (split) {  // a part: its sums into the workspace (splitk_finish writes the output)
+                ws_add8(p.workspace + (size_t)m * p.K + k, q);
+                continue;
             }
-        }
-        if (p.relu) {
+            float v[8];
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] = fmaxf(v[j], 0.0f);
-        }
-        unsigned ow[4];
+            for (int j = 0; j < 8; ++j) v[j] = q[j] + p.bias[k + j];
+            if (res) {
+                const unsigned rw[4] = {r[b].x, r[b].y, r[b].z, r[b].w};
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            ow[j] = (unsigned)__half_as_ushort(__float2half_rn(v[2 * j])) |
-                    ((unsigned)__half_as_ushort(__float2half_rn(v[2 * j + 1])) << 16);
-        st128((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k, make_uint4(ow[0], ow[1], ow[2], ow[3]));
+                for (int j = 0; j < 4; ++j) {
+                    v[2 * j] += __half2float(__ushort_as_half((unsigned short)(rw[j] & 0xffffu)));
+                    v[2 * j + 1] += __half2float(__ushort_as_half((unsigned short)(rw[j] >> 16)));
+                }
+            }
+            if (p.relu) {
+#pragma unroll
+                for (int j = 0; j < 8; ++j) v[j] = fmaxf(v[j], 0.0f);
+            }
+            unsigned ow[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                ow[j] = (unsigned)__half_as_ushort(__float2half_rn(v[2 * j])) |
+                        ((unsigned)__half_as_ushort(__float2half_rn(v[2 * j + 1])) << 16);
+            st128((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k, make_uint4(ow[0], ow[1], ow[2], ow[3]));
+        }
     }
 }
 

@@ -59,6 +59,48 @@ __device__ __forceinline__ void load_unit<__half>(const __half* src, int vec, fl
     }
 }
 
+// Thread (u, g)'s part of the pool: channel unit u (VEC channels) summed over pixels
+// g, g + groups, ... into part[g][c]. Four pixels' loads are issued before their sums
+// (in the same order as one at a time, so the result is the same to the bit), so that
+// each thread keeps several 16-byte loads in flight.
+template <typename T, int VEC>
+__device__ __forceinline__ void pool_units(const GapLinearParams& p, float* part) {
+    const T* in = (const T*)p.in;
+    const int slot = blockIdx.x;
+    const int units = p.C / VEC;
+    const size_t step = (size_t)p.groups * p.in_stride;
+    for (int e = threadIdx.x; e < units * p.groups; e += GAP_THREADS) {
+        const int u = e % units;
+        const int grp = e / units;
+        const int c0 = u * VEC;
+        const T* src = in + ((size_t)slot * p.HW + grp) * p.in_stride + p.in_off + c0;
+        float acc[VEC];
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) acc[j] = 0.0f;
+        int i = grp;
+        for (; i + 3 * p.groups < p.HW; i += 4 * p.groups) {
+            float v[4][VEC];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) load_unit<T>(src + q * step, VEC, v[q]);
+            src += 4 * step;
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+                for (int j = 0; j < VEC; ++j)
+                    acc[j] += pre_act(v[q][j], p.pre_scale, p.pre_shift, p.pre_relu, c0 + j);
+        }
+        for (; i < p.HW; i += p.groups) {
+            float v[VEC];
+            load_unit<T>(src, VEC, v);
+            src += step;
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) acc[j] += pre_act(v[j], p.pre_scale, p.pre_shift, p.pre_relu, c0 + j);
+        }
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) part[grp * p.C + c0 + j] = acc[j];
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void gap_linear(const GapLinearParams& p) {
     DGATE_DYNAMIC_SHARED(float, sm);
@@ -67,21 +109,11 @@ __device__ __forceinline__ void gap_linear(const GapLinearParams& p) {
     float* part = sm + p.C + p.classes;  // [groups][C]
     const int slot = blockIdx.x;
     if (slot >= *p.count) return;
-    const T* in = (const T*)p.in;
-    const size_t base = (size_t)slot * p.HW;
     const float inv = 1.0f / (float)p.HW;
-    const int units = p.C / p.vec;
-    for (int e = threadIdx.x; e < units * p.groups; e += GAP_THREADS) {
-        const int u = e % units;
-        const int grp = e / units;
-        const int c0 = u * p.vec;
-        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        for (int i = grp; i < p.HW; i += p.groups) {
-            float v[8];
-            load_unit<T>(in + (base + i) * p.in_stride + p.in_off + c0, p.vec, v);
-            for (int j = 0; j < p.vec; ++j) acc[j] += pre_act(v[j], p.pre_scale, p.pre_shift, p.pre_relu, c0 + j);
-        }
-        for (int j = 0; j < p.vec; ++j) part[grp * p.C + c0 + j] = acc[j];
+    if (p.vec * (int)sizeof(T) == 16) {
+        pool_units<T, 16 / sizeof(T)>(p, part);
+    } else {
+        pool_units<T, 1>(p, part);
     }
     __syncthreads();
     for (int c = threadIdx.x; c < p.C; c += GAP_THREADS) {

@@ -366,6 +366,37 @@ pub(crate) fn split_k(
     sms.div_ceil(tiles).min(ktiles / 4).clamp(1, MAX_SPLIT_K)
 }
 
+/// The k-splits that tuning measures for a split-K tile besides the unsplit launch: the
+/// model's [`split_k`] and 2, 4 and 8, where the output alone gives fewer than four blocks
+/// an SM, each part keeps at least four k-tiles, the split launch stays within eight
+/// blocks an SM, and the workspace holds the output. A full wave of one block an SM, each
+/// looping over a long k (DenseNet's 3x3 layers at 8x8, the layers after a gate), waits
+/// on memory latency that more, shorter blocks would overlap.
+pub(crate) fn split_tries(
+    tile: (usize, usize, usize),
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+    workspace_floats: usize,
+) -> Vec<usize> {
+    let (tile_m, tile_n, tile_k) = tile;
+    let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
+    let ktiles = kd.div_ceil(tile_k);
+    let mut out = Vec::new();
+    let model = split_k(tile, (m, k, kd), sms, workspace_floats);
+    if model > 1 {
+        out.push(model);
+    }
+    if tiles >= 4 * sms || m * k > workspace_floats {
+        return out;
+    }
+    for s in [2, 4, 8] {
+        if s <= ktiles / 4 && s <= MAX_SPLIT_K && tiles * s <= 8 * sms && !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod kernel_choice {
     use super::*;
@@ -479,6 +510,27 @@ mod kernel_choice {
         assert_eq!(wide.smem as usize, 128 * (256 + TC_EPI_PAD) * 4);
         let ring = conv_kernel_info("conv_tc128x128_f16").unwrap();
         assert_eq!(ring.smem as usize, 256 * TC_LDS * 2 * TC_STAGES);
+    }
+
+    #[test]
+    fn tuning_tries_splits_where_one_wave_loops_over_a_long_k() {
+        let ws = 1 << 24;
+        // DenseNet-201's 3x3 128->32 at 8x8, batch 256: 128 tiles of 128x32, 36 k-tiles.
+        let dense = (256 * 64, 32, 9 * 128);
+        assert_eq!(split_tries((128, 32, 32), dense, 132, ws), [2, 4, 8]);
+        // On 64x32 tiles there are 256 blocks already: 8 parts would be 16 blocks an SM.
+        assert_eq!(split_tries((64, 32, 32), dense, 132, ws), [2, 4]);
+        // A wide layer at full batch fills many waves: no split.
+        assert!(split_tries((128, 128, 32), (256 * 1024, 256, 64), 132, ws).is_empty());
+        // A short k: no part would keep four k-tiles.
+        assert!(split_tries((128, 32, 32), (4096, 32, 64), 132, ws).is_empty());
+        // The output must fit the workspace.
+        assert!(split_tries((128, 32, 32), dense, 132, 1000).is_empty());
+        // Batch 1: the model's own split is kept, first.
+        let one = (64, 256, 9 * 256);
+        let model = split_k((64, 64, 32), one, 132, ws);
+        assert!(model > 1);
+        assert_eq!(split_tries((64, 64, 32), one, 132, ws)[0], model);
     }
 
     #[test]

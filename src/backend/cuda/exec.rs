@@ -459,11 +459,7 @@ fn pre_ptrs(p: &Option<DevPre>) -> (u64, u64, i32) {
 /// How a gate/head pools its view: channels per load, pixel groups, shared bytes.
 fn gap_layout(dev: &Device, plan: &Plan, input: &View, hw: usize) -> (usize, usize, usize) {
     let stride = plan.buffers[input.buf].channels;
-    let lanes = 16 / dev.elem_bytes(); // channels in one 16-byte load
-    let aligned = [input.channels, stride, input.offset]
-        .iter()
-        .all(|v| v.is_multiple_of(lanes));
-    let vec = if aligned { lanes } else { 1 };
+    let vec = vec_channels(dev.elem_bytes(), stride, input.offset, input.channels);
     let units = input.channels / vec;
     let fixed = (input.channels + plan.classes) * 4;
     let per_group = input.channels * 4;
@@ -479,6 +475,40 @@ fn gap_fits(channels: usize, classes: usize) -> bool {
 
 fn blocks(total: usize, per: usize) -> u32 {
     total.div_ceil(per).min(u32::MAX as usize) as u32
+}
+
+/// Channels a gate or compaction thread loads at once (`vec` of their parameters):
+/// 16 bytes' worth where a view `channels` wide at `offset` in a buffer `stride` channels
+/// wide keeps every pixel's 16-byte units aligned, else 1.
+fn vec_channels(elem_bytes: usize, stride: usize, offset: usize, channels: usize) -> usize {
+    let v = 16 / elem_bytes;
+    if [stride, offset, channels]
+        .iter()
+        .all(|x| x.is_multiple_of(v))
+    {
+        v
+    } else {
+        1
+    }
+}
+
+/// Grid of the per-sample elementwise kernels (shortcut_a, avgpool2): `per_sample` threads'
+/// worth of blocks across, one row of blocks per sample (at most 65535 rows; the kernels
+/// stride over the rest).
+fn sample_grid(n: usize, per_sample: usize) -> (u32, u32) {
+    (
+        blocks(per_sample.max(1), ELEMENTWISE_THREADS as usize),
+        n.clamp(1, 65535) as u32,
+    )
+}
+
+/// The compaction kernels' grid: one column of blocks per batch slot, enough blocks in
+/// it that each thread moves about four of a sample's `units`.
+fn compact_grid(n: usize, units: usize) -> (u32, u32) {
+    let chunks = units
+        .div_ceil(4 * ELEMENTWISE_THREADS as usize)
+        .clamp(1, 65535);
+    (n.min(u32::MAX as usize) as u32, chunks as u32)
 }
 
 /// One step of a pass, as the profiler sees it.
@@ -974,17 +1004,14 @@ impl Prepared {
                     continue;
                 }
                 let shape = Self::gemm_shape(c, live[level]);
-                // Every candidate, unsplit and with the split-K the model would use.
+                // Every candidate, unsplit and with the k-splits worth measuring.
                 let mut tries = Vec::new();
                 for (i, cand) in cands.iter().enumerate() {
                     tries.push((i, 1));
-                    let model = if cand.split {
-                        split_k(cand.tile, shape, dev.sms, self.ws_cap)
-                    } else {
-                        1
-                    };
-                    if model > 1 {
-                        tries.push((i, model));
+                    if cand.split {
+                        for sp in split_tries(cand.tile, shape, dev.sms, self.ws_cap) {
+                            tries.push((i, sp));
+                        }
                     }
                 }
                 if let Some(r) = reference {
@@ -1432,10 +1459,9 @@ impl Prepared {
                         stride: *stride as i32,
                         pad_before: *pad_before as i32,
                     };
-                    let total = n * oh * ow * output.channels;
                     dev.launch(
                         &format!("shortcut_a_{dt}"),
-                        (blocks(total, ELEMENTWISE_THREADS as usize), 1),
+                        sample_grid(n, oh * ow * output.channels),
                         ELEMENTWISE_THREADS,
                         0,
                         &p,
@@ -1469,11 +1495,21 @@ impl Prepared {
                         p: oh as i32,
                         q: ow as i32,
                         pre_relu: pr,
+                        vec: 1,
+                        pad0: 0,
                     };
-                    let total = n * oh * ow * input.channels;
+                    let eb = dev.elem_bytes();
+                    let vec =
+                        vec_channels(eb, p.in_stride as usize, input.offset, input.channels).min(
+                            vec_channels(eb, p.out_stride as usize, output.offset, input.channels),
+                        );
+                    let p = PoolParams {
+                        vec: vec as i32,
+                        ..p
+                    };
                     dev.launch(
                         &format!("avgpool2_pre_{dt}"),
-                        (blocks(total, ELEMENTWISE_THREADS as usize), 1),
+                        sample_grid(n, oh * ow * input.channels / vec),
                         ELEMENTWISE_THREADS,
                         0,
                         &p,
@@ -1576,11 +1612,10 @@ impl Prepared {
             c: out.channels as i32,
             hw: (ob.h * ob.w) as i32,
             n_max: n as i32,
-            pad0: 0,
+            vec: vec_channels(dev.elem_bytes(), ob.channels, out.offset, out.channels) as i32,
         };
         dev.launch("compact_scan_i32", (1, 1), SCAN_THREADS, 0, &cp)?;
-        let total = n * ob.h * ob.w * out.channels;
-        let grid = (blocks(total, ELEMENTWISE_THREADS as usize), 1);
+        let grid = compact_grid(n, ob.h * ob.w * out.channels / cp.vec as usize);
         dev.launch(
             &format!("compact_gather_{dt}"),
             grid,
@@ -1768,5 +1803,53 @@ mod validation {
             err.contains("output channels [12, 20) of buffer 1 overlap the input's [0, 16)"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod compaction_layout {
+    use super::{compact_grid, vec_channels};
+
+    #[test]
+    fn sixteen_byte_units_only_where_every_pixel_stays_aligned() {
+        // f16: 8 channels a unit; f32: 4.
+        assert_eq!(vec_channels(2, 256, 0, 256), 8);
+        assert_eq!(vec_channels(4, 256, 0, 256), 4);
+        // A DenseNet concatenation view: 32 wide at offset 96 of a 256-wide buffer.
+        assert_eq!(vec_channels(2, 256, 96, 32), 8);
+        // Any of width, offset or stride off the unit: one element at a time.
+        assert_eq!(vec_channels(2, 256, 0, 12), 1);
+        assert_eq!(vec_channels(2, 256, 4, 32), 1);
+        assert_eq!(vec_channels(4, 10, 0, 8), 1);
+        assert_eq!(vec_channels(4, 3, 0, 3), 1);
+    }
+
+    #[test]
+    fn the_grid_has_a_column_per_slot_and_covers_every_unit() {
+        // ResNet-101's gate 0 at batch 256, f16: 32x32 pixels x 256 channels / 8.
+        let (slots, chunks) = compact_grid(256, 32 * 32 * 256 / 8);
+        assert_eq!(slots, 256);
+        assert!(chunks as usize * 4 * 256 >= 32 * 32 * 256 / 8);
+        assert!(chunks >= 8, "{chunks}");
+        // A tiny sample still gets one block; a huge one is capped at the y limit.
+        assert_eq!(compact_grid(3, 5), (3, 1));
+        assert_eq!(compact_grid(1, usize::MAX / 4096).1, 65535);
+    }
+}
+
+#[cfg(test)]
+mod sample_grids {
+    use super::{sample_grid, ELEMENTWISE_THREADS};
+
+    #[test]
+    fn a_row_of_blocks_per_sample_covering_its_outputs() {
+        let t = ELEMENTWISE_THREADS as usize;
+        // DenseNet-201's first transition at batch 256, f16: 16x16 outputs x 256 channels / 8.
+        let (x, y) = sample_grid(256, 16 * 16 * 256 / 8);
+        assert_eq!(y, 256);
+        assert!(x as usize * t >= 16 * 16 * 256 / 8 && (x as usize - 1) * t < 16 * 16 * 256 / 8);
+        // Past 65535 samples the kernels stride over the rest; an empty pass still launches.
+        assert_eq!(sample_grid(100_000, 10).1, 65535);
+        assert_eq!(sample_grid(0, 0), (1, 1));
     }
 }

@@ -82,6 +82,9 @@ pub struct PoolParams {
     pub p: i32,
     pub q: i32,
     pub pre_relu: i32,
+    /// Channels a thread moves at once: 16 bytes' worth where both views allow, else 1.
+    pub vec: i32,
+    pub pad0: i32,
 }
 
 #[repr(C)]
@@ -133,7 +136,9 @@ pub struct CompactParams {
     pub c: i32,
     pub hw: i32,
     pub n_max: i32,
-    pub pad0: i32,
+    /// Elements a compaction thread moves at once: 16 bytes' worth where the view's
+    /// width, offset and stride are multiples of it, else 1.
+    pub vec: i32,
 }
 
 #[repr(C)]
