@@ -47,7 +47,8 @@ fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # In order of what the targets need: dgate-rt's table, the PyTorch peers (eager, CUDA
-  # graph, early exit), torch.compile, then programmatic dependent launch (opt-in).
+  # graph, early exit), torch.compile, whole passes per kernel family, hardware counters
+  # of the slowest layers (ncu), then programmatic dependent launch (opt-in).
   for arch in resnet101 densenet201; do
     lim=$(cap ${BENCH_S:-100} 30)
     if [ "$lim" = 0 ]; then stamp "skipping dgate-rt bench $arch: only $(left) s left"; continue; fi
@@ -75,6 +76,48 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
         --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
     done
+  fi
+  if [ "${POLICIES:-1}" = 1 ]; then
+    # Whole f16 passes at batch 1 and 64 under one kernel family each (the same binary,
+    # tuned within the family): which kernels win or lose inside the network, where
+    # tuning timed each layer alone. The 2026-11-27 second run was slower there than the
+    # first, with the per-layer table faster.
+    for arch in resnet101 densenet201; do
+      for pol in conv_mmaasync_f16 conv_tc_f16; do
+        lim=$(cap ${POLICY_S:-30} 20)
+        if [ "$lim" = 0 ]; then stamp "skipping DGATE_CONV=$pol bench $arch: only $(left) s left"; continue; fi
+        stamp "DGATE_CONV=$pol dgate-rt bench $arch (limit $lim s)"
+        DGATE_CONV=$pol timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 --precision f16 \
+          --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/policy-$pol-$arch.md"
+      done
+    done
+  fi
+  if [ "${NCU:-1}" = 1 ]; then
+    # Hardware counters (Nsight Compute; it reads them on the Firecracker machines) for
+    # the layers the profile shows far from both ceilings: ResNet-101's stage-1 layers
+    # (the first 14 convolutions: memory-bound 1x1 at 1.6 TB/s) and DenseNet-201's first
+    # 8x8 layers (3x3 128->32 at 29 TFLOP/s). DGATE_AUTOTUNE=0 keeps tuning's launches out,
+    # so the n-th convolution launched is the n-th of the pass (cost-model kernels).
+    NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -z "$NCU_BIN" ]; then
+      stamp "skipping ncu: not found"
+    else
+      for spec in "resnet101 0 14" "densenet201 39 4"; do
+        set -- $spec
+        lim=$(cap ${NCU_S:-60} 30)
+        if [ "$lim" = 0 ]; then stamp "skipping ncu $1: only $(left) s left"; continue; fi
+        stamp "ncu $1: convolutions $2.. ($3 of them), f16 batch 256 (limit $lim s)"
+        DGATE_AUTOTUNE=0 timeout $lim "$NCU_BIN" --clock-control none -k regex:conv_ --launch-skip $2 --launch-count $3 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
+          --section LaunchStats --csv --page details \
+          "$BIN" bench --random $1 --backend cuda --batch 256 --precision f16 --exits "" --warmup 0 --runs 1 \
+          > "$OUT/ncu-$1.csv" 2> "$OUT/ncu-$1.err"
+        echo "ncu exit status: $? ($(wc -l < "$OUT/ncu-$1.csv") lines)"
+        # The headline figures, one line per kernel launch.
+        grep -E '"(Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread)"' \
+          "$OUT/ncu-$1.csv" | awk -F'","' '{print $5 " | " $(NF-2) " = " $NF}' | sed 's/"$//' | head -120
+      done
+    fi
   fi
   if [ "${PDL:-1}" = 1 ]; then
     # Correctness on the deep networks first, then the batch sizes where launch gaps matter.
