@@ -155,7 +155,8 @@ pub const RESNET101_CONVS: &[ConvShape] = &[
     ("l4 1x1 in'", 2048, 512, 4, 1, 1),
 ];
 
-/// Every distinct ResNet-101 convolution alone (bias + ReLU epilogue, zero inputs),
+/// Every distinct ResNet-101 convolution alone (bias + ReLU epilogue, random inputs in
+/// [-1, 1): zeros can run faster than real data),
 /// per precision at `batch`, under the `auto` policy and the previous default kernel
 /// (conv_simt_f32, conv_mmaasync_f16) for comparison: the kernel (and k-splits) used,
 /// median time of `iters` launches, TFLOP/s.
@@ -226,6 +227,8 @@ pub fn layer_table_with(
                 );
                 let plan = single_op_plan(vec![buf(k, out_hw, out_hw), buf(c, hw, hw)], op);
                 be.op_test_prepare(&plan, batch)?;
+                let input: Vec<f32> = (0..batch * c * hw * hw).map(|_| rng.uniform()).collect();
+                be.op_test_write(&plan, 2, &input, batch)?;
                 let ms = be.op_test_time_stage(&plan, 0, batch, iters)?;
                 let kernel = be
                     .op_test_conv_kernel(&plan, 0, 0, batch)

@@ -1004,36 +1004,65 @@ impl Prepared {
                     continue;
                 }
                 let shape = Self::gemm_shape(c, live[level]);
-                // Every candidate, unsplit and with the k-splits worth measuring.
+                // Round 1: every candidate, unsplit and with the cost model's k-split.
                 let mut tries = Vec::new();
                 for (i, cand) in cands.iter().enumerate() {
                     tries.push((i, 1));
-                    if cand.split {
-                        for sp in split_tries(cand.tile, shape, dev.sms, self.ws_cap) {
-                            tries.push((i, sp));
-                        }
+                    let model = if cand.split {
+                        split_k(cand.tile, shape, dev.sms, self.ws_cap)
+                    } else {
+                        1
+                    };
+                    if model > 1 {
+                        tries.push((i, model));
                     }
                 }
-                if let Some(r) = reference {
-                    let bad = self.check_candidates(
+                let pos = (s, o, level, n);
+                let mut timed_tries = self.check_and_time(
+                    dev,
+                    plan,
+                    c,
+                    pos,
+                    live[level],
+                    (&cands, reference),
+                    &tries,
+                    &events,
+                )?;
+                // Round 2: more k-splits (split_tries) for the two fastest split-capable
+                // candidates of round 1, which keeps tuning's time bounded.
+                timed_tries.sort_by(|a, b| a.1.total_cmp(&b.1));
+                let mut leaders: Vec<usize> = Vec::new();
+                for &((i, _), _) in &timed_tries {
+                    if cands[i].split && !leaders.contains(&i) && leaders.len() < 2 {
+                        leaders.push(i);
+                    }
+                }
+                let more: Vec<(usize, usize)> = leaders
+                    .iter()
+                    .flat_map(|&i| {
+                        split_tries(cands[i].tile, shape, dev.sms, self.ws_cap)
+                            .into_iter()
+                            .map(move |sp| (i, sp))
+                    })
+                    .filter(|t| !tries.contains(t))
+                    .collect();
+                if !more.is_empty() {
+                    timed_tries.extend(self.check_and_time(
                         dev,
                         plan,
                         c,
-                        (s, o, level, n),
+                        pos,
                         live[level],
-                        (&cands, r),
-                        &tries,
-                    )?;
-                    tries.retain(|t| !bad.contains(t));
+                        (&cands, reference),
+                        &more,
+                        &events,
+                    )?);
                 }
-                let mut best = ((0, 1), f32::INFINITY);
-                for &(i, sp) in &tries {
-                    let ms =
-                        self.time_try(dev, plan, c, (s, o, level, n), Some((i, sp)), &events)?;
-                    if ms < best.1 {
-                        best = ((i, sp), ms);
-                    }
-                }
+                let best = timed_tries
+                    .iter()
+                    .copied()
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or(((0, 1), f32::INFINITY));
                 self.tuned.insert(key, best.0);
                 self.choices.insert((s, o, n), best.0);
                 timed += 1;
@@ -1112,6 +1141,35 @@ impl Prepared {
         end.record(stream).map_err(ev)?;
         end.synchronize().map_err(ev)?;
         Ok(start.elapsed_ms(end).map_err(ev)? / reps as f32)
+    }
+
+    /// Checks `tries` (candidate, k-splits) against the reference kernel where there is
+    /// one, then times those that agree: (try, milliseconds) each.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn check_and_time(
+        &mut self,
+        dev: &Device,
+        plan: &Plan,
+        c: &Conv,
+        pos: (usize, usize, usize, usize),
+        live: usize,
+        (cands, reference): (&[&'static ConvKernel], Option<usize>),
+        tries: &[(usize, usize)],
+        events: &Option<(
+            cudarc::driver::CudaEvent,
+            cudarc::driver::CudaEvent,
+            std::sync::Arc<cudarc::driver::CudaStream>,
+        )>,
+    ) -> Result<Vec<((usize, usize), f32)>> {
+        let mut tries = tries.to_vec();
+        if let Some(r) = reference {
+            let bad = self.check_candidates(dev, plan, c, pos, live, (cands, r), &tries)?;
+            tries.retain(|t| !bad.contains(t));
+        }
+        tries
+            .into_iter()
+            .map(|t| Ok((t, self.time_try(dev, plan, c, pos, Some(t), events)?)))
+            .collect()
     }
 
     /// Tuning's correctness check. Fills the convolution's input (and residual) views
