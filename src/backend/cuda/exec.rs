@@ -622,7 +622,8 @@ impl Prepared {
                     "gate_fused+compact".to_string(),
                     l,
                     2.0 * (l * plan.classes * gate.input.channels) as f64,
-                    // Pool the batch; gather the survivors out and copy them back.
+                    // Pool the batch; gather the survivors out and copy them back (an upper
+                    // bound: survivors that keep their slot are not moved).
                     ((l + 4 * kept) * hwc * eb) as f64,
                 )
             }
