@@ -518,6 +518,13 @@ mod kernel_choice {
         // DenseNet-201's 3x3 128->32 at 8x8, batch 256: 128 tiles of 128x32, 36 k-tiles.
         let dense = (256 * 64, 32, 9 * 128);
         assert_eq!(split_tries((128, 32, 32), dense, 132, ws), [2, 4, 8]);
+        // Its 1x1 layers at 8x8 (128 outputs, 1728 input channels) on 128x128 tiles, with
+        // the workspace Prepared allots on an H200 (2 x 132 of the largest tile).
+        let h200_ws = 2 * 132 * 128 * 256;
+        assert_eq!(
+            split_tries((128, 128, 32), (256 * 64, 128, 1728), 132, h200_ws),
+            [2, 4, 8]
+        );
         // On 64x32 tiles there are 256 blocks already: 8 parts would be 16 blocks an SM.
         assert_eq!(split_tries((64, 32, 32), dense, 132, ws), [2, 4]);
         // A wide layer at full batch fills many waves: no split.

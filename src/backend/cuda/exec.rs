@@ -737,13 +737,16 @@ impl Prepared {
             .max()
             .unwrap_or(0);
         let ints = capacity * 4;
-        // Split-K only runs when the output has at most sms/2 tiles (see split_k).
+        // The cost model splits an output of at most sms/2 tiles (split_k); tuning also
+        // tries splits of an output under 4 * sms tiles whose sums fit here (split_tries).
+        // 2 * sms of the largest tile holds DenseNet-201's 1x1 layers at 8x8 and 16x16 at
+        // batch 256 (16384 and 65536 x 128 outputs; 35 MB on an H200).
         let max_tile = CONV_KERNELS
             .iter()
             .map(|k| k.tile.0 * k.tile.1)
             .max()
             .unwrap_or(0);
-        let workspace_floats = (dev.sms / 2 + 1) * max_tile;
+        let workspace_floats = 2 * dev.sms.max(1) * max_tile;
         // As many output tiles as the workspace can hold sums for, at the smallest tile
         // (kernels undo a split with more tiles than tickets, see conv_k_range).
         let min_tile = CONV_KERNELS
