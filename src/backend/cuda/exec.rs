@@ -1032,24 +1032,23 @@ impl Prepared {
                     &tries,
                     &events,
                 )?;
-                // Round 2: more k-splits (split_tries) for the two fastest split-capable
-                // candidates of round 1, which keeps tuning's time bounded.
-                timed_tries.sort_by(|a, b| a.1.total_cmp(&b.1));
-                let mut leaders: Vec<usize> = Vec::new();
-                for &((i, _), _) in &timed_tries {
-                    if cands[i].split && !leaders.contains(&i) && leaders.len() < 2 {
-                        leaders.push(i);
-                    }
-                }
-                let more: Vec<(usize, usize)> = leaders
+                // Round 2: more k-splits (split_tries) for the fastest split-capable
+                // candidate of round 1 only, which keeps tuning's time bounded (DenseNet-201
+                // tunes about 100 shapes per batch size and exit pattern).
+                let leader = timed_tries
                     .iter()
-                    .flat_map(|&i| {
+                    .filter(|((i, _), _)| cands[*i].split)
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map(|((i, _), _)| *i);
+                let more: Vec<(usize, usize)> = leader
+                    .map(|i| {
                         split_tries(cands[i].tile, shape, dev.sms, self.ws_cap)
                             .into_iter()
-                            .map(move |sp| (i, sp))
+                            .map(|sp| (i, sp))
+                            .filter(|t| !tries.contains(t))
+                            .collect()
                     })
-                    .filter(|t| !tries.contains(t))
-                    .collect();
+                    .unwrap_or_default();
                 if !more.is_empty() {
                     timed_tries.extend(self.check_and_time(
                         dev,
