@@ -1,6 +1,6 @@
-//! `scripts/side_by_side.py`, the table a device call ends with, over the log of the H200
-//! call recorded in docs/device: it must reproduce the figures docs/performance.md took
-//! from that log by hand, and judge the targets as that file does. Needs python3; prints
+//! `scripts/side_by_side.py`, the table a device call ends with, over the logs of the H200
+//! calls recorded in docs/device: it must reproduce the figures docs/performance.md took
+//! from them, and judge the targets as that file does. Needs python3; prints
 //! `skipped: <reason>` without it.
 
 use std::path::Path;
@@ -51,6 +51,45 @@ fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+}
+
+/// The second H200 run of 2026-11-27, whose tables docs/performance.md shows: its call's
+/// log plus the second call's torch.compile at batch 1 and 64 give the recorded
+/// side-by-side file exactly, and the figures and verdicts the docs quote.
+#[test]
+fn the_second_h200_run_gives_the_recorded_table() {
+    let Some(out) = side_by_side(&[
+        "docs/device/device-run-h200-2026-11-27-run2.log",
+        "docs/device/compile-b1-b64-h200-2026-11-27-run2.log",
+    ]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        // ResNet-101 f16 at batch 256 against torch.compile; DenseNet-201 f16 at batch 64 ahead of it.
+        "| 256 | f16 | 9.925 |  | 9.599 |  | 4.796 | 2.07 (vs torch.compile) |",
+        "| 64 | f16 | 6.448 | 7.788 | 22.003 |  | 7.509 | 0.86 (vs torch.compile) |",
+        "| ResNet-101 | f16 | 256 | 50%/30% | 9.925 | 6.137 | 1.62x | 3.23x | 9.377 | 9.599 |",
+        "| DenseNet-201 f16 batch 64: at most torch.compile's time | yes | 6.448 ms | 7.509 ms |",
+        "| ResNet-101 f16 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 1.62x | 2.91x needed |",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // The recorded file is this output after its comment (how it was made).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let recorded =
+        std::fs::read_to_string(root.join("docs/device/side-by-side-h200-2026-11-27-run2.md"))
+            .expect("recorded side-by-side table");
+    let body = recorded
+        .split_once("-->\n\n")
+        .map(|(_, b)| b)
+        .expect("the recorded table starts with a comment saying how it was made");
+    assert_eq!(body, text);
 }
 
 #[test]
