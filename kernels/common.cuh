@@ -181,6 +181,41 @@ template <typename T> __device__ __forceinline__ T from_f32(float x);
 template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 
+// VEC channels from `src` as floats, and back: one 16-byte access when VEC * sizeof(T) ==
+// 16 (the caller keeps it aligned), else VEC element accesses. Gates, pooling.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* src, float* v) {
+    if (VEC * sizeof(T) == 16) {
+#ifdef DGATE_HOST_EMU
+        emu_check_align(src, 16);
+#endif
+        const uint4 u = *(const uint4*)src;
+        const T* t = (const T*)&u;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = to_f32(t[j]);
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) v[j] = to_f32(src[j]);
+    }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* dst, const float* v) {
+    if (VEC * sizeof(T) == 16) {
+#ifdef DGATE_HOST_EMU
+        emu_check_align(dst, 16);
+#endif
+        uint4 u;
+        T* t = (T*)&u;
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) t[j] = from_f32<T>(v[j]);
+        *(uint4*)dst = u;
+    } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) dst[j] = from_f32<T>(v[j]);
+    }
+}
+
 // DenseNet's BN-ReLU before a consumer; a no-op when `scale` is null.
 __device__ __forceinline__ float pre_act(float v, const float* scale, const float* shift, int relu, int c) {
     if (scale != nullptr) {

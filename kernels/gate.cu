@@ -21,44 +21,6 @@
 
 #define GAP_THREADS 512
 
-// Loads `vec` channels (1, 4 f32 or 8 f16) starting at `src` as floats.
-template <typename T>
-__device__ __forceinline__ void load_unit(const T* src, int vec, float* v);
-
-template <>
-__device__ __forceinline__ void load_unit<float>(const float* src, int vec, float* v) {
-    if (vec == 4) {
-#ifdef DGATE_HOST_EMU
-        emu_check_align(src, 16);
-#endif
-        const uint4 u = *(const uint4*)src;
-        v[0] = __uint_as_float(u.x);
-        v[1] = __uint_as_float(u.y);
-        v[2] = __uint_as_float(u.z);
-        v[3] = __uint_as_float(u.w);
-    } else {
-        v[0] = src[0];
-    }
-}
-
-template <>
-__device__ __forceinline__ void load_unit<__half>(const __half* src, int vec, float* v) {
-    if (vec == 8) {
-#ifdef DGATE_HOST_EMU
-        emu_check_align(src, 16);
-#endif
-        const uint4 u = *(const uint4*)src;
-        const unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            v[2 * i] = __half2float(__ushort_as_half((unsigned short)(w[i] & 0xffffu)));
-            v[2 * i + 1] = __half2float(__ushort_as_half((unsigned short)(w[i] >> 16)));
-        }
-    } else {
-        v[0] = __half2float(src[0]);
-    }
-}
-
 // Thread (u, g)'s part of the pool: channel unit u (VEC channels) summed over pixels
 // g, g + groups, ... into part[g][c]. Four pixels' loads are issued before their sums
 // (in the same order as one at a time, so the result is the same to the bit), so that
@@ -81,7 +43,7 @@ __device__ __forceinline__ void pool_units(const GapLinearParams& p, float* part
         for (; i + 3 * p.groups < p.HW; i += 4 * p.groups) {
             float v[4][VEC];
 #pragma unroll
-            for (int q = 0; q < 4; ++q) load_unit<T>(src + q * step, VEC, v[q]);
+            for (int q = 0; q < 4; ++q) load_vec<T, VEC>(src + q * step, v[q]);
             src += 4 * step;
 #pragma unroll
             for (int q = 0; q < 4; ++q)
@@ -91,7 +53,7 @@ __device__ __forceinline__ void pool_units(const GapLinearParams& p, float* part
         }
         for (; i < p.HW; i += p.groups) {
             float v[VEC];
-            load_unit<T>(src, VEC, v);
+            load_vec<T, VEC>(src, v);
             src += step;
 #pragma unroll
             for (int j = 0; j < VEC; ++j) acc[j] += pre_act(v[j], p.pre_scale, p.pre_shift, p.pre_relu, c0 + j);

@@ -36,40 +36,6 @@ __device__ __forceinline__ void shortcut_a(const ShortcutParams& p) {
     }
 }
 
-// VEC channels from `src` as floats (one 16-byte load when VEC * sizeof(T) == 16).
-template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* src, float* v) {
-    if (VEC * sizeof(T) == 16) {
-#ifdef DGATE_HOST_EMU
-        emu_check_align(src, 16);
-#endif
-        const uint4 u = *(const uint4*)src;
-        const T* t = (const T*)&u;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = to_f32(t[j]);
-    } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) v[j] = to_f32(src[j]);
-    }
-}
-
-template <typename T, int VEC>
-__device__ __forceinline__ void store_vec(T* dst, const float* v) {
-    if (VEC * sizeof(T) == 16) {
-#ifdef DGATE_HOST_EMU
-        emu_check_align(dst, 16);
-#endif
-        uint4 u;
-        T* t = (T*)&u;
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) t[j] = from_f32<T>(v[j]);
-        *(uint4*)dst = u;
-    } else {
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) dst[j] = from_f32<T>(v[j]);
-    }
-}
-
 template <typename T, int VEC>
 __device__ __forceinline__ void avgpool2_units(const PoolParams& p) {
     const int pq = p.P * p.Q;

@@ -22,35 +22,43 @@ fn side_by_side(args: &[&str]) -> Option<std::process::Output> {
     }
 }
 
-#[test]
-fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
-    let Some(out) = side_by_side(&["docs/device/device-run-h200-2026-11-27.log"]) else {
-        return;
-    };
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The script's table over `logs`, which must succeed and contain every line of `wants`;
+/// `None` where python3 cannot run (the test is then skipped).
+fn table_with(logs: &[&str], wants: &[&str]) -> Option<String> {
+    let out = side_by_side(logs)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for want in [
-        "Card: NVIDIA H200.",
-        // ResNet-101 f16 at batch 256 against torch.compile; f32 against eager.
-        "| 256 | f16 | 10.088 | 8.712 |  | 4.760 | 2.12 (vs torch.compile) |",
-        "| 256 | f32 | 92.663 | 47.732 |  |  | 1.94 (vs PyTorch eager) |",
-        "| 1 | f16 | 1.178 | 14.080 | 1.720 |  | 0.68 (vs PyTorch CUDA graph) |",
-        // Early exit at batch 256: speed-up and FLOP ideal.
-        "| ResNet-101 | f16 | 256 | 50%/30% | 10.088 | 7.305 | 1.38x | 3.23x | 11.086 | 8.712 |",
-        "| DenseNet-201 | f32 | 256 | 50%/30% | 70.696 | 47.597 | 1.49x | 2.09x | 36.361 | 45.427 |",
-        // Verdicts.
-        "| ResNet-101 f32 batch 1: at most PyTorch eager f32's time | yes | 2.113 ms | 7.831 ms |",
-        "| ResNet-101 f16 batch 256: at most torch.compile's time | no | 10.088 ms | 4.760 ms |",
-        "| ResNet-101 f16 batch 1: at most torch.compile's time | not measured | 1.178 ms | |",
-        "| ResNet-101 f32 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 2.51x | 2.91x needed |",
-        "PyTorch logit check against dgate-rt (resnet101): max |diff| 1.43e-05, ok",
-    ] {
+    for want in wants {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
+    Some(text)
+}
+
+#[test]
+fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
+    table_with(
+        &["docs/device/device-run-h200-2026-11-27.log"],
+        &[
+            "Card: NVIDIA H200.",
+            // ResNet-101 f16 at batch 256 against torch.compile; f32 against eager.
+            "| 256 | f16 | 10.088 | 8.712 |  | 4.760 | 2.12 (vs torch.compile) |",
+            "| 256 | f32 | 92.663 | 47.732 |  |  | 1.94 (vs PyTorch eager) |",
+            "| 1 | f16 | 1.178 | 14.080 | 1.720 |  | 0.68 (vs PyTorch CUDA graph) |",
+            // Early exit at batch 256: speed-up and FLOP ideal.
+            "| ResNet-101 | f16 | 256 | 50%/30% | 10.088 | 7.305 | 1.38x | 3.23x | 11.086 | 8.712 |",
+            "| DenseNet-201 | f32 | 256 | 50%/30% | 70.696 | 47.597 | 1.49x | 2.09x | 36.361 | 45.427 |",
+            // Verdicts.
+            "| ResNet-101 f32 batch 1: at most PyTorch eager f32's time | yes | 2.113 ms | 7.831 ms |",
+            "| ResNet-101 f16 batch 256: at most torch.compile's time | no | 10.088 ms | 4.760 ms |",
+            "| ResNet-101 f16 batch 1: at most torch.compile's time | not measured | 1.178 ms | |",
+            "| ResNet-101 f32 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 2.51x | 2.91x needed |",
+            "PyTorch logit check against dgate-rt (resnet101): max |diff| 1.43e-05, ok",
+        ],
+    );
 }
 
 /// The second H200 run of 2026-11-27, whose tables docs/performance.md shows: its call's
@@ -58,28 +66,22 @@ fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
 /// side-by-side file exactly, and the figures and verdicts the docs quote.
 #[test]
 fn the_second_h200_run_gives_the_recorded_table() {
-    let Some(out) = side_by_side(&[
-        "docs/device/device-run-h200-2026-11-27-run2.log",
-        "docs/device/compile-b1-b64-h200-2026-11-27-run2.log",
-    ]) else {
+    let Some(text) = table_with(
+        &[
+            "docs/device/device-run-h200-2026-11-27-run2.log",
+            "docs/device/compile-b1-b64-h200-2026-11-27-run2.log",
+        ],
+        &[
+            // ResNet-101 f16 at batch 256 against torch.compile; DenseNet-201 f16 at batch 64 ahead of it.
+            "| 256 | f16 | 9.925 |  | 9.599 |  | 4.796 | 2.07 (vs torch.compile) |",
+            "| 64 | f16 | 6.448 | 7.788 | 22.003 |  | 7.509 | 0.86 (vs torch.compile) |",
+            "| ResNet-101 | f16 | 256 | 50%/30% | 9.925 | 6.137 | 1.62x | 3.23x | 9.377 | 9.599 |",
+            "| DenseNet-201 f16 batch 64: at most torch.compile's time | yes | 6.448 ms | 7.509 ms |",
+            "| ResNet-101 f16 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 1.62x | 2.91x needed |",
+        ],
+    ) else {
         return;
     };
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for want in [
-        // ResNet-101 f16 at batch 256 against torch.compile; DenseNet-201 f16 at batch 64 ahead of it.
-        "| 256 | f16 | 9.925 |  | 9.599 |  | 4.796 | 2.07 (vs torch.compile) |",
-        "| 64 | f16 | 6.448 | 7.788 | 22.003 |  | 7.509 | 0.86 (vs torch.compile) |",
-        "| ResNet-101 | f16 | 256 | 50%/30% | 9.925 | 6.137 | 1.62x | 3.23x | 9.377 | 9.599 |",
-        "| DenseNet-201 f16 batch 64: at most torch.compile's time | yes | 6.448 ms | 7.509 ms |",
-        "| ResNet-101 f16 early exit at batch 256: at least 90% of the FLOP ideal (2.91x) | no | 1.62x | 2.91x needed |",
-    ] {
-        assert!(text.contains(want), "missing {want:?} in:\n{text}");
-    }
     // The recorded file is this output after its comment (how it was made).
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let recorded =

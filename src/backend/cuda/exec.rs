@@ -477,7 +477,7 @@ fn blocks(total: usize, per: usize) -> u32 {
     total.div_ceil(per).min(u32::MAX as usize) as u32
 }
 
-/// Channels a gate or compaction thread loads at once (`vec` of their parameters):
+/// Channels a gate, compaction or pooling thread loads at once (`vec` of their parameters):
 /// 16 bytes' worth where a view `channels` wide at `offset` in a buffer `stride` channels
 /// wide keeps every pixel's 16-byte units aligned, else 1.
 fn vec_channels(elem_bytes: usize, stride: usize, offset: usize, channels: usize) -> usize {
@@ -1540,33 +1540,32 @@ impl Prepared {
                 ) => {
                     let (ps, pb, pr) = pre_ptrs(pre);
                     let (oh, ow) = (in_h / 2, in_w / 2);
+                    let (in_stride, out_stride) = (
+                        plan.buffers[input.buf].channels,
+                        plan.buffers[output.buf].channels,
+                    );
+                    // 16-byte units only where both views keep them aligned.
+                    let eb = dev.elem_bytes();
+                    let vec = vec_channels(eb, in_stride, input.offset, input.channels)
+                        .min(vec_channels(eb, out_stride, output.offset, input.channels));
                     let p = PoolParams {
                         input: self.view_ptr(input),
                         out: self.view_ptr(output),
                         pre_scale: ps,
                         pre_shift: pb,
                         count,
-                        in_stride: plan.buffers[input.buf].channels as i32,
+                        in_stride: in_stride as i32,
                         in_off: input.offset as i32,
                         c: input.channels as i32,
-                        out_stride: plan.buffers[output.buf].channels as i32,
+                        out_stride: out_stride as i32,
                         out_off: output.offset as i32,
                         h: *in_h as i32,
                         w: *in_w as i32,
                         p: oh as i32,
                         q: ow as i32,
                         pre_relu: pr,
-                        vec: 1,
-                        pad0: 0,
-                    };
-                    let eb = dev.elem_bytes();
-                    let vec =
-                        vec_channels(eb, p.in_stride as usize, input.offset, input.channels).min(
-                            vec_channels(eb, p.out_stride as usize, output.offset, input.channels),
-                        );
-                    let p = PoolParams {
                         vec: vec as i32,
-                        ..p
+                        pad0: 0,
                     };
                     dev.launch(
                         &format!("avgpool2_pre_{dt}"),
