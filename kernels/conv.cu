@@ -844,8 +844,10 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 #define TC_BK 32
 #define TC_LDS (TC_BK + 8)
 #define TC_STAGES 4
+// The ring of the wgmma tiles with 64-wide k-tiles (conv_wg*k64): two in flight.
+#define TC_WG64_STAGES 4
 #ifdef DGATE_TC_STAGES
-static_assert(DGATE_TC_STAGES == TC_STAGES && DGATE_TC_LDS == TC_LDS,
+static_assert(DGATE_TC_STAGES == TC_STAGES && DGATE_TC_LDS == TC_LDS && DGATE_TC_WG64_STAGES == TC_WG64_STAGES,
               "the host sizes conv_tc's shared memory from different constants (exec.rs)");
 #endif
 
@@ -861,6 +863,31 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned* r, const unsigned short* s
 #endif
 }
 
+// The B fragments of NT n8 columns (output channels) for one k16 step, from shared rows
+// of LDS halves, one row per output channel and the step's 16 reduction columns from
+// `B`: one ldmatrix.x4 per pair of fragments.
+template <int NT, int LDS>
+__device__ __forceinline__ void ldmatrix_b(unsigned (*b)[2], const unsigned short* B, int lane) {
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+        unsigned r[4];
+        ldmatrix_x4(r, B + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + ((lane >> 3) & 1) * 8);
+        b[2 * np][0] = r[0];
+        b[2 * np][1] = r[1];
+        b[2 * np + 1][0] = r[2];
+        b[2 * np + 1][1] = r[3];
+    }
+}
+
+// acc += a x b over a warp's MT x NT m16n8k16 tiles.
+template <int MT, int NT>
+__device__ __forceinline__ void mma_tiles(float (*acc)[NT][4], const unsigned (*a)[4], const unsigned (*b)[2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+}
+
 // A thread's place in the reduction: column kd and its (c, r, s), c = -1 past Kd.
 struct TcCursor {
     int kd, c, r, s;
@@ -871,14 +898,15 @@ __device__ __forceinline__ TcCursor tc_cursor(const ConvParams& p, int kd, int K
     conv_k_info(p, kd, Kd, &k.c, &k.r, &k.s);
     return k;
 }
-// The next k-tile's column: TC_BK further, carried into s and r without a division.
+// The next k-tile's column: BK further, carried into s and r without a division.
+template <int BK>
 __device__ __forceinline__ void tc_step(const ConvParams& p, TcCursor* k, int Kd) {
-    k->kd += TC_BK;
+    k->kd += BK;
     if (k->kd >= Kd) {
         k->c = -1;
         return;
     }
-    k->c += TC_BK;
+    k->c += BK;
     while (k->c >= p.C) {
         k->c -= p.C;
         if (++k->s == p.R) {
@@ -1027,22 +1055,26 @@ __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* s
     }
 }
 
-template <int BM, int BN, int WM, int WN, bool WG>
+template <int BM, int BN, int WM, int WN, bool WG, int BK>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM;
     constexpr int WTN = BN / WN;
     constexpr int MT = WTM / 16;
     constexpr int NT = WTN / 8;
-    constexpr int ROWS_PER_PASS = THREADS / 4;  // 4 chunks of 8 halves per 32-wide row
+    constexpr int CHUNKS = BK / 8;  // 16-byte chunks per operand row and k-tile
+    constexpr int ROWS_PER_PASS = THREADS / CHUNKS;
     constexpr int A_ITERS = BM / ROWS_PER_PASS;
     constexpr int B_ITERS = BN / ROWS_PER_PASS;
-    constexpr int ROW = WG ? TC_BK : TC_LDS;   // halves per operand row in a stage
-    constexpr int STAGE = (BM + BN) * ROW;      // halves
+    constexpr int ROW = WG ? BK : TC_LDS;   // halves per operand row in a stage
+    constexpr int STAGE = (BM + BN) * ROW;  // halves
     // Tiles in flight ahead of the one multiplied (PF), and the ring: one slot more for
     // wgmma, whose reads of tile kt may still run during iteration kt + 1 (see below).
-    constexpr int PF = TC_STAGES - 1;
-    constexpr int STAGES = WG ? TC_STAGES + 1 : TC_STAGES;
+    // The 64-wide k-tiles (wgmma only) keep two in flight, more of the reduction ahead
+    // than three of 32, in a ring that still fits 128x256 (TC_WG64_STAGES).
+    constexpr int PF = BK > TC_BK ? TC_WG64_STAGES - 2 : TC_STAGES - 1;
+    constexpr int STAGES = WG ? PF + 2 : PF + 1;
+    static_assert(BK == TC_BK || (WG && BK == 2 * TC_BK), "k-tiles of 32, or of 64 for wgmma");
     static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
     static_assert(!WG || (WN == 1 && WM % 4 == 0 && WTM == 16 && (BN == 64 || BN == 128 || BN == 256)),
                   "wgmma: warpgroups stacked in m, each 64 x BN");
@@ -1055,7 +1087,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     const int M = *p.count * p.P * p.Q;
     const int n0 = blockIdx.y * BN;
     const int Kd = p.R * p.R * p.C;
-    const int ktiles = (Kd + TC_BK - 1) / TC_BK;
+    const int ktiles = (Kd + BK - 1) / BK;
     const int tiles = (M + BM - 1) / BM * (int)gridDim.y;
     const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
     int kt0, kt1, parts;
@@ -1077,15 +1109,15 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     __syncthreads();
 
     // This thread's chunks: column kc of rows r0 + i * ROWS_PER_PASS, in A and in B.
-    // Each k-tile's (c, r, s) comes from a cursor stepped by TC_BK (no division in the
+    // Each k-tile's (c, r, s) comes from a cursor stepped by BK (no division in the
     // loop); the rows' pixels from the table above (registers would cost occupancy).
-    const int kc = tid % 4;
-    const int r0 = tid / 4;
+    const int kc = tid % CHUNKS;
+    const int r0 = tid / CHUNKS;
     // Whether tap (r, s) of A row `row` lies in the image (rows past M never do).
     auto a_in = [&](int row, int r, int s) {
         return rbase[row] >= 0 && (unsigned)(ry0[row] + r) < (unsigned)p.H && (unsigned)(rx0[row] + s) < (unsigned)p.W;
     };
-    TcCursor at_issue = tc_cursor(p, kt0 * TC_BK + kc * 8, Kd);
+    TcCursor at_issue = tc_cursor(p, kt0 * BK + kc * 8, Kd);
     TcCursor at_pre = at_issue;
 
     auto issue = [&](int kt, int slot) {
@@ -1107,7 +1139,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
                 const bool ok = oc < p.K && k.c >= 0;
                 cp_async16(&Bs[tc_off<WG>(BN, row, kc)], ok ? w + (size_t)oc * p.ldw + k.kd : w, ok);
             }
-            tc_step(p, &at_issue, Kd);
+            tc_step<BK>(p, &at_issue, Kd);
         }
         cp_async_commit();  // an empty group past the end keeps the wait counts uniform
     };
@@ -1117,7 +1149,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     auto pre_activate = [&](int slot) {
         unsigned short* As = smem + slot * STAGE;
         const TcCursor k = at_pre;
-        tc_step(p, &at_pre, Kd);
+        tc_step<BK>(p, &at_pre, Kd);
         if (k.c < 0) return;
         const int c = k.c;
 #pragma unroll
@@ -1165,7 +1197,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
             static_assert(PF + 2 == STAGES, "wgmma ring: slot reuse two tiles back");
             wgmma_fence();
 #pragma unroll
-            for (int kk = 0; kk < TC_BK / 16; ++kk)
+            for (int kk = 0; kk < BK / 16; ++kk)
                 wgmma_f16<BN>(&acc[0][0][0], wg_desc(A + tc_off<true>(BM, (warp / 4) * 64, 2 * kk), BM * 16, 128),
                               wg_desc(B + tc_off<true>(BN, 0, 2 * kk), BN * 16, 128));
             wgmma_commit();
@@ -1180,6 +1212,8 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
                     ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+                // (ldmatrix_b's addressing, written out: through the helper, ptxas spills
+                // 16 bytes of the 128x128 tile on sm_90.)
 #pragma unroll
                 for (int np = 0; np < NT / 2; ++np) {
                     unsigned r[4];
@@ -1190,10 +1224,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
                     b[2 * np + 1][0] = r[2];
                     b[2 * np + 1][1] = r[3];
                 }
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+                mma_tiles<MT, NT>(acc, a, b);
             }
         }
     }
@@ -1219,11 +1250,177 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
 // the samples it expects live (after a gate: what recent passes left), so a smaller
 // survivor count launches no idle blocks, and a larger one is still covered.
-template <int BM, int BN, int WM, int WN, bool WG = false>
+template <int BM, int BN, int WM, int WN, bool WG = false, int BK = TC_BK>
 __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     const int M = *p.count * p.P * p.Q;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
-        conv_tc_tile<BM, BN, WM, WN, WG>(p, m0);
+        conv_tc_tile<BM, BN, WM, WN, WG, BK>(p, m0);
+        __syncthreads();  // the next tile reuses the shared memory
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// conv_halo<BM>_f16: 3x3 convolutions of stride 1 and padding 1 whose C and K are
+// multiples of 32, as DenseNet's 128 -> 32 layers. The implicit GEMM of conv_tc reads
+// each input pixel nine times (once per tap) through L2 for 32 output channels: the
+// H200 run of 2026-11-27 had those layers at 11-90 TFLOP/s, 4.9 of DenseNet-201's 12.2
+// ms at batch 256. Here a block's BM output pixels (whole rows of one image, or whole
+// images where a map is smaller than BM) take their input patch, the rows one above
+// and one below and a column either side, 32 channels at a time, into shared memory
+// once, with the padding zero-filled by the copy; the nine taps then read it there.
+// ldmatrix takes any eight row addresses, so a tap is an offset into the patch. The
+// weights of the 32 channels for all nine taps and 32 output channels come with it: a
+// stage is one 32-channel chunk, two stages in a ring. 128 threads, 4 warps stacked in
+// m, each (BM / 4) x 32 outputs; blockIdx.y picks the 32 output channels. No split-K.
+// The patch of every layer the host gives it fits HALO_MAXP pixels (convsel.rs checks).
+#define HALO_LDS 40  // halves per shared row: 32 channels + 8, conflict-free ldmatrix rows
+template <int BM>
+__device__ __forceinline__ constexpr int halo_maxp() {
+    return BM == 128 ? 288 : 160;
+}
+#ifdef DGATE_HALO_MAXP128
+static_assert(DGATE_HALO_MAXP128 == halo_maxp<128>() && DGATE_HALO_MAXP64 == halo_maxp<64>(),
+              "the host checks conv_halo's patches against different sizes (convsel.rs)");
+#endif
+
+template <int BM>
+__device__ __forceinline__ void conv_halo_tile(const ConvParams& p, int m0, int M) {
+    constexpr int THREADS = 128;
+    constexpr int MAXP = halo_maxp<BM>();
+    constexpr int MT = BM / 64;  // m16 tiles per warp
+    constexpr int NT = 4;        // 32 output channels
+    constexpr int W_ROWS = 9 * 32;
+    constexpr int STAGE = (MAXP + W_ROWS) * HALO_LDS;  // halves
+    constexpr int P_ITERS = (MAXP * 4 + THREADS - 1) / THREADS;
+    constexpr int W_ITERS = W_ROWS * 4 / THREADS;
+    static_assert(W_ITERS * THREADS == W_ROWS * 4, "weight chunks per thread");
+    DGATE_DYNAMIC_SHARED(uint4, halo_smem);
+    unsigned short* smem = reinterpret_cast<unsigned short*>(halo_smem);
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int n0 = blockIdx.y * 32;
+    const int HW = p.H * p.W;
+    // The block's pixels m0 .. m0 + BM - 1: IMGS images of ROWS rows from row y0.
+    const int imgs = BM > HW ? BM / HW : 1;
+    const int rows = BM > HW ? p.H : BM / p.W;
+    const int PW = p.W + 2;
+    const int PI = (rows + 2) * PW;  // patch pixels per image
+    const int np = imgs * PI;
+    const int img0 = m0 / HW;
+    const int y0 = (m0 - img0 * HW) / p.W;
+    const int count = *p.count;
+
+    // This thread's patch chunks (16 bytes: 8 channels of a pixel), the same for every
+    // 32-channel chunk of the reduction but its channel offset: the input pixel, or -1
+    // for padding and samples past the count (zero-filled).
+    int src[P_ITERS];
+#pragma unroll
+    for (int i = 0; i < P_ITERS; ++i) {
+        const int e = tid + i * THREADS;
+        const int pix = e / 4;
+        src[i] = -1;
+        if (pix < np) {
+            const int im = pix / PI;
+            const int rem = pix - im * PI;
+            const int py = rem / PW;
+            const int y = y0 + py - 1;
+            const int x = rem - py * PW - 1;
+            const int n = img0 + im;
+            if (n < count && (unsigned)y < (unsigned)p.H && (unsigned)x < (unsigned)p.W) src[i] = (n * p.H + y) * p.W + x;
+        }
+    }
+    // Patch row of this lane's ldmatrix row in each m16 tile, for tap (0, 0).
+    int prow[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const int lm = warp * (BM / 4) + mt * 16 + (lane & 15);
+        const int im = lm / (rows * p.W);
+        const int rem = lm - im * rows * p.W;
+        const int ly = rem / p.W;
+        prow[mt] = im * PI + ly * PW + (rem - ly * p.W);
+    }
+
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+    auto issue = [&](int cc, int slot) {
+        unsigned short* Ps = smem + slot * STAGE;
+        unsigned short* Ws = Ps + MAXP * HALO_LDS;
+        const int c0 = cc * 32;
+#pragma unroll
+        for (int i = 0; i < P_ITERS; ++i) {
+            const int e = tid + i * THREADS;
+            if (e >= np * 4) break;
+            const bool ok = src[i] >= 0;
+            unsigned short* dst = &Ps[(e / 4) * HALO_LDS + (e % 4) * 8];
+#ifdef DGATE_HOST_EMU
+            emu_check_dynamic_smem(dst, 16);
+#endif
+            cp_async16(dst, ok ? in + (size_t)src[i] * p.in_stride + p.in_off + c0 + (e % 4) * 8 : in, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < W_ITERS; ++i) {
+            const int e = tid + i * THREADS;
+            const int row = e / 4;  // tap * 32 + output channel
+            const int tap = row / 32;
+            const int oc = n0 + row % 32;
+            unsigned short* dst = &Ws[row * HALO_LDS + (e % 4) * 8];
+#ifdef DGATE_HOST_EMU
+            emu_check_dynamic_smem(dst, 16);
+#endif
+            cp_async16(dst, w + (size_t)oc * p.ldw + tap * p.C + c0 + (e % 4) * 8, true);
+        }
+        cp_async_commit();
+    };
+
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    const int chunks = p.C / 32;
+    issue(0, 0);
+    for (int cc = 0; cc < chunks; ++cc) {
+        if (cc + 1 < chunks) {
+            issue(cc + 1, (cc + 1) % 2);
+        } else {
+            cp_async_commit();  // an empty group keeps the wait count uniform
+        }
+        cp_async_wait<1>();  // chunk cc has landed (this thread's copies)
+        __syncthreads();     // everyone's
+        const unsigned short* Ps = smem + (cc % 2) * STAGE;
+        const unsigned short* Ws = Ps + MAXP * HALO_LDS;
+#pragma unroll
+        for (int tap = 0; tap < 9; ++tap) {
+            const int toff = (tap / 3) * PW + tap % 3;
+            const unsigned short* B = Ws + tap * 32 * HALO_LDS;
+#pragma unroll
+            for (int kk = 0; kk < 32; kk += 16) {
+                unsigned a[MT][4], b[NT][2];
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+                    ldmatrix_x4(a[mt], Ps + (prow[mt] + toff) * HALO_LDS + kk + (lane >> 4) * 8);
+                ldmatrix_b<NT, HALO_LDS>(b, B + kk, lane);
+                mma_tiles<MT, NT>(acc, a, b);
+            }
+        }
+        __syncthreads();  // the slot is free for chunk cc + 2
+    }
+    cp_async_wait<0>();
+    mma_epilogue<MT, NT>(p, acc, m0 + warp * (BM / 4), n0, M, g, t, false);
+}
+
+template <int BM>
+__device__ __forceinline__ void conv_halo(const ConvParams& p) {
+    const int M = *p.count * p.P * p.Q;
+    for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+        conv_halo_tile<BM>(p, m0, M);
         __syncthreads();  // the next tile reuses the shared memory
     }
 }
@@ -1498,6 +1695,9 @@ DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }
 DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
+// 3x3 layers from a shared input patch (see conv_halo). Not yet run on a GPU.
+DGATE_KERNEL(conv_halo128_f16, ConvParams, 128) { conv_halo<128>(p); }
+DGATE_KERNEL(conv_halo64_f16, ConvParams, 128) { conv_halo<64>(p); }
 // conv_tc's pipeline with Hopper wgmma in place of mma.sync (sm_90a; see above): one
 // warpgroup per 64 tile rows. 128-row tiles: two blocks per SM (2 x 82 KB of shared memory).
 #ifdef DGATE_HAS_WGMMA
@@ -1508,6 +1708,14 @@ DGATE_KERNEL_OCC(conv_wg128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 8, 
 DGATE_KERNEL_OCC(conv_wg128x64_f16, ConvParams, 256, 2) { conv_tc<128, 64, 8, 1, true>(p); }
 DGATE_KERNEL(conv_wg64x128_f16, ConvParams, 128) { conv_tc<64, 128, 4, 1, true>(p); }
 DGATE_KERNEL(conv_wg64x64_f16, ConvParams, 128) { conv_tc<64, 64, 4, 1, true>(p); }
+// 64-wide k-tiles: four wgmma instructions per warpgroup between barriers where the
+// 32-wide take two, so the per-tile work (barrier, copies, cursor) is half as much per
+// MMA. A 4-deep ring of 24-48 KB stages: one block per SM at 128x128 and 128x256, two
+// at 128x64. For the large layers at full batch, where the 32-wide wgmma tiles lost to
+// mma.sync on the H200. Not yet run on a GPU.
+DGATE_KERNEL(conv_wg128x256k64_f16, ConvParams, 256) { conv_tc<128, 256, 8, 1, true, 64>(p); }
+DGATE_KERNEL(conv_wg128x128k64_f16, ConvParams, 256) { conv_tc<128, 128, 8, 1, true, 64>(p); }
+DGATE_KERNEL_OCC(conv_wg128x64k64_f16, ConvParams, 256, 2) { conv_tc<128, 64, 8, 1, true, 64>(p); }
 #endif
 // Two blocks per SM on sm_90 (128 registers, no spills there); sm_80 would spill.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -110,14 +110,18 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     # tuning timed each layer alone. The 2026-11-27 second run was slower there than the
     # first, with the per-layer table faster.
     # `untuned`: auto's kernels chosen by the cost model (DGATE_AUTOTUNE=0), which tells
-    # whether tuning's layer-by-layer timing is what picks the slower kernels.
+    # whether tuning's layer-by-layer timing is what picks the slower kernels (the bench
+    # phase's DGATE_DEBUG lines also give tuning's own whole-pass check).
+    # `carveout`: auto, tuned, with every kernel asking for the same shared-memory share
+    # of L1 (DGATE_CARVEOUT=max), against SMs draining where consecutive kernels differ.
     for arch in resnet101 densenet201; do
-      for pol in conv_mmaasync_f16 conv_tc_f16 untuned; do
+      for pol in conv_mmaasync_f16 conv_tc_f16 untuned carveout; do
         lim=$(cap ${POLICY_S:-30} 20)
         if [ "$lim" = 0 ]; then stamp "skipping policy $pol bench $arch: only $(left) s left"; continue; fi
         stamp "policy $pol: dgate-rt bench $arch (limit $lim s)"
-        if [ "$pol" = untuned ]; then conv=auto; tune=0; else conv=$pol; tune=1; fi
-        DGATE_CONV=$conv DGATE_AUTOTUNE=$tune timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 \
+        conv=$pol; tune=1; carve=
+        case $pol in untuned) conv=auto; tune=0;; carveout) conv=auto; carve=max;; esac
+        DGATE_CONV=$conv DGATE_AUTOTUNE=$tune DGATE_CARVEOUT=$carve DGATE_DEBUG=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 \
           --precision f16 --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/policy-$pol-$arch.md"
       done
     done

@@ -20,6 +20,9 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         "conv_wg128x64_f16",
         "conv_wg64x128_f16",
         "conv_wg64x64_f16",
+        "conv_wg128x256k64_f16",
+        "conv_wg128x128k64_f16",
+        "conv_wg128x64k64_f16",
     ];
     let has = |bin: &[u8], sym: &str| bin.windows(sym.len()).any(|w| w == sym.as_bytes());
     for arch in ["sm_80", "sm_90", "sm_90a"] {

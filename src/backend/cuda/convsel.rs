@@ -9,6 +9,42 @@ use crate::plan::{Conv, Plan, View};
 /// to NVRTC and checked against conv.cu's own.
 pub(crate) const TC_LDS: usize = 40;
 pub(crate) const TC_STAGES: usize = 4;
+/// The ring depth of the wgmma tiles with 64-wide k-tiles (`conv_wg*k64`).
+pub(crate) const TC_WG64_STAGES: usize = 4;
+/// Input patch pixels conv_halo's 128- and 64-pixel blocks hold (checked against conv.cu).
+pub(crate) const HALO_MAXP128: usize = 288;
+pub(crate) const HALO_MAXP64: usize = 160;
+
+fn halo_max_patch(bm: usize) -> usize {
+    if bm == 128 {
+        HALO_MAXP128
+    } else {
+        HALO_MAXP64
+    }
+}
+
+/// Whether conv_halo's blocks of `bm` output pixels tile an `h x w` map: whole rows of
+/// one image (`bm` a multiple of `w` dividing `h * w`) or whole images (`h * w` dividing
+/// `bm`), with the input patch (one more row above and below, a column either side)
+/// within the block's shared memory.
+pub(crate) fn halo_fits(bm: usize, h: usize, w: usize) -> bool {
+    let hw = h * w;
+    if hw == 0 || w == 0 {
+        return false;
+    }
+    let (imgs, rows) = if hw >= bm {
+        if !hw.is_multiple_of(bm) || !bm.is_multiple_of(w) {
+            return false;
+        }
+        (1, bm / w)
+    } else {
+        if !bm.is_multiple_of(hw) {
+            return false;
+        }
+        (bm / hw, h)
+    };
+    imgs * (rows + 2) * (w + 2) <= halo_max_patch(bm)
+}
 /// Floats of padding per row of conv_tc's staged epilogue tile (`BM x (BN + pad)` f32,
 /// in the ring's shared memory once the reduction is done); checked as `TC_LDS` is.
 pub(crate) const TC_EPI_PAD: usize = 8;
@@ -23,6 +59,9 @@ pub(crate) enum Needs {
     Aligned,
     /// Aligned, no pre-activation, at least 128 output channels.
     AlignedPlainWide,
+    /// Aligned 3x3, stride 1, padding 1, C and K multiples of 32, no pre-activation, and
+    /// a block's input patch within `halo_max_patch` (conv_halo; see `halo_fits`).
+    Halo3x3,
 }
 
 /// One convolution kernel of conv.cu and how to launch it.
@@ -85,6 +124,26 @@ const fn tc_smem(bm: usize, bn: usize, ring: usize) -> u32 {
     (if ring > epilogue { ring } else { epilogue }) as u32
 }
 
+/// conv_halo: `bm` output pixels by 32 output channels, 128 threads, two stages of the
+/// input patch and the nine taps' weights for 32 channels; no split-K; the weights as
+/// conv_tc packs them.
+const fn halo(name: &'static str, bm: usize, efficiency: f64) -> ConvKernel {
+    let patch = if bm == 128 { HALO_MAXP128 } else { HALO_MAXP64 };
+    ConvKernel {
+        name,
+        dtype: "f16",
+        tile: (bm, 32, 32),
+        threads: 128,
+        smem: (2 * (patch + 9 * 32) * 40 * 2) as u32,
+        k_major: true,
+        split: false,
+        needs: Needs::Halo3x3,
+        m_loop: true,
+        efficiency,
+        wgmma: false,
+    }
+}
+
 /// A register-blocked f32 tile (conv_sgemm): any layer, split-K, looping over output tiles.
 const fn sgemm(
     name: &'static str,
@@ -126,6 +185,15 @@ const fn wg(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKe
     let mut k = tc(name, bm, bn, (bm / 64 * 128) as u32, efficiency);
     k.smem = tc_smem(bm, bn, (bm + bn) * 32 * 2 * (TC_STAGES + 1));
     k.wgmma = true;
+    k
+}
+
+/// `wg` with 64-wide k-tiles: four MMA instructions per warpgroup and barrier, a ring
+/// of TC_WG64_STAGES stages of (bm + bn) x 64 halves.
+const fn wg64(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKernel {
+    let mut k = wg(name, bm, bn, efficiency);
+    k.tile = (bm, bn, 64);
+    k.smem = tc_smem(bm, bn, (bm + bn) * 64 * 2 * TC_WG64_STAGES);
     k
 }
 
@@ -190,6 +258,15 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     wg("conv_wg128x64_f16", 128, 64, 1.05),
     wg("conv_wg64x128_f16", 64, 128, 0.95),
     wg("conv_wg64x64_f16", 64, 64, 0.85),
+    // Not yet run on a GPU. The cost model ranks them below the 32-wide wgmma tiles, so
+    // that only a measurement (tuning) picks them.
+    wg64("conv_wg128x256k64_f16", 128, 256, 1.2),
+    wg64("conv_wg128x128k64_f16", 128, 128, 1.15),
+    wg64("conv_wg128x64k64_f16", 128, 64, 1.0),
+    // 3x3 layers from a shared input patch. Not yet run on a GPU; ranked low by the
+    // cost model, so that only tuning picks them.
+    halo("conv_halo128_f16", 128, 0.5),
+    halo("conv_halo64_f16", 64, 0.45),
 ];
 
 pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
@@ -203,6 +280,8 @@ fn family_of(name: &str) -> &str {
         "conv_tc"
     } else if name.starts_with("conv_wg") {
         "conv_wg"
+    } else if name.starts_with("conv_halo") {
+        "conv_halo"
     } else if name.starts_with("conv_sgemm") {
         "conv_sgemm"
     } else {
@@ -231,6 +310,17 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
         Needs::AlignedPlainWide => {
             vec_aligned(plan, c) && c.pre.is_none() && c.output.channels >= 128
         }
+        Needs::Halo3x3 => {
+            vec_aligned(plan, c)
+                && c.kernel == 3
+                && c.stride == 1
+                && c.pad == 1
+                && (c.out_h, c.out_w) == (c.in_h, c.in_w)
+                && c.input.channels.is_multiple_of(32)
+                && c.output.channels.is_multiple_of(32)
+                && c.pre.is_none()
+                && halo_fits(k.tile.0, c.in_h, c.in_w)
+        }
     }
 }
 
@@ -258,7 +348,7 @@ pub(crate) fn conv_candidates(
 ) -> Vec<&'static ConvKernel> {
     let families: &[&str] = match policy {
         "auto" if dtype == "f32" => &["conv_sgemm"],
-        "auto" => &["conv_tc", "conv_wg"],
+        "auto" => &["conv_tc", "conv_wg", "conv_halo"],
         "conv_tc_f16" => &["conv_tc"],
         "conv_wg_f16" => &["conv_wg"],
         "conv_sgemm_f32" => &["conv_sgemm"],
@@ -435,15 +525,49 @@ mod kernel_choice {
     }
 
     #[test]
+    fn halo_blocks_are_whole_rows_or_whole_images_with_the_patch_in_shared_memory() {
+        // 128-pixel blocks: 4 rows of 32, 8 of 16, 2 images of 8x8, 8 of 4x4.
+        for hw in [32, 16, 8, 4] {
+            assert!(halo_fits(128, hw, hw), "{hw}");
+            assert!(halo_fits(64, hw, hw), "{hw}");
+        }
+        // The patch of 8 images of 4x4 is 8 x 6 x 6 = 288 pixels: 128's limit exactly.
+        assert_eq!(8 * 6 * 6, HALO_MAXP128);
+        // Rows that do not tile the block, maps that neither hold nor divide it, a
+        // patch too large (2x2 maps: 32 images of 4 x 4 padded pixels), nothing at all.
+        assert!(!halo_fits(128, 7, 7));
+        assert!(!halo_fits(128, 24, 24));
+        assert!(!halo_fits(128, 2, 2));
+        assert!(!halo_fits(64, 0, 0));
+        // DenseNet's 3x3 layer is a candidate; stride 2, pre-activation, or a channel
+        // count off 32 is not.
+        let dense = names("auto", "f16", &plan(128, 32, 8, false, (160, 32)));
+        assert!(dense.contains(&"conv_halo128_f16") && dense.contains(&"conv_halo64_f16"));
+        let pre = names("auto", "f16", &plan(128, 32, 8, true, (160, 32)));
+        assert!(!pre.iter().any(|n| n.starts_with("conv_halo")));
+        let odd = names("auto", "f16", &plan(72, 32, 8, false, (72, 0)));
+        assert!(!odd.iter().any(|n| n.starts_with("conv_halo")));
+        assert_eq!(
+            names(
+                "conv_halo128_f16",
+                "f16",
+                &plan(128, 32, 8, false, (128, 0))
+            ),
+            ["conv_halo128_f16"]
+        );
+    }
+
+    #[test]
     fn auto_offers_one_packing_per_layer() {
         let aligned = plan(64, 64, 8, false, (64, 0));
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 11);
+        assert_eq!(tc.len(), 16);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
-        assert!(tc[5..10].iter().all(|n| n.starts_with("conv_wg")));
-        assert_eq!(tc[10], "conv_mmavec_f16");
+        assert!(tc[5..13].iter().all(|n| n.starts_with("conv_wg")));
+        assert_eq!(tc[13..15], ["conv_halo128_f16", "conv_halo64_f16"]);
+        assert_eq!(tc[15], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
@@ -452,11 +576,11 @@ mod kernel_choice {
         // A family by name has no reference in it.
         assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
         let wg = names("conv_wg_f16", "f16", &aligned);
-        assert!(wg.len() == 5 && wg.iter().all(|n| n.starts_with("conv_wg")));
-        // Pre-activation is fine for conv_tc; an unaligned view is not.
+        assert!(wg.len() == 8 && wg.iter().all(|n| n.starts_with("conv_wg")));
+        // Pre-activation is fine for conv_tc (not conv_halo); an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            11
+            14
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
@@ -498,7 +622,7 @@ mod kernel_choice {
     #[test]
     fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
         let tiles: Vec<_> = CONV_KERNELS.iter().filter(|k| k.smem > 0).collect();
-        assert_eq!(tiles.len(), 10);
+        assert_eq!(tiles.len(), 15);
         for k in tiles {
             let (bm, bn, _) = k.tile;
             assert!(k.smem as usize >= bm * (bn + TC_EPI_PAD) * 4, "{}", k.name);
@@ -510,6 +634,13 @@ mod kernel_choice {
         assert_eq!(wide.smem as usize, 128 * (256 + TC_EPI_PAD) * 4);
         let ring = conv_kernel_info("conv_tc128x128_f16").unwrap();
         assert_eq!(ring.smem as usize, 256 * TC_LDS * 2 * TC_STAGES);
+        // 64-wide k-tiles: the ring is the larger, 192 KB at 128x256.
+        let k64 = conv_kernel_info("conv_wg128x256k64_f16").unwrap();
+        assert_eq!(k64.smem as usize, 384 * 64 * 2 * TC_WG64_STAGES);
+        assert_eq!(k64.tile.2, 64);
+        // conv_halo: two stages of the largest patch and nine taps' weights, 80-byte rows.
+        let halo = conv_kernel_info("conv_halo128_f16").unwrap();
+        assert_eq!(halo.smem as usize, 2 * (HALO_MAXP128 + 288) * 80);
     }
 
     #[test]

@@ -83,10 +83,34 @@ pub(crate) struct Device {
     pub pdl: bool,
 }
 
+/// `DGATE_CARVEOUT`: the share of each SM's L1/shared memory every kernel asks to have
+/// as shared memory, in percent (`max` is 100), or `None` to leave it to the driver.
+/// The driver picks a split per kernel from its shared memory; where consecutive
+/// kernels want different splits, an SM has to drain before it takes the next one. One
+/// split for every kernel removes those points, at the cost of L1 for the kernels that
+/// use no shared memory. Off until a device run has measured it (`device-run.sh`'s
+/// `policies` phase times both).
+pub(crate) fn carveout_setting(value: Option<&str>) -> Result<Option<i32>> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("max") => Ok(Some(100)),
+        Some(v) => match v.parse::<i32>() {
+            Ok(p) if (0..=100).contains(&p) => Ok(Some(p)),
+            _ => Err(Error::Config(format!(
+                "DGATE_CARVEOUT={v}: expected a percentage from 0 to 100, or `max`"
+            ))),
+        },
+    }
+}
+
 /// Compiles (once per process) and loads every kernel file for `arch`. The wgmma
 /// tiles exist only in an sm_90a build; a tile whose shared memory the device refuses
-/// is left out (exec.rs falls back to the others).
-fn load_kernels(ctx: &Arc<CudaContext>, arch: &str) -> Result<HashMap<String, CudaFunction>> {
+/// is left out (exec.rs falls back to the others). `carveout`: see [`carveout_setting`].
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    carveout: Option<i32>,
+) -> Result<HashMap<String, CudaFunction>> {
     let mut functions = HashMap::new();
     for (file, cubin) in kernels::cubins_for_arch(arch)? {
         let module = ctx
@@ -110,6 +134,12 @@ fn load_kernels(ctx: &Arc<CudaContext>, arch: &str) -> Result<HashMap<String, Cu
                     );
                     continue;
                 }
+            }
+            if let Some(pct) = carveout {
+                let attr = cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+                f.set_attribute(attr, pct).map_err(|e| {
+                    Error::Cuda(format!("{sym}: DGATE_CARVEOUT={pct} refused: {e}"))
+                })?;
             }
             functions.insert(sym.to_string(), f);
         }
@@ -146,16 +176,17 @@ impl Device {
         // the driver refuse the sm_90a build, plain sm_90 runs (without them).
         let plain = format!("sm_{major}{minor}");
         let wgmma_off = std::env::var("DGATE_WGMMA").as_deref() == Ok("0");
+        let carveout = carveout_setting(std::env::var("DGATE_CARVEOUT").ok().as_deref())?;
         let (arch, functions) = if (major, minor) == (9, 0) && !wgmma_off {
-            match load_kernels(&ctx, "sm_90a") {
+            match load_kernels(&ctx, "sm_90a", carveout) {
                 Ok(f) => ("sm_90a".to_string(), f),
                 Err(e) => {
                     eprintln!("notice: the sm_90a (wgmma) kernels did not load ({e}); using sm_90 kernels");
-                    (plain.clone(), load_kernels(&ctx, &plain)?)
+                    (plain.clone(), load_kernels(&ctx, &plain, carveout)?)
                 }
             }
         } else {
-            (plain.clone(), load_kernels(&ctx, &plain)?)
+            (plain.clone(), load_kernels(&ctx, &plain, carveout)?)
         };
         let pdl = major >= 9 && std::env::var("DGATE_PDL").as_deref() == Ok("1");
         Ok(Device {
@@ -511,6 +542,11 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_wg128x64_f16",
             "conv_wg64x128_f16",
             "conv_wg64x64_f16",
+            "conv_wg128x256k64_f16",
+            "conv_wg128x128k64_f16",
+            "conv_wg128x64k64_f16",
+            "conv_halo128_f16",
+            "conv_halo64_f16",
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
@@ -585,4 +621,22 @@ fn emu_dlsym(handle: *mut c_void, name: &str) -> Result<*mut c_void> {
         return Err(dl_error(format!("dlsym {name}")));
     }
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::carveout_setting;
+
+    #[test]
+    fn carveout_is_a_percentage_or_max_and_anything_else_is_named() {
+        assert_eq!(carveout_setting(None).unwrap(), None);
+        assert_eq!(carveout_setting(Some("")).unwrap(), None);
+        assert_eq!(carveout_setting(Some("max")).unwrap(), Some(100));
+        assert_eq!(carveout_setting(Some("0")).unwrap(), Some(0));
+        assert_eq!(carveout_setting(Some(" 75 ")).unwrap(), Some(75));
+        for bad in ["101", "-1", "half", "50%"] {
+            let e = carveout_setting(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains("DGATE_CARVEOUT") && e.contains(bad), "{e}");
+        }
+    }
 }

@@ -58,6 +58,33 @@ struct DevLinear {
 /// A captured forward pass.
 pub(crate) struct Graph(pub CudaGraph);
 
+/// Tuning times each convolution alone; the pass runs them back to back, where a tile
+/// that won alone can lose (caches, shared-memory configuration, launch overlap). So
+/// once a batch size is tuned, the whole pass is timed with the tuned kernels and with
+/// the cost model's, and the faster is kept.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PassCheck {
+    /// Median device milliseconds of a pass with the tuned kernels.
+    pub tuned_ms: f64,
+    /// The same with the cost model's kernels.
+    pub model_ms: f64,
+    /// Whether the cost model's kernels were kept.
+    pub kept_model: bool,
+}
+
+impl PassCheck {
+    /// The cost model's kernels are kept only when their pass is more than 1% faster:
+    /// within that, the two are the same to the timing's noise, and the tuned ones were
+    /// the better kernel by kernel.
+    pub fn decide(tuned_ms: f64, model_ms: f64) -> Self {
+        PassCheck {
+            tuned_ms,
+            model_ms,
+            kept_model: model_ms.is_finite() && model_ms < 0.99 * tuned_ms,
+        }
+    }
+}
+
 // SAFETY: a graph is only launched or dropped through `&mut CudaBackend`, never from two
 // threads at once, and cudarc makes the context current on the calling thread before
 // each driver call; the driver allows graph use from any thread under those terms.
@@ -100,6 +127,8 @@ pub(crate) struct Prepared {
     /// Measured choices by layer shape, shared by the identical layers of a network.
     tuned: HashMap<TuneKey, (usize, usize)>,
     tuned_batches: std::collections::HashSet<usize>,
+    /// Per batch size, the last whole-pass check of tuning (see `CudaBackend::launch_pass`).
+    pub pass_checks: HashMap<usize, PassCheck>,
     /// Per batch size, the live samples each level's kernels are chosen for (level 0:
     /// the batch; after a gate: what recent passes left, see `observe`).
     assumed: HashMap<usize, Vec<usize>>,
@@ -788,6 +817,7 @@ impl Prepared {
             choices: HashMap::new(),
             tuned: HashMap::new(),
             tuned_batches: Default::default(),
+            pass_checks: HashMap::new(),
             assumed: HashMap::new(),
             reassumed: HashMap::new(),
             ws_cap: workspace_floats,
@@ -960,9 +990,10 @@ impl Prepared {
     /// are measured with the samples assumed live there (see `observe`). CUDA events
     /// time the GPU; the emulator's synchronous launches are timed by the wall clock
     /// (which only exercises this path: emulated times say nothing of a GPU's).
-    pub fn tune(&mut self, dev: &Device, plan: &Plan, n: usize) -> Result<()> {
+    /// Returns whether it measured now (false: batch `n` was already tuned).
+    pub fn tune(&mut self, dev: &Device, plan: &Plan, n: usize) -> Result<bool> {
         if !self.tuned_batches.insert(n) {
-            return Ok(());
+            return Ok(false);
         }
         let started = std::time::Instant::now();
         let mut timed = 0usize;
@@ -1087,7 +1118,27 @@ impl Prepared {
                 self.rejected.len()
             );
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes batch `n`'s measured kernel choices (its convolutions then run with the
+    /// cost model's) and returns them for [`Self::restore_choices`].
+    #[allow(clippy::type_complexity)]
+    pub fn take_choices(&mut self, n: usize) -> Vec<((usize, usize, usize), (usize, usize))> {
+        let taken: Vec<_> = self
+            .choices
+            .iter()
+            .filter(|(k, _)| k.2 == n)
+            .map(|(&k, &v)| (k, v))
+            .collect();
+        self.choices.retain(|k, _| k.2 != n);
+        taken
+    }
+
+    /// Puts back choices from [`Self::take_choices`].
+    #[allow(clippy::type_complexity)]
+    pub fn restore_choices(&mut self, taken: Vec<((usize, usize, usize), (usize, usize))>) {
+        self.choices.extend(taken);
     }
 
     /// Milliseconds of one launch of convolution `o` of stage `s` with the `ch` (candidate,
@@ -1850,6 +1901,20 @@ mod validation {
             false,
         );
         single_op_plan(vec![buf(32, 8, 8)], op)
+    }
+
+    #[test]
+    fn the_cost_models_pass_is_kept_only_when_clearly_faster() {
+        use super::PassCheck;
+        assert!(
+            !PassCheck::decide(2.0, 1.995).kept_model,
+            "within 1%: noise"
+        );
+        assert!(!PassCheck::decide(2.0, 2.5).kept_model);
+        assert!(PassCheck::decide(2.6, 1.8).kept_model);
+        assert!(!PassCheck::decide(2.0, f64::NAN).kept_model);
+        let c = PassCheck::decide(2.6, 1.8);
+        assert_eq!((c.tuned_ms, c.model_ms), (2.6, 1.8));
     }
 
     #[test]

@@ -26,9 +26,10 @@
 //! `DGATE_AUTOTUNE=0` (choose convolution tiles by the cost model instead of measuring
 //! them), `DGATE_PDL=1` (programmatic dependent launch on sm_90+: each kernel may be
 //! scheduled while its predecessor finishes; off until measured), `DGATE_WGMMA=0` (on
-//! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_DEBUG` (print
-//! NVRTC compile times), `DGATE_PTXAS_VERBOSE` (print registers, spills and shared
-//! memory per kernel).
+//! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CARVEOUT=<0-100|max>`
+//! (one shared-memory share of L1 for every kernel; off until measured), `DGATE_DEBUG` (print
+//! NVRTC compile times, tuning and its whole-pass check), `DGATE_PTXAS_VERBOSE` (print
+//! registers, spills and shared memory per kernel).
 
 pub mod bench;
 mod convsel;
@@ -82,6 +83,91 @@ pub struct CudaBackend {
     /// Measure the convolution kernels per batch size before capturing (GPU only).
     autotune: bool,
     prepared: Option<Prepared>,
+}
+
+/// One pass at batch `n` captured into a CUDA graph with the kernels chosen now.
+fn capture(
+    dev: &Device,
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    prep: &mut exec::Prepared,
+    plan: &Plan,
+    n: usize,
+) -> Result<exec::Graph> {
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
+    let enq = prep.enqueue(dev, plan, n);
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
+    enq?;
+    let graph = graph?.ok_or_else(|| Error::Cuda("graph capture produced nothing".into()))?;
+    Ok(exec::Graph(graph))
+}
+
+/// Median device milliseconds of `reps` replays of `g`, after two to warm up.
+fn time_graph(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    g: &exec::Graph,
+    reps: usize,
+) -> Result<f64> {
+    let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("pass check event: {e}"));
+    let launch = |g: &exec::Graph| {
+        g.0.launch()
+            .map_err(|e| Error::Cuda(format!("graph launch: {e}")))
+    };
+    let ctx = stream.context();
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    launch(g)?;
+    launch(g)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = ctx.new_event(flags).map_err(ev)?;
+        let end = ctx.new_event(flags).map_err(ev)?;
+        start.record(stream).map_err(ev)?;
+        launch(g)?;
+        end.record(stream).map_err(ev)?;
+        end.synchronize().map_err(ev)?;
+        times.push(start.elapsed_ms(&end).map_err(ev)? as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(times[times.len() / 2])
+}
+
+/// Tuning's whole-pass check (see [`exec::PassCheck`]): `tuned` is the pass captured
+/// with the kernels tuning chose. Times it and a pass with the cost model's kernels,
+/// keeps the faster (with its choices), records the outcome in `prep.pass_checks`, and
+/// returns the graph to replay. Nothing to compare where tuning measured no convolution.
+fn check_tuned_pass(
+    dev: &Device,
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    prep: &mut exec::Prepared,
+    plan: &Plan,
+    n: usize,
+    tuned: exec::Graph,
+) -> Result<exec::Graph> {
+    const REPS: usize = 7;
+    let tuned_ms = time_graph(stream, &tuned, REPS)?;
+    let taken = prep.take_choices(n);
+    if taken.is_empty() {
+        return Ok(tuned);
+    }
+    let model = capture(dev, stream, prep, plan, n)?;
+    let model_ms = time_graph(stream, &model, REPS)?;
+    let check = exec::PassCheck::decide(tuned_ms, model_ms);
+    prep.pass_checks.insert(n, check);
+    if std::env::var_os("DGATE_DEBUG").is_some() {
+        eprintln!(
+            "dgate: whole pass at batch {n}: {tuned_ms:.3} ms with the tuned kernels, {model_ms:.3} ms with the cost model's; keeping the {}",
+            if check.kept_model { "cost model's" } else { "tuned" }
+        );
+    }
+    if check.kept_model {
+        Ok(model)
+    } else {
+        prep.restore_choices(taken);
+        Ok(tuned)
+    }
 }
 
 impl CudaBackend {
@@ -238,7 +324,9 @@ impl CudaBackend {
     }
 
     /// Enqueues one forward pass (images already staged): replays the graph for `n`,
-    /// capturing it first if needed, or launches kernel by kernel.
+    /// capturing it first if needed, or launches kernel by kernel. The first pass after
+    /// tuning a batch size also times the whole pass with the tuned kernels and with the
+    /// cost model's, and keeps the faster (see [`exec::PassCheck`]).
     fn launch_pass(&mut self, plan: &Plan, n: usize) -> Result<()> {
         let use_graphs = self.use_graphs;
         let dev = &self.dev;
@@ -247,25 +335,20 @@ impl CudaBackend {
             .prepared
             .as_mut()
             .ok_or_else(|| Error::Cuda("no plan prepared".into()))?;
-        if self.autotune && !prep.graphs.contains_key(&n) {
-            prep.tune(dev, plan, n)?;
-        }
+        let tuned_now =
+            self.autotune && !prep.graphs.contains_key(&n) && prep.tune(dev, plan, n)?;
         let stream = match dev.stream() {
             Some(s) if use_graphs => s,
             _ => return prep.enqueue(dev, plan, n),
         };
         if !prep.graphs.contains_key(&n) {
-            stream
-                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-                .map_err(|e| Error::Cuda(format!("begin graph capture: {e}")))?;
-            let enq = prep.enqueue(dev, plan, n);
-            let graph = stream
-                .end_capture(CUgraphInstantiate_flags(0))
-                .map_err(|e| Error::Cuda(format!("end graph capture: {e}")));
-            enq?;
-            let graph =
-                graph?.ok_or_else(|| Error::Cuda("graph capture produced nothing".into()))?;
-            prep.graphs.insert(n, exec::Graph(graph));
+            let graph = capture(dev, stream, prep, plan, n)?;
+            let graph = if tuned_now {
+                check_tuned_pass(dev, stream, prep, plan, n, graph)?
+            } else {
+                graph
+            };
+            prep.graphs.insert(n, graph);
         }
         match prep.graphs.get(&n) {
             Some(g) => {

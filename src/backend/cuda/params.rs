@@ -185,7 +185,7 @@ unsafe impl DeviceRepr for PackParams {}
 unsafe impl DeviceRepr for CheckParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 10] {
+pub fn sizes() -> [(&'static str, usize); 13] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -198,6 +198,9 @@ pub fn sizes() -> [(&'static str, usize); 10] {
         // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
         ("DGATE_TC_STAGES", super::convsel::TC_STAGES),
         ("DGATE_TC_LDS", super::convsel::TC_LDS),
+        ("DGATE_TC_WG64_STAGES", super::convsel::TC_WG64_STAGES),
+        ("DGATE_HALO_MAXP128", super::convsel::HALO_MAXP128),
+        ("DGATE_HALO_MAXP64", super::convsel::HALO_MAXP64),
         ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
     ]
 }

@@ -88,6 +88,10 @@ const CONV_CASES: &[ConvCase] = &[
     cc("64->128 3x3 s2 7x7", (64, 128, 7, 3, 2), (64, 0), (128, 0), (false, false, true)),
     cc("512->256 1x1 2x2 +res", (512, 256, 2, 1, 1), (512, 0), (256, 0), (false, true, true)),
     cc("136->200 3x3 10x10 +res", (136, 200, 10, 3, 1), (136, 0), (200, 0), (false, true, true)),
+    // DenseNet's 3x3 layer shape, into a window of a wider buffer (conv_halo: two images
+    // a 128-pixel block), and a 4x4 map (eight images a block, most past the count).
+    cc("128->32 3x3 8x8, windows", (128, 32, 8, 3, 1), (136, 8), (72, 40), (false, false, true)),
+    cc("64->64 3x3 4x4 +res", (64, 64, 4, 3, 1), (64, 0), (64, 0), (false, true, true)),
 ];
 
 /// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
@@ -294,6 +298,11 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_wg128x64_f16",
             "conv_wg64x128_f16",
             "conv_wg64x64_f16",
+            "conv_wg128x256k64_f16",
+            "conv_wg128x128k64_f16",
+            "conv_wg128x64k64_f16",
+            "conv_halo128_f16",
+            "conv_halo64_f16",
             "conv_mmaasync_f16",
             "conv_mmavec_f16",
             "conv_mma_f16",
