@@ -394,6 +394,17 @@ struct Chunk {
     uint4 v;
 };
 
+// pre_act_pair with the two channels' scale and shift in hand (pre-activation present).
+__device__ __forceinline__ unsigned pre_act_pair_with(unsigned bits, float s0, float h0, float s1, float h1, int relu) {
+    float a = fmaf(__half2float(__ushort_as_half((unsigned short)(bits & 0xffffu))), s0, h0);
+    float b = fmaf(__half2float(__ushort_as_half((unsigned short)(bits >> 16))), s1, h1);
+    if (relu) {
+        a = fmaxf(a, 0.0f);
+        b = fmaxf(b, 0.0f);
+    }
+    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
+}
+
 __device__ __forceinline__ unsigned pre_act_pair(unsigned bits, const ConvParams& p, int c) {
     __half lo, hi;
     lo = __ushort_as_half((unsigned short)(bits & 0xffffu));
@@ -456,124 +467,6 @@ __device__ __forceinline__ void mma_epilogue(const ConvParams& p, float (*acc)[N
     }
 }
 
-__device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
-    constexpr int LDS = VEC_BK + 8;  // 80-byte rows: 16-byte aligned, conflict-free fragments
-    __shared__ __align__(16) unsigned short As[2][VEC_BM * LDS];
-    __shared__ __align__(16) unsigned short Bs[2][VEC_BN * LDS];
-    __shared__ int rbase[VEC_BM], ry0[VEC_BM], rx0[VEC_BM];
-
-    const int M = *p.count * p.P * p.Q;
-    const int m0 = blockIdx.x * VEC_BM;
-    if (m0 >= M) return;
-    const int n0 = blockIdx.y * VEC_BN;
-    const int Kd = p.R * p.R * p.C;
-    const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
-    const int tiles = (int)(gridDim.x * gridDim.y);
-    const int tile = (int)(blockIdx.y * gridDim.x + blockIdx.x);
-    int kt0, kt1, parts;
-    bool split;
-    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
-
-    const int tid = threadIdx.x;
-    const int lane = tid % 32;
-    const int warp = tid / 32;
-    const int g = lane / 4;
-    const int t = lane % 4;
-    const int wm = (warp / 2) * 32;
-    const int wn = (warp % 2) * 32;
-    const __half* in = (const __half*)p.in;
-    const __half* w = (const __half*)p.weight;
-
-    if (tid < VEC_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
-    __syncthreads();
-
-    // This thread's chunks: A rows ra and ra + 64, B row (output channel) rb, all at
-    // chunk column kc of the k-tile.
-    const int kc = tid % 4;
-    const int ra = tid / 4;
-    const int rb = tid / 4;
-    Chunk a_reg[2], b_reg;
-
-    auto fetch = [&](int kt) {
-        const int kd = kt * VEC_BK + kc * 8;
-        int c = -1, r = 0, s = 0;
-        conv_k_info(p, kd, Kd, &c, &r, &s);
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            const int row = ra + i * 64;
-            a_reg[i].v = make_uint4(0u, 0u, 0u, 0u);
-            const int base = rbase[row];
-            const int y = ry0[row] + r;
-            const int x = rx0[row] + s;
-            if (base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W) {
-                const __half* src = in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c;
-                uint4 v = ld128(src);
-                if (p.pre_scale != nullptr) {
-                    v.x = pre_act_pair(v.x, p, c);
-                    v.y = pre_act_pair(v.y, p, c + 2);
-                    v.z = pre_act_pair(v.z, p, c + 4);
-                    v.w = pre_act_pair(v.w, p, c + 6);
-                }
-                a_reg[i].v = v;
-            }
-        }
-        const int oc = n0 + rb;
-        b_reg.v = make_uint4(0u, 0u, 0u, 0u);
-        if (oc < p.K && kd < Kd) b_reg.v = ld128(w + (size_t)oc * p.ldw + kd);
-    };
-    auto stash = [&](int buf) {
-#pragma unroll
-        for (int i = 0; i < 2; ++i) st128(&As[buf][(ra + i * 64) * LDS + kc * 8], a_reg[i].v);
-        st128(&Bs[buf][rb * LDS + kc * 8], b_reg.v);
-    };
-
-    float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
-
-    fetch(kt0);
-    stash(0);
-    __syncthreads();
-    for (int kt = kt0; kt < kt1; ++kt) {
-        const int buf = (kt - kt0) & 1;
-        const bool more = kt + 1 < kt1;
-        if (more) fetch(kt + 1);  // global loads in flight during the MMAs below
-        const unsigned short* A = As[buf];
-        const unsigned short* B = Bs[buf];
-#pragma unroll
-        for (int kk = 0; kk < VEC_BK; kk += 16) {
-            unsigned a[2][4], b[4][2];
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-                const unsigned short* r0 = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
-                a[mt][0] = ld_pair(r0);
-                a[mt][1] = ld_pair(r0 + 8 * LDS);
-                a[mt][2] = ld_pair(r0 + 8);
-                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
-            }
-#pragma unroll
-            for (int nt = 0; nt < 4; ++nt) {
-                const unsigned short* c0 = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
-                b[nt][0] = ld_pair(c0);
-                b[nt][1] = ld_pair(c0 + 8);
-            }
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
-        }
-        if (more) stash(buf ^ 1);
-        __syncthreads();
-    }
-
-    mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
-    if (split) splitk_finish<__half, VEC_BM, VEC_BN>(p, M, m0, n0, parts, tile);
-}
-
 // Address of `p` in the shared window, for PTX that takes one (the emulator: its offset
 // in dynamic shared memory, where every wgmma operand lives).
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
@@ -615,6 +508,145 @@ __device__ __forceinline__ void cp_async_wait() {
 #else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
+}
+
+__device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
+    constexpr int LDS = VEC_BK + 8;  // 80-byte rows: 16-byte aligned, conflict-free fragments
+    __shared__ __align__(16) unsigned short As[2][VEC_BM * LDS];
+    __shared__ __align__(16) unsigned short Bs[2][VEC_BN * LDS];
+    __shared__ int rbase[VEC_BM], ry0[VEC_BM], rx0[VEC_BM];
+    // Pre-activation of each buffer's k-tile: scale and shift of the 8 channels of each
+    // chunk column (see fetch).
+    __shared__ __align__(16) float pre_s[2][4][16];
+
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = blockIdx.x * VEC_BM;
+    if (m0 >= M) return;
+    const int n0 = blockIdx.y * VEC_BN;
+    const int Kd = p.R * p.R * p.C;
+    const int ktiles = (Kd + VEC_BK - 1) / VEC_BK;
+    const int tiles = (int)(gridDim.x * gridDim.y);
+    const int tile = (int)(blockIdx.y * gridDim.x + blockIdx.x);
+    int kt0, kt1, parts;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
+
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    const int wm = (warp / 2) * 32;
+    const int wn = (warp % 2) * 32;
+    const __half* in = (const __half*)p.in;
+    const __half* w = (const __half*)p.weight;
+
+    if (tid < VEC_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
+    __syncthreads();
+
+    // This thread's chunks: A rows ra and ra + 64, B row (output channel) rb, all at
+    // chunk column kc of the k-tile.
+    const int kc = tid % 4;
+    const int ra = tid / 4;
+    const int rb = tid / 4;
+    Chunk a_reg[2], b_reg;
+    const bool pre = p.pre_scale != nullptr;
+    bool a_ok[2];
+
+    // The next k-tile's chunks into registers, in flight during the MMAs of this one.
+    // The pre-activation is applied when they are stashed, after the MMAs; its scale and
+    // shift come by cp.async into pre_s[buf] (the first thread of each chunk column),
+    // so that neither the loads nor those round trips stand between a tile and its MMAs.
+    auto fetch = [&](int kt, int buf) {
+        const int kd = kt * VEC_BK + kc * 8;
+        int c = -1, r = 0, s = 0;
+        conv_k_info(p, kd, Kd, &c, &r, &s);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int row = ra + i * 64;
+            a_reg[i].v = make_uint4(0u, 0u, 0u, 0u);
+            const int base = rbase[row];
+            const int y = ry0[row] + r;
+            const int x = rx0[row] + s;
+            a_ok[i] = base >= 0 && c >= 0 && y >= 0 && y < p.H && x >= 0 && x < p.W;
+            if (a_ok[i]) a_reg[i].v = ld128(in + (size_t)(base + y * p.W + x) * p.in_stride + p.in_off + c);
+        }
+        if (pre && tid < 4 && c >= 0) {
+            cp_async16(&pre_s[buf][kc][0], p.pre_scale + c, true);
+            cp_async16(&pre_s[buf][kc][4], p.pre_scale + c + 4, true);
+            cp_async16(&pre_s[buf][kc][8], p.pre_shift + c, true);
+            cp_async16(&pre_s[buf][kc][12], p.pre_shift + c + 4, true);
+        }
+        cp_async_commit();
+        const int oc = n0 + rb;
+        b_reg.v = make_uint4(0u, 0u, 0u, 0u);
+        if (oc < p.K && kd < Kd) b_reg.v = ld128(w + (size_t)oc * p.ldw + kd);
+    };
+    auto stash = [&](int buf) {
+        if (pre) {
+            cp_async_wait<0>();
+            __syncthreads();  // pre_s[buf], copied by the first threads, visible to all
+            const float* ps = pre_s[buf][kc];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                if (!a_ok[i]) continue;  // padding stays zero
+                uint4& v = a_reg[i].v;
+                v.x = pre_act_pair_with(v.x, ps[0], ps[8], ps[1], ps[9], p.pre_relu);
+                v.y = pre_act_pair_with(v.y, ps[2], ps[10], ps[3], ps[11], p.pre_relu);
+                v.z = pre_act_pair_with(v.z, ps[4], ps[12], ps[5], ps[13], p.pre_relu);
+                v.w = pre_act_pair_with(v.w, ps[6], ps[14], ps[7], ps[15], p.pre_relu);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) st128(&As[buf][(ra + i * 64) * LDS + kc * 8], a_reg[i].v);
+        st128(&Bs[buf][rb * LDS + kc * 8], b_reg.v);
+    };
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+    fetch(kt0, 0);
+    stash(0);
+    __syncthreads();
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int buf = (kt - kt0) & 1;
+        const bool more = kt + 1 < kt1;
+        if (more) fetch(kt + 1, buf ^ 1);  // global loads in flight during the MMAs below
+        const unsigned short* A = As[buf];
+        const unsigned short* B = Bs[buf];
+#pragma unroll
+        for (int kk = 0; kk < VEC_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt) {
+                const unsigned short* r0 = A + (wm + mt * 16 + g) * LDS + kk + 2 * t;
+                a[mt][0] = ld_pair(r0);
+                a[mt][1] = ld_pair(r0 + 8 * LDS);
+                a[mt][2] = ld_pair(r0 + 8);
+                a[mt][3] = ld_pair(r0 + 8 * LDS + 8);
+            }
+#pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                const unsigned short* c0 = B + (wn + nt * 8 + g) * LDS + kk + 2 * t;
+                b[nt][0] = ld_pair(c0);
+                b[nt][1] = ld_pair(c0 + 8);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+        }
+        if (more) stash(buf ^ 1);
+        __syncthreads();
+    }
+
+    mma_epilogue<2, 4>(p, acc, m0 + wm, n0 + wn, M, g, t, split);
+    if (split) splitk_finish<__half, VEC_BM, VEC_BN>(p, M, m0, n0, parts, tile);
 }
 
 __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
@@ -1075,6 +1107,9 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     constexpr int PF = BK > TC_BK ? TC_WG64_STAGES - 2 : TC_STAGES - 1;
     constexpr int STAGES = WG ? PF + 2 : PF + 1;
     static_assert(BK == TC_BK || (WG && BK == 2 * TC_BK), "k-tiles of 32, or of 64 for wgmma");
+    // Pre-activation: each stage also holds the scale and shift of its k-tile's channels
+    // (8 + 8 floats per 8-channel chunk), past the ring (see pre_activate).
+    constexpr int PRE_FLOATS = CHUNKS * 16;
     static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
     static_assert(!WG || (WN == 1 && WM % 4 == 0 && WTM == 16 && (BN == 64 || BN == 128 || BN == 256)),
                   "wgmma: warpgroups stacked in m, each 64 x BN");
@@ -1082,6 +1117,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
                   "tile rows must be a multiple of threads / 4");
     DGATE_DYNAMIC_SHARED(uint4, conv_tc_smem);
     unsigned short* smem = reinterpret_cast<unsigned short*>(conv_tc_smem);
+    float* pre_smem = reinterpret_cast<float*>(smem + STAGES * STAGE);
     __shared__ int rbase[BM], ry0[BM], rx0[BM];
 
     const int M = *p.count * p.P * p.Q;
@@ -1139,29 +1175,50 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
                 const bool ok = oc < p.K && k.c >= 0;
                 cp_async16(&Bs[tc_off<WG>(BN, row, kc)], ok ? w + (size_t)oc * p.ldw + k.kd : w, ok);
             }
+            // The first thread of each chunk column brings the chunk's pre-activation.
+            if (pre && tid < CHUNKS && k.c >= 0) {
+                float* d = pre_smem + slot * PRE_FLOATS + kc * 16;
+#ifdef DGATE_HOST_EMU
+                emu_check_dynamic_smem(d, 64);
+#endif
+                cp_async16(d, p.pre_scale + k.c, true);
+                cp_async16(d + 4, p.pre_scale + k.c + 4, true);
+                cp_async16(d + 8, p.pre_shift + k.c, true);
+                cp_async16(d + 12, p.pre_shift + k.c + 4, true);
+            }
             tc_step<BK>(p, &at_issue, Kd);
         }
         cp_async_commit();  // an empty group past the end keeps the wait counts uniform
     };
 
     // relu?(x * scale + shift) on this thread's landed A chunks of the next tile (the
-    // tiles come in order, as they were issued).
+    // tiles come in order, as they were issued), with the scale and shift that came
+    // with the tile into shared memory. Read from global memory here, they cost every
+    // k-tile a round trip to L2 between its copies landing and its MMAs (a new chunk of
+    // channels each tile, so L1 does not have them): the H200 run of 2026-11-27 had
+    // DenseNet-201's 1x1 layers at 8x8, one block an SM, at about 2 us a k-tile.
     auto pre_activate = [&](int slot) {
         unsigned short* As = smem + slot * STAGE;
         const TcCursor k = at_pre;
         tc_step<BK>(p, &at_pre, Kd);
         if (k.c < 0) return;
-        const int c = k.c;
+        const float* ps = pre_smem + slot * PRE_FLOATS + kc * 16;
+        float sc[8], sh[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            sc[j] = ps[j];
+            sh[j] = ps[8 + j];
+        }
 #pragma unroll
         for (int i = 0; i < A_ITERS; ++i) {
             const int row = r0 + i * ROWS_PER_PASS;
             if (!a_in(row, k.r, k.s)) continue;
             unsigned short* q = &As[tc_off<WG>(BM, row, kc)];
             uint4 v = ld128(q);
-            v.x = pre_act_pair(v.x, p, c);
-            v.y = pre_act_pair(v.y, p, c + 2);
-            v.z = pre_act_pair(v.z, p, c + 4);
-            v.w = pre_act_pair(v.w, p, c + 6);
+            v.x = pre_act_pair_with(v.x, sc[0], sh[0], sc[1], sh[1], p.pre_relu);
+            v.y = pre_act_pair_with(v.y, sc[2], sh[2], sc[3], sh[3], p.pre_relu);
+            v.z = pre_act_pair_with(v.z, sc[4], sh[4], sc[5], sh[5], p.pre_relu);
+            v.w = pre_act_pair_with(v.w, sc[6], sh[6], sc[7], sh[7], p.pre_relu);
             *(uint4*)q = v;
         }
     };
@@ -1181,7 +1238,10 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         const int it = kt - kt0;
         const int slot = it % STAGES;
         cp_async_wait<PF - 1>();  // this thread's copies of tile kt have landed
-        if (pre) pre_activate(slot);
+        if (pre) {
+            __syncthreads();  // and the chunks' scale and shift, which other threads copied
+            pre_activate(slot);
+        }
         if constexpr (WG) fence_proxy_async();  // this thread's writes, before wgmma reads them
         __syncthreads();  // everyone's copies of tile kt visible; slot of tile kt-1 free
         const unsigned short* A = smem + slot * STAGE;

@@ -47,8 +47,8 @@ fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # In order of what the targets need: dgate-rt's table, the PyTorch peers (eager, CUDA
-  # graph, early exit), torch.compile, hardware counters of the slowest layers (ncu),
-  # whole passes per kernel family, then programmatic dependent launch (opt-in).
+  # graph, early exit), torch.compile, whole passes per kernel policy, hardware counters
+  # of the slowest layers (ncu), then programmatic dependent launch (opt-in).
   for arch in resnet101 densenet201; do
     lim=$(cap ${BENCH_S:-100} 30)
     if [ "$lim" = 0 ]; then stamp "skipping dgate-rt bench $arch: only $(left) s left"; continue; fi
@@ -77,6 +77,29 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
     done
   fi
+  if [ "${POLICIES:-1}" = 1 ]; then
+    # Whole f16 passes at batch 1 and 64 under one kernel family each (the same binary,
+    # tuned within the family): which kernels win or lose inside the network, where
+    # tuning timed each layer alone. The 2026-11-27 second run was slower there than the
+    # first, with the per-layer table faster.
+    # `untuned`: auto's kernels chosen by the cost model (DGATE_AUTOTUNE=0), which tells
+    # whether tuning's layer-by-layer timing is what picks the slower kernels (the bench
+    # phase's DGATE_DEBUG lines also give tuning's own whole-pass check).
+    # `carveout`: auto, tuned, with every kernel asking for the same shared-memory share
+    # of L1 (DGATE_CARVEOUT=max), against SMs draining where consecutive kernels differ.
+    # In order of what they can explain, as the deadline may cut the list short.
+    for pol in carveout untuned conv_tc_f16 conv_mmaasync_f16; do
+      for arch in resnet101 densenet201; do
+        lim=$(cap ${POLICY_S:-30} 20)
+        if [ "$lim" = 0 ]; then stamp "skipping policy $pol bench $arch: only $(left) s left"; continue; fi
+        stamp "policy $pol: dgate-rt bench $arch (limit $lim s)"
+        conv=$pol; tune=1; carve=
+        case $pol in untuned) conv=auto; tune=0;; carveout) conv=auto; carve=max;; esac
+        DGATE_CONV=$conv DGATE_AUTOTUNE=$tune DGATE_CARVEOUT=$carve DGATE_DEBUG=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 \
+          --precision f16 --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/policy-$pol-$arch.md"
+      done
+    done
+  fi
   if [ "${NCU:-1}" = 1 ]; then
     # Hardware counters (Nsight Compute; it reads them on the Firecracker machines) for
     # the layers the profile shows far from both ceilings: ResNet-101's stage-1 layers
@@ -103,28 +126,6 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
           "$OUT/ncu-$1.csv" | awk -F'","' '{print $5 " | " $(NF-2) " = " $NF}' | sed 's/"$//' | head -120
       done
     fi
-  fi
-  if [ "${POLICIES:-1}" = 1 ]; then
-    # Whole f16 passes at batch 1 and 64 under one kernel family each (the same binary,
-    # tuned within the family): which kernels win or lose inside the network, where
-    # tuning timed each layer alone. The 2026-11-27 second run was slower there than the
-    # first, with the per-layer table faster.
-    # `untuned`: auto's kernels chosen by the cost model (DGATE_AUTOTUNE=0), which tells
-    # whether tuning's layer-by-layer timing is what picks the slower kernels (the bench
-    # phase's DGATE_DEBUG lines also give tuning's own whole-pass check).
-    # `carveout`: auto, tuned, with every kernel asking for the same shared-memory share
-    # of L1 (DGATE_CARVEOUT=max), against SMs draining where consecutive kernels differ.
-    for arch in resnet101 densenet201; do
-      for pol in conv_mmaasync_f16 conv_tc_f16 untuned carveout; do
-        lim=$(cap ${POLICY_S:-30} 20)
-        if [ "$lim" = 0 ]; then stamp "skipping policy $pol bench $arch: only $(left) s left"; continue; fi
-        stamp "policy $pol: dgate-rt bench $arch (limit $lim s)"
-        conv=$pol; tune=1; carve=
-        case $pol in untuned) conv=auto; tune=0;; carveout) conv=auto; carve=max;; esac
-        DGATE_CONV=$conv DGATE_AUTOTUNE=$tune DGATE_CARVEOUT=$carve DGATE_DEBUG=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 \
-          --precision f16 --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/policy-$pol-$arch.md"
-      done
-    done
   fi
   if [ "${PDL:-1}" = 1 ]; then
     # Correctness on the deep networks first, then the batch sizes where launch gaps matter.

@@ -117,6 +117,12 @@ const fn looped(mut k: ConvKernel) -> ConvKernel {
     k
 }
 
+/// Bytes past a conv_tc / conv_wg ring for the pre-activation of each stage's k-tile:
+/// a scale and a shift (f32) for each of its `bk` channels.
+const fn tc_pre_bytes(bk: usize, stages: usize) -> usize {
+    stages * bk * 2 * 4
+}
+
 /// Shared memory of a conv_tc / conv_wg block: the larger of its operand ring and the
 /// f32 tile its epilogue stages (the kernel stages only where it was given that much).
 const fn tc_smem(bm: usize, bn: usize, ring: usize) -> u32 {
@@ -168,7 +174,11 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
         dtype: "f16",
         tile: (bm, bn, 32),
         threads,
-        smem: tc_smem(bm, bn, (bm + bn) * TC_LDS * 2 * TC_STAGES),
+        smem: tc_smem(
+            bm,
+            bn,
+            (bm + bn) * TC_LDS * 2 * TC_STAGES + tc_pre_bytes(32, TC_STAGES),
+        ),
         k_major: true,
         split: true,
         needs: Needs::Aligned,
@@ -183,7 +193,11 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
 /// stage deeper than conv_tc's (an MMA group stays in flight across the barrier).
 const fn wg(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKernel {
     let mut k = tc(name, bm, bn, (bm / 64 * 128) as u32, efficiency);
-    k.smem = tc_smem(bm, bn, (bm + bn) * 32 * 2 * (TC_STAGES + 1));
+    k.smem = tc_smem(
+        bm,
+        bn,
+        (bm + bn) * 32 * 2 * (TC_STAGES + 1) + tc_pre_bytes(32, TC_STAGES + 1),
+    );
     k.wgmma = true;
     k
 }
@@ -193,7 +207,11 @@ const fn wg(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKe
 const fn wg64(name: &'static str, bm: usize, bn: usize, efficiency: f64) -> ConvKernel {
     let mut k = wg(name, bm, bn, efficiency);
     k.tile = (bm, bn, 64);
-    k.smem = tc_smem(bm, bn, (bm + bn) * 64 * 2 * TC_WG64_STAGES);
+    k.smem = tc_smem(
+        bm,
+        bn,
+        (bm + bn) * 64 * 2 * TC_WG64_STAGES + tc_pre_bytes(64, TC_WG64_STAGES),
+    );
     k
 }
 
@@ -633,10 +651,16 @@ mod kernel_choice {
         let wide = conv_kernel_info("conv_wg128x256_f16").unwrap();
         assert_eq!(wide.smem as usize, 128 * (256 + TC_EPI_PAD) * 4);
         let ring = conv_kernel_info("conv_tc128x128_f16").unwrap();
-        assert_eq!(ring.smem as usize, 256 * TC_LDS * 2 * TC_STAGES);
+        assert_eq!(
+            ring.smem as usize,
+            256 * TC_LDS * 2 * TC_STAGES + TC_STAGES * 32 * 8
+        );
         // 64-wide k-tiles: the ring is the larger, 192 KB at 128x256.
         let k64 = conv_kernel_info("conv_wg128x256k64_f16").unwrap();
-        assert_eq!(k64.smem as usize, 384 * 64 * 2 * TC_WG64_STAGES);
+        assert_eq!(
+            k64.smem as usize,
+            384 * 64 * 2 * TC_WG64_STAGES + TC_WG64_STAGES * 64 * 8
+        );
         assert_eq!(k64.tile.2, 64);
         // conv_halo: two stages of the largest patch and nine taps' weights, 80-byte rows.
         let halo = conv_kernel_info("conv_halo128_f16").unwrap();

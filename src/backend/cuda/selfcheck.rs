@@ -89,9 +89,11 @@ const CONV_CASES: &[ConvCase] = &[
     cc("512->256 1x1 2x2 +res", (512, 256, 2, 1, 1), (512, 0), (256, 0), (false, true, true)),
     cc("136->200 3x3 10x10 +res", (136, 200, 10, 3, 1), (136, 0), (200, 0), (false, true, true)),
     // DenseNet's 3x3 layer shape, into a window of a wider buffer (conv_halo: two images
-    // a 128-pixel block), and a 4x4 map (eight images a block, most past the count).
+    // a 128-pixel block), a 4x4 map (eight images a block, most past the count), and a
+    // 16x16 map (blocks of 8 or 4 rows, most starting inside an image).
     cc("128->32 3x3 8x8, windows", (128, 32, 8, 3, 1), (136, 8), (72, 40), (false, false, true)),
     cc("64->64 3x3 4x4 +res", (64, 64, 4, 3, 1), (64, 0), (64, 0), (false, true, true)),
+    cc("64->32 3x3 16x16 +res, windows", (64, 32, 16, 3, 1), (72, 8), (40, 8), (false, true, true)),
 ];
 
 /// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
