@@ -1087,8 +1087,16 @@ __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* s
     }
 }
 
-template <int BM, int BN, int WM, int WN, bool WG, int BK>
-__device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
+// CHAIN (mma.sync, unsplit): the caller loops over this block's tiles, and each tile
+// starts the next one's copies (its row table, in the other half of `rows`, and its
+// first PF k-tiles into ring slots 0..PF-1) before its own epilogue, whose stores then
+// overlap them; `prefetched` says this tile's were started so. Without it, a layer with
+// a short reduction (2-8 k-tiles: ResNet's 1x1 layers) spends each tile waiting on its
+// first copies, then on its stores, with at most two tiles an SM in flight. The
+// epilogue writes from registers (the ring is busy with the next tile by then).
+template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false>
+__device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_next = 0, int rb = 0,
+                                             bool prefetched = false) {
     constexpr int THREADS = WM * WN * 32;
     constexpr int WTM = BM / WM;
     constexpr int WTN = BN / WN;
@@ -1111,6 +1119,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     // (8 + 8 floats per 8-channel chunk), past the ring (see pre_activate).
     constexpr int PRE_FLOATS = CHUNKS * 16;
     static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
+    static_assert(!CHAIN || !WG, "chained tiles: the mma.sync pipeline");
     static_assert(!WG || (WN == 1 && WM % 4 == 0 && WTM == 16 && (BN == 64 || BN == 128 || BN == 256)),
                   "wgmma: warpgroups stacked in m, each 64 x BN");
     static_assert(A_ITERS >= 1 && B_ITERS >= 1 && A_ITERS * ROWS_PER_PASS == BM && B_ITERS * ROWS_PER_PASS == BN,
@@ -1118,7 +1127,9 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     DGATE_DYNAMIC_SHARED(uint4, conv_tc_smem);
     unsigned short* smem = reinterpret_cast<unsigned short*>(conv_tc_smem);
     float* pre_smem = reinterpret_cast<float*>(smem + STAGES * STAGE);
-    __shared__ int rbase[BM], ry0[BM], rx0[BM];
+    // Per tile row: sample base, top-left input row and column (conv_row_info); a
+    // second table when chained, for the next tile.
+    __shared__ int rows[CHAIN ? 2 : 1][3][BM];
 
     const int M = *p.count * p.P * p.Q;
     const int n0 = blockIdx.y * BN;
@@ -1129,6 +1140,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     int kt0, kt1, parts;
     bool split;
     if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
+    // Chained kernels are never split (gridDim.z == 1: convsel.rs gives them no split-K).
 
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -1141,31 +1153,40 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
     const __half* w = (const __half*)p.weight;
     const bool pre = p.pre_scale != nullptr;
 
-    for (int i = tid; i < BM; i += THREADS) conv_row_info(p, m0 + i, M, &rbase[i], &ry0[i], &rx0[i]);
-    __syncthreads();
+    auto row_table = [&](int mb, int (*tab)[BM]) {
+        for (int i = tid; i < BM; i += THREADS) conv_row_info(p, mb + i, M, &tab[0][i], &tab[1][i], &tab[2][i]);
+    };
+    if (!prefetched) {
+        row_table(m0, rows[rb]);
+        __syncthreads();
+    }
+    const int(*cur)[BM] = rows[rb];
 
     // This thread's chunks: column kc of rows r0 + i * ROWS_PER_PASS, in A and in B.
     // Each k-tile's (c, r, s) comes from a cursor stepped by BK (no division in the
     // loop); the rows' pixels from the table above (registers would cost occupancy).
     const int kc = tid % CHUNKS;
     const int r0 = tid / CHUNKS;
-    // Whether tap (r, s) of A row `row` lies in the image (rows past M never do).
-    auto a_in = [&](int row, int r, int s) {
-        return rbase[row] >= 0 && (unsigned)(ry0[row] + r) < (unsigned)p.H && (unsigned)(rx0[row] + s) < (unsigned)p.W;
+    // Whether tap (r, s) of A row `row` of table `tab` lies in the image (rows past M
+    // never do).
+    auto a_in = [&](const int(*tab)[BM], int row, int r, int s) {
+        return tab[0][row] >= 0 && (unsigned)(tab[1][row] + r) < (unsigned)p.H &&
+               (unsigned)(tab[2][row] + s) < (unsigned)p.W;
     };
-    TcCursor at_issue = tc_cursor(p, kt0 * BK + kc * 8, Kd);
-    TcCursor at_pre = at_issue;
+    // Chained and prefetched: the first PF k-tiles are in flight already.
+    TcCursor at_issue = tc_cursor(p, (prefetched ? kt0 + PF : kt0) * BK + kc * 8, Kd);
+    TcCursor at_pre = tc_cursor(p, kt0 * BK + kc * 8, Kd);
 
-    auto issue = [&](int kt, int slot) {
+    // k-tile kt of the tile whose rows are `tab` into ring slot `slot`, from cursor `k`.
+    auto issue_from = [&](const int(*tab)[BM], TcCursor& k, int kt, int slot) {
         if (kt < kt1) {
             unsigned short* As = smem + slot * STAGE;
             unsigned short* Bs = As + BM * ROW;
-            const TcCursor& k = at_issue;
 #pragma unroll
             for (int i = 0; i < A_ITERS; ++i) {
                 const int row = r0 + i * ROWS_PER_PASS;
-                const bool ok = k.c >= 0 && a_in(row, k.r, k.s);
-                const size_t at = (size_t)(rbase[row] + (ry0[row] + k.r) * p.W + rx0[row] + k.s) * p.in_stride;
+                const bool ok = k.c >= 0 && a_in(tab, row, k.r, k.s);
+                const size_t at = (size_t)(tab[0][row] + (tab[1][row] + k.r) * p.W + tab[2][row] + k.s) * p.in_stride;
                 cp_async16(&As[tc_off<WG>(BM, row, kc)], ok ? in + at + p.in_off + k.c : in, ok);
             }
 #pragma unroll
@@ -1186,10 +1207,11 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
                 cp_async16(d + 8, p.pre_shift + k.c, true);
                 cp_async16(d + 12, p.pre_shift + k.c + 4, true);
             }
-            tc_step<BK>(p, &at_issue, Kd);
+            tc_step<BK>(p, &k, Kd);
         }
         cp_async_commit();  // an empty group past the end keeps the wait counts uniform
     };
+    auto issue = [&](int kt, int slot) { issue_from(cur, at_issue, kt, slot); };
 
     // relu?(x * scale + shift) on this thread's landed A chunks of the next tile (the
     // tiles come in order, as they were issued), with the scale and shift that came
@@ -1212,7 +1234,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 #pragma unroll
         for (int i = 0; i < A_ITERS; ++i) {
             const int row = r0 + i * ROWS_PER_PASS;
-            if (!a_in(row, k.r, k.s)) continue;
+            if (!a_in(cur, row, k.r, k.s)) continue;
             unsigned short* q = &As[tc_off<WG>(BM, row, kc)];
             uint4 v = ld128(q);
             v.x = pre_act_pair_with(v.x, sc[0], sh[0], sc[1], sh[1], p.pre_relu);
@@ -1231,8 +1253,10 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
 
+    if (!prefetched) {
 #pragma unroll
-    for (int s = 0; s < PF; ++s) issue(kt0 + s, s);
+        for (int s = 0; s < PF; ++s) issue(kt0 + s, s);
+    }
 
     for (int kt = kt0; kt < kt1; ++kt) {
         const int it = kt - kt0;
@@ -1293,6 +1317,17 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
         wgmma_wait<0>();
         wgmma_fence_regs<MT * NT * 4>(&acc[0][0][0]);
     }
+    if constexpr (CHAIN) {
+        if (m_next < M) {
+            row_table(m_next, rows[rb ^ 1]);
+            __syncthreads();  // every warp done with the ring (its ldmatrix reads); the rows visible
+            TcCursor k = tc_cursor(p, kc * 8, Kd);
+#pragma unroll
+            for (int s = 0; s < PF; ++s) issue_from(rows[rb ^ 1], k, s, s);
+        }
+        mma_epilogue<MT, NT>(p, acc, m0 + wm, n0 + wn, M, g, t, false);
+        return;
+    }
 
     if ((split ? p.K % 8 == 0 : tc_epi_aligned(p)) && dynamic_smem_bytes() >= (unsigned)tc_epi_bytes<BM, BN>()) {
         float* st = reinterpret_cast<float*>(conv_tc_smem);
@@ -1310,11 +1345,19 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0) {
 // Output tiles m0 = blockIdx.x * BM, + gridDim.x * BM, ...: the host sizes the grid for
 // the samples it expects live (after a gate: what recent passes left), so a smaller
 // survivor count launches no idle blocks, and a larger one is still covered.
-template <int BM, int BN, int WM, int WN, bool WG = false, int BK = TC_BK>
+// Chained (CHAIN), the host launches a few blocks an SM and each loops over many tiles.
+template <int BM, int BN, int WM, int WN, bool WG = false, int BK = TC_BK, bool CHAIN = false>
 __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     const int M = *p.count * p.P * p.Q;
+    int rb = 0;
+    bool prefetched = false;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
-        conv_tc_tile<BM, BN, WM, WN, WG, BK>(p, m0);
+        const int m_next = m0 + (int)gridDim.x * BM;
+        conv_tc_tile<BM, BN, WM, WN, WG, BK, CHAIN>(p, m0, m_next, rb, prefetched);
+        if (CHAIN) {
+            rb ^= 1;
+            prefetched = m_next < M;
+        }
         __syncthreads();  // the next tile reuses the shared memory
     }
 }
@@ -1755,6 +1798,10 @@ DGATE_KERNEL(conv_tc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc64x64_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2>(p); }
 DGATE_KERNEL(conv_tc128x32_f16, ConvParams, 128) { conv_tc<128, 32, 4, 1>(p); }
 DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
+// Chained tiles (see conv_tc_tile), a few blocks an SM looping over the output: for
+// short reductions. Not yet run on a GPU.
+DGATE_KERNEL_OCC(conv_tcc128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4, false, TC_BK, true>(p); }
+DGATE_KERNEL(conv_tcc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2, false, TC_BK, true>(p); }
 // 3x3 layers from a shared input patch (see conv_halo). Not yet run on a GPU.
 DGATE_KERNEL(conv_halo128_f16, ConvParams, 128) { conv_halo<128>(p); }
 DGATE_KERNEL(conv_halo64_f16, ConvParams, 128) { conv_halo<64>(p); }

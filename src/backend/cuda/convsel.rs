@@ -86,6 +86,9 @@ pub(crate) struct ConvKernel {
     pub efficiency: f64,
     /// Uses Hopper wgmma: compiled for sm_90a only (elsewhere absent from the cubin).
     pub wgmma: bool,
+    /// Blocks an SM to launch at most (the kernel loops over the rest of the output
+    /// tiles, chaining one into the next), or 0 for a block per tile.
+    pub resident: usize,
 }
 
 const fn plain(
@@ -108,6 +111,7 @@ const fn plain(
         m_loop: false,
         efficiency,
         wgmma: false,
+        resident: 0,
     }
 }
 
@@ -147,6 +151,7 @@ const fn halo(name: &'static str, bm: usize, efficiency: f64) -> ConvKernel {
         m_loop: true,
         efficiency,
         wgmma: false,
+        resident: 0,
     }
 }
 
@@ -185,7 +190,24 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
         m_loop: true,
         efficiency,
         wgmma: false,
+        resident: 0,
     }
+}
+
+/// conv_tc with chained tiles: `resident` blocks an SM, each looping over output tiles
+/// and starting the next tile's copies before the current tile's epilogue; no split-K.
+const fn tcc(
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    threads: u32,
+    resident: usize,
+    efficiency: f64,
+) -> ConvKernel {
+    let mut k = tc(name, bm, bn, threads, efficiency);
+    k.split = false;
+    k.resident = resident;
+    k
 }
 
 /// conv_tc's pipeline on Hopper wgmma: one 128-thread warpgroup per 64 tile rows,
@@ -281,6 +303,9 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     wg64("conv_wg128x256k64_f16", 128, 256, 1.2),
     wg64("conv_wg128x128k64_f16", 128, 128, 1.15),
     wg64("conv_wg128x64k64_f16", 128, 64, 1.0),
+    // Chained tiles for short reductions. Not yet run on a GPU; ranked below conv_tc's.
+    tcc("conv_tcc128x128_f16", 128, 128, 256, 2, 0.9),
+    tcc("conv_tcc128x64_f16", 128, 64, 128, 3, 0.8),
     // 3x3 layers from a shared input patch. Not yet run on a GPU; ranked low by the
     // cost model, so that only tuning picks them.
     halo("conv_halo128_f16", 128, 0.5),
@@ -581,24 +606,25 @@ mod kernel_choice {
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 16);
+        assert_eq!(tc.len(), 18);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
         assert!(tc[5..13].iter().all(|n| n.starts_with("conv_wg")));
-        assert_eq!(tc[13..15], ["conv_halo128_f16", "conv_halo64_f16"]);
-        assert_eq!(tc[15], "conv_mmavec_f16");
+        assert_eq!(tc[13..15], ["conv_tcc128x128_f16", "conv_tcc128x64_f16"]);
+        assert_eq!(tc[15..17], ["conv_halo128_f16", "conv_halo64_f16"]);
+        assert_eq!(tc[17], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
         assert!(f32s[..5].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 6);
         assert_eq!(f32s[5], "conv_simt_f32");
-        // A family by name has no reference in it.
-        assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 5);
+        // A family by name has no reference in it (conv_tc's includes the chained tiles).
+        assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 7);
         let wg = names("conv_wg_f16", "f16", &aligned);
         assert!(wg.len() == 8 && wg.iter().all(|n| n.starts_with("conv_wg")));
         // Pre-activation is fine for conv_tc (not conv_halo); an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            14
+            16
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
@@ -640,7 +666,7 @@ mod kernel_choice {
     #[test]
     fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
         let tiles: Vec<_> = CONV_KERNELS.iter().filter(|k| k.smem > 0).collect();
-        assert_eq!(tiles.len(), 15);
+        assert_eq!(tiles.len(), 17);
         for k in tiles {
             let (bm, bn, _) = k.tile;
             assert!(k.smem as usize >= bm * (bn + TC_EPI_PAD) * 4, "{}", k.name);

@@ -537,6 +537,8 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_tc64x64_f16",
             "conv_tc128x32_f16",
             "conv_tc64x32_f16",
+            "conv_tcc128x128_f16",
+            "conv_tcc128x64_f16",
             "conv_wg128x256_f16",
             "conv_wg128x128_f16",
             "conv_wg128x64_f16",

@@ -509,6 +509,16 @@ fn blocks(total: usize, per: usize) -> u32 {
 /// Channels a gate, compaction or pooling thread loads at once (`vec` of their parameters):
 /// 16 bytes' worth where a view `channels` wide at `offset` in a buffer `stride` channels
 /// wide keeps every pixel's 16-byte units aligned, else 1.
+/// Blocks along m for a kernel that keeps `resident` blocks an SM (0: one per tile):
+/// at most that many over all `n_blocks` columns, at least one, never more than tiles.
+fn resident_blocks(m_blocks: u32, n_blocks: u32, resident: usize, sms: usize) -> u32 {
+    if resident == 0 {
+        return m_blocks;
+    }
+    let cap = (resident * sms).div_ceil(n_blocks.max(1) as usize).max(1);
+    m_blocks.min(cap.min(u32::MAX as usize) as u32)
+}
+
 fn vec_channels(elem_bytes: usize, stride: usize, offset: usize, channels: usize) -> usize {
     let v = 16 / elem_bytes;
     if [stride, offset, channels]
@@ -1509,7 +1519,11 @@ impl Prepared {
         } else {
             m
         };
-        let grid = (blocks(m_grid, tm), blocks(k, tn), splits as u32);
+        let grid = (
+            resident_blocks(blocks(m_grid, tm), blocks(k, tn), kernel.resident, self.sms),
+            blocks(k, tn),
+            splits as u32,
+        );
         // A split's last block per tile writes the outputs (splitk_finish): one launch.
         dev.launch3(kernel.name, grid, kernel.threads, kernel.smem, &p)?;
         Ok(())
@@ -1901,6 +1915,18 @@ mod validation {
             false,
         );
         single_op_plan(vec![buf(32, 8, 8)], op)
+    }
+
+    #[test]
+    fn chained_kernels_get_a_few_blocks_an_sm_and_others_a_block_a_tile() {
+        use super::resident_blocks;
+        assert_eq!(resident_blocks(2048, 2, 0, 132), 2048);
+        // 2 an SM over 132 SMs, the output in 2 columns: 132 blocks along m.
+        assert_eq!(resident_blocks(2048, 2, 2, 132), 132);
+        assert_eq!(resident_blocks(2048, 1, 3, 132), 396);
+        // Never more blocks than tiles, never none.
+        assert_eq!(resident_blocks(5, 2, 2, 132), 5);
+        assert_eq!(resident_blocks(1, 400, 2, 132), 1);
     }
 
     #[test]

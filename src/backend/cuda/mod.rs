@@ -581,6 +581,12 @@ impl CudaBackend {
         prep.test_workspace_with_canary(dev, cap, canary)
     }
 
+    /// Pretends the device has `sms` multiprocessors from the next `prepare` on (split-K
+    /// and the grids of chained kernels are sized from it); returns the previous count.
+    pub(crate) fn op_test_sms(&mut self, sms: usize) -> usize {
+        std::mem::replace(&mut self.dev.sms, sms.max(1))
+    }
+
     /// How many kernel choices the resident plan has measured.
     pub(crate) fn op_test_measured_choices(&self) -> usize {
         self.prepared.as_ref().map_or(0, |p| p.measured_choices())

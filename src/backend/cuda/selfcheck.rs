@@ -103,6 +103,18 @@ const LONG_CASES: [&str; 3] = [
     "136->200 3x3 10x10 +res",
 ];
 
+/// For a chained kernel (a few blocks an SM, each looping over tiles): pretends one SM,
+/// so that the small cases give each block several tiles to chain. Returns the count
+/// to restore (`be.op_test_sms`).
+fn chain_sms(be: &mut CudaBackend, var: &str) -> usize {
+    let chained = super::convsel::conv_kernel_info(var).is_some_and(|k| k.resident > 0);
+    let sms = be.op_test_sms(1);
+    if !chained {
+        be.op_test_sms(sms);
+    }
+    sms
+}
+
 fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
     let pad = cc.r / 2;
     let out_hw = (cc.hw + 2 * pad - cc.r) / cc.stride + 1;
@@ -295,6 +307,8 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_tc64x64_f16",
             "conv_tc128x32_f16",
             "conv_tc64x32_f16",
+            "conv_tcc128x128_f16",
+            "conv_tcc128x64_f16",
             "conv_wg128x256_f16",
             "conv_wg128x128_f16",
             "conv_wg128x64_f16",
@@ -327,6 +341,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             continue;
         }
         be.set_conv_kernel(var)?;
+        let sms = chain_sms(be, var);
         for cc in CONV_CASES {
             for n in [1usize, 3] {
                 for exact in [false, true] {
@@ -342,16 +357,19 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                 }
             }
         }
+        be.op_test_sms(sms);
     }
     // Long reductions in one block (16 to 39 k-tiles): the pipelined kernels' rings wrap
     // several times, so a stage refilled too early (or read too late) shows.
     for &var in variants.iter().filter(|v| !skipped.contains(v)) {
         be.set_conv_kernel(var)?;
+        let sms = chain_sms(be, var);
         for cc in CONV_CASES.iter().filter(|cc| LONG_CASES.contains(&cc.name)) {
             for exact in [false, true] {
                 conv_case_line(be, out, tally, &mut rng, (var, tag), cc, (3, exact, true))?;
             }
         }
+        be.op_test_sms(sms);
     }
     be.set_conv_kernel(&default)?;
     if !ran.iter().all(|k| variants.contains(&k.as_str()))
