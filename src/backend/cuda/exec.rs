@@ -127,8 +127,6 @@ pub(crate) struct Prepared {
     /// Measured choices by layer shape, shared by the identical layers of a network.
     tuned: HashMap<TuneKey, (usize, usize)>,
     tuned_batches: std::collections::HashSet<usize>,
-    /// Per batch size, the last whole-pass check of tuning (see `CudaBackend::launch_pass`).
-    pub pass_checks: HashMap<usize, PassCheck>,
     /// Per batch size, the live samples each level's kernels are chosen for (level 0:
     /// the batch; after a gate: what recent passes left, see `observe`).
     assumed: HashMap<usize, Vec<usize>>,
@@ -827,7 +825,6 @@ impl Prepared {
             choices: HashMap::new(),
             tuned: HashMap::new(),
             tuned_batches: Default::default(),
-            pass_checks: HashMap::new(),
             assumed: HashMap::new(),
             reassumed: HashMap::new(),
             ws_cap: workspace_floats,
