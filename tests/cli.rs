@@ -270,6 +270,7 @@ fn bench_help_names_every_cuda_setting() {
         "DGATE_AUTOTUNE",
         "DGATE_WGMMA",
         "DGATE_PDL",
+        "DGATE_CARVEOUT",
         "DGATE_CUDA_GRAPHS",
         "DGATE_DEBUG",
     ] {
