@@ -151,7 +151,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
 fi
 # Tuning checks every candidate kernel against the previous default before timing it;
 # one that disagreed was left out (and printed). Say so here, once per kernel and layer.
-rejected=$(cat "$OUT"/gpu-check.log "$OUT"/pdl-check.log "$OUT"/bench-*.md "$OUT"/pdl-bench-*.md 2>/dev/null | grep -h 'disagrees with' | sort | uniq -c)
+rejected=$(cat "$OUT"/gpu-check.log "$OUT"/pdl-check.log "$OUT"/bench-*.md "$OUT"/pdl-bench-*.md "$OUT"/policy-*.md 2>/dev/null | grep -h 'disagrees with' | sort | uniq -c)
 if [ -n "$rejected" ]; then
   stamp "kernels that tuning rejected (wrong on this card; not used):"
   echo "$rejected"
