@@ -272,6 +272,26 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned* a, const uns
 #endif
 }
 
+// acc += a x b over a warp's MT x NT m16n8k16 tiles.
+template <int MT, int NT>
+__device__ __forceinline__ void mma_tiles(float (*acc)[NT][4], const unsigned (*a)[4], const unsigned (*b)[2]) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+}
+
+// A warp's MT x NT m16n8 accumulator tiles, zeroed.
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (*acc)[NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+}
+
 __device__ __forceinline__ unsigned ld_pair(const unsigned short* p) {
 #ifdef DGATE_HOST_EMU
     emu_check_align(p, 4);
@@ -320,12 +340,7 @@ __device__ __forceinline__ void conv_mma(const ConvParams& p) {
     if (tid < MMA_BM) conv_row_info(p, m0 + tid, M, &rbase[tid], &ry0[tid], &rx0[tid]);
 
     float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    zero_acc<2, 4>(acc);
 
     for (int k0 = 0; k0 < Kd; k0 += MMA_BK) {
         if (tid < MMA_BK) conv_k_info(p, k0 + tid, Kd, &kc[tid], &kr[tid], &ks[tid]);
@@ -365,10 +380,7 @@ __device__ __forceinline__ void conv_mma(const ConvParams& p) {
                 b[nt][0] = ld_pair(c0);
                 b[nt][1] = ld_pair(c0 + 8);
             }
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+            mma_tiles<2, 4>(acc, a, b);
         }
         __syncthreads();
     }
@@ -394,7 +406,8 @@ struct Chunk {
     uint4 v;
 };
 
-// pre_act_pair with the two channels' scale and shift in hand (pre-activation present).
+// relu?(x * scale + shift) on the two f16 values of `bits`, with their channels' scale and shift
+// (s0, h0) and (s1, h1) in hand.
 __device__ __forceinline__ unsigned pre_act_pair_with(unsigned bits, float s0, float h0, float s1, float h1, int relu) {
     float a = fmaf(__half2float(__ushort_as_half((unsigned short)(bits & 0xffffu))), s0, h0);
     float b = fmaf(__half2float(__ushort_as_half((unsigned short)(bits >> 16))), s1, h1);
@@ -405,14 +418,6 @@ __device__ __forceinline__ unsigned pre_act_pair_with(unsigned bits, float s0, f
     return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
 }
 
-__device__ __forceinline__ unsigned pre_act_pair(unsigned bits, const ConvParams& p, int c) {
-    __half lo, hi;
-    lo = __ushort_as_half((unsigned short)(bits & 0xffffu));
-    hi = __ushort_as_half((unsigned short)(bits >> 16));
-    const float a = pre_act(__half2float(lo), p.pre_scale, p.pre_shift, p.pre_relu, c);
-    const float b = pre_act(__half2float(hi), p.pre_scale, p.pre_shift, p.pre_relu, c + 1);
-    return (unsigned)__half_as_ushort(__float2half_rn(a)) | ((unsigned)__half_as_ushort(__float2half_rn(b)) << 16);
-}
 
 __device__ __forceinline__ void conv_store_pair(const ConvParams& p, int m, int k, float v0, float v1) {
     v0 += p.bias[k];
@@ -603,12 +608,7 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
     };
 
     float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    zero_acc<2, 4>(acc);
 
     fetch(kt0, 0);
     stash(0);
@@ -636,10 +636,7 @@ __device__ __forceinline__ void conv_mmavec(const ConvParams& p) {
                 b[nt][0] = ld_pair(c0);
                 b[nt][1] = ld_pair(c0 + 8);
             }
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+            mma_tiles<2, 4>(acc, a, b);
         }
         if (more) stash(buf ^ 1);
         __syncthreads();
@@ -705,12 +702,7 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
     };
 
     float acc[4][4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    zero_acc<4, 4>(acc);
 
     issue(kt0, 0);
     for (int kt = kt0; kt < kt1; ++kt) {
@@ -741,10 +733,7 @@ __device__ __forceinline__ void conv_mmaasync(const ConvParams& p) {
                 b[nt][0] = ld_pair(q);
                 b[nt][1] = ld_pair(q + 8);
             }
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
+            mma_tiles<4, 4>(acc, a, b);
         }
         __syncthreads();  // the buffer is refilled by the next iteration's issue
     }
@@ -909,15 +898,6 @@ __device__ __forceinline__ void ldmatrix_b(unsigned (*b)[2], const unsigned shor
         b[2 * np + 1][0] = r[2];
         b[2 * np + 1][1] = r[3];
     }
-}
-
-// acc += a x b over a warp's MT x NT m16n8k16 tiles.
-template <int MT, int NT>
-__device__ __forceinline__ void mma_tiles(float (*acc)[NT][4], const unsigned (*a)[4], const unsigned (*b)[2]) {
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma_16816(acc[mt][nt], a[mt], b[nt]);
 }
 
 // A thread's place in the reduction: column kd and its (c, r, s), c = -1 past Kd.
@@ -1246,12 +1226,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    zero_acc<MT, NT>(acc);
 
     if (!prefetched) {
 #pragma unroll
@@ -1480,12 +1455,7 @@ __device__ __forceinline__ void conv_halo_tile(const ConvParams& p, int m0, int 
     };
 
     float acc[MT][NT][4];
-#pragma unroll
-    for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+    zero_acc<MT, NT>(acc);
 
     const int chunks = p.C / 32;
     issue(0, 0);
