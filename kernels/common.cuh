@@ -66,6 +66,7 @@ struct ConvParams {
     const int* count;
     float* workspace;       // split-K partial sums [M][K], zero between uses
     int* tickets;           // split-K: blocks done per output tile, zero between uses
+    const void* tma;        // conv_tma: tensor maps of the input view and the weights
     int in_stride, in_off, C;
     int out_stride, out_off, K;
     int res_stride, res_off;

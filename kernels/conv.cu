@@ -1499,6 +1499,206 @@ __device__ __forceinline__ void conv_halo(const ConvParams& p) {
 }
 
 // ---------------------------------------------------------------------------------
+// conv_tma<BN>_f16: 1x1 convolutions of stride 1 without pre-activation (a plain GEMM
+// over NHWC pixels: ResNet's 1x1 layers, about half of ResNet-101's f16 pass on the
+// H200 at 0.9-1.7 TB/s), on Hopper's tensor memory accelerator (TMA), shared-memory
+// barriers (mbarrier) and wgmma, with the warps specialised:
+// - warpgroup 0 is the producer: one thread issues two TMA copies per k-tile of 64
+//   channels (a 128 x 64 box of the input view, a BN x 64 box of the weights) into a
+//   ring of STAGES stages, each completing on the stage's `full` barrier; it waits on
+//   the stage's `empty` barrier before refilling it. No address arithmetic per row,
+//   no per-thread copies: the copy engine gathers the rows, zero-fills what lies past
+//   the view (channels past C, rows past the buffer, weight rows past K) and stores
+//   them in 128-byte swizzled rows, the layout wgmma reads without bank conflicts.
+// - warpgroups 1 and 2 multiply rows 0-63 and 64-127 of the tile by its BN columns,
+//   four wgmma per k-tile, keep one group in flight, and release a stage once the
+//   MMAs that read it are done (lane 0 of each of the eight warps arrives on `empty`).
+// Blocks loop over output tiles (blockIdx.y picks the columns), a few an SM: the
+// producer runs up to STAGES k-tiles ahead, into the next tile while the consumers
+// are in their epilogue, so the stores of one tile overlap the loads of the next. The
+// epilogue writes from registers (bias, residual, ReLU), as conv_mmavec's.
+// The host gives it layers whose input view, residual and output allow 16-byte
+// aligned rows (convsel.rs, Needs::Tma1x1) and its tensor maps in global memory
+// (ConvParams::tma, encoded by the host: the input view over the buffer's full
+// capacity in boxes of 128 pixels, the weights in boxes of 256, 128 and 64 channels).
+#define TMA_BK 64  // channels per k-tile: one 128-byte swizzled row per operand row
+
+// A CUtensorMap (opaque, 128 bytes; the emulator's own layout where emulated).
+struct __align__(64) TmaMap {
+    unsigned long long bits[16];
+};
+
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+#ifdef DGATE_HOST_EMU
+    emu_mbar_init(bar, count);
+#elif defined(DGATE_WGMMA)
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// The barriers' initialisation, visible to the asynchronous proxy (TMA completions).
+__device__ __forceinline__ void mbar_init_fence() {
+#ifdef DGATE_WGMMA
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+#ifdef DGATE_HOST_EMU
+    emu_mbar_arrive(bar, 0);
+#elif defined(DGATE_WGMMA)
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+// Arrives, and expects `bytes` more of asynchronous copies in the current phase.
+__device__ __forceinline__ void mbar_arrive_tx(unsigned long long* bar, unsigned bytes) {
+#ifdef DGATE_HOST_EMU
+    emu_mbar_arrive(bar, bytes);
+#elif defined(DGATE_WGMMA)
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+#endif
+}
+// Waits until the phase of parity `parity` has completed. A fresh barrier is in phase
+// 0, so waiting for parity 1 returns at once (the producer's first pass over the ring).
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
+#ifdef DGATE_HOST_EMU
+    emu_mbar_wait(bar, parity);
+#elif defined(DGATE_WGMMA)
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(smem_u32(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+#endif
+}
+// The tensor maps were written to global memory by the host (generic proxy) before the
+// launch; TMA reads them through the tensormap proxy.
+__device__ __forceinline__ void tma_map_acquire(const TmaMap* map) {
+#ifdef DGATE_WGMMA
+    asm volatile("fence.proxy.tensormap::generic.acquire.gpu [%0], 128;\n" ::"l"(map) : "memory");
+#endif
+}
+// The box of `map` at element (c0, c1) (innermost first) into shared memory at `dst`
+// (1024-byte aligned for the 128-byte swizzle), completing `bar`'s transaction bytes.
+__device__ __forceinline__ void tma_load_2d(void* dst, const TmaMap* map, int c0, int c1, unsigned long long* bar) {
+#ifdef DGATE_HOST_EMU
+    emu_tma_load_2d(dst, map, c0, c1, bar);
+#elif defined(DGATE_WGMMA)
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
+            smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+        : "memory");
+#endif
+}
+// Descriptor of a K-major wgmma operand in 128-byte swizzled rows (TMA's
+// CU_TENSOR_MAP_SWIZZLE_128B): 8-row atoms of 1024 bytes (SBO), the leading offset
+// unused; `smem` may step 32 bytes (16 halves of k) into an atom, whose base is
+// 1024-byte aligned: the swizzle is a function of the address bits.
+__device__ __forceinline__ unsigned long long wg_desc_sw128(const void* smem) {
+    return (unsigned long long)((smem_u32(smem) & 0x3ffff) >> 4) | 1ull << 16 | (unsigned long long)(1024 >> 4) << 32 |
+           1ull << 62;
+}
+
+// Which of ConvParams::tma's maps holds the weights in boxes of BN rows (0: the input).
+__device__ __forceinline__ constexpr int tma_weight_map(int bn) { return bn == 256 ? 1 : bn == 128 ? 2 : 3; }
+
+template <int BN, int STAGES>
+__device__ __forceinline__ constexpr int tma_smem_bytes() {
+    return STAGES * (128 + BN) * TMA_BK * 2 + 2 * STAGES * 8 + 1024;
+}
+static_assert(DGATE_TMA_SMEM256 == tma_smem_bytes<256, DGATE_TMA_STAGES256>() &&
+                  DGATE_TMA_SMEM128 == tma_smem_bytes<128, DGATE_TMA_STAGES128>() &&
+                  DGATE_TMA_SMEM64 == tma_smem_bytes<64, DGATE_TMA_STAGES64>(),
+              "the host sizes conv_tma's shared memory differently (convsel.rs)");
+
+template <int BN, int STAGES>
+__device__ __forceinline__ void conv_tma(const ConvParams& p) {
+    constexpr int BM = 128;
+    constexpr int A_BYTES = BM * TMA_BK * 2;
+    constexpr int STAGE = (BM + BN) * TMA_BK * 2;
+    static_assert(STAGE % 1024 == 0 && A_BYTES % 1024 == 0, "stages of whole 1024-byte swizzle atoms");
+    DGATE_DYNAMIC_SHARED(uint4, conv_tma_smem);
+    unsigned char* ring = reinterpret_cast<unsigned char*>(conv_tma_smem);
+    ring += (1024u - (smem_u32(ring) & 1023u)) & 1023u;
+    unsigned long long* full = reinterpret_cast<unsigned long long*>(ring + STAGES * STAGE);
+    unsigned long long* empty = full + STAGES;
+    const TmaMap* maps = static_cast<const TmaMap*>(p.tma);
+
+    const int M = *p.count * p.P * p.Q;
+    const int n0 = (int)blockIdx.y * BN;
+    const int ktiles = (p.C + TMA_BK - 1) / TMA_BK;
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; ++s) {
+            mbar_init(&full[s], 1);
+            mbar_init(&empty[s], 8);
+        }
+        mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (tid < 128) {
+        if (tid == 0) {
+            tma_map_acquire(&maps[0]);
+            tma_map_acquire(&maps[tma_weight_map(BN)]);
+            int slot = 0;
+            unsigned phase = 0;
+            for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+                for (int kt = 0; kt < ktiles; ++kt) {
+                    mbar_wait(&empty[slot], phase ^ 1);
+                    unsigned char* a = ring + slot * STAGE;
+                    mbar_arrive_tx(&full[slot], STAGE);
+                    tma_load_2d(a, &maps[0], kt * TMA_BK, m0, &full[slot]);
+                    tma_load_2d(a + A_BYTES, &maps[tma_weight_map(BN)], kt * TMA_BK, n0, &full[slot]);
+                    if (++slot == STAGES) {
+                        slot = 0;
+                        phase ^= 1;
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    const int cw = tid / 128 - 1;     // consumer warpgroup: tile rows 64 cw ..
+    const int warp = (tid / 32) % 4;  // its warp: rows 16 warp .. of those
+    const int lane = tid % 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    int slot = 0;
+    unsigned phase = 0;
+    for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+        float acc[1][BN / 8][4];
+        zero_acc<1, BN / 8>(acc);
+        int held = -1;  // the stage of the MMAs still in flight
+        for (int kt = 0; kt < ktiles; ++kt) {
+            mbar_wait(&full[slot], phase);
+            const unsigned char* a = ring + slot * STAGE + cw * 64 * (TMA_BK * 2);
+            const unsigned char* b = ring + slot * STAGE + A_BYTES;
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < TMA_BK / 16; ++kk)
+                wgmma_f16<BN>(&acc[0][0][0], wg_desc_sw128(a + kk * 32), wg_desc_sw128(b + kk * 32));
+            wgmma_commit();
+            wgmma_wait<1>();  // the previous k-tile's MMAs are done: its stage is free
+            if (held >= 0 && lane == 0) mbar_arrive(&empty[held]);
+            held = slot;
+            if (++slot == STAGES) {
+                slot = 0;
+                phase ^= 1;
+            }
+        }
+        wgmma_wait<0>();
+        if (lane == 0) mbar_arrive(&empty[held]);
+        wgmma_fence_regs<BN / 2>(&acc[0][0][0]);
+        mma_epilogue<1, BN / 8>(p, acc, m0 + cw * 64 + warp * 16, n0, M, g, t, false);
+    }
+}
+
+// ---------------------------------------------------------------------------------
 // conv_sgemm<BM, BN>_f32: the register-blocked f32 kernel. Block tile BM x BN x 8,
 // THREADS threads as TY x TX (TX = 16 along the output channels, 8 for the 32-wide
 // tiles of DenseNet's 3x3 layers, which a 64-wide tile would run half empty), each
@@ -1793,6 +1993,11 @@ DGATE_KERNEL(conv_wg64x64_f16, ConvParams, 128) { conv_tc<64, 64, 4, 1, true>(p)
 DGATE_KERNEL(conv_wg128x256k64_f16, ConvParams, 256) { conv_tc<128, 256, 8, 1, true, 64>(p); }
 DGATE_KERNEL(conv_wg128x128k64_f16, ConvParams, 256) { conv_tc<128, 128, 8, 1, true, 64>(p); }
 DGATE_KERNEL_OCC(conv_wg128x64k64_f16, ConvParams, 256, 2) { conv_tc<128, 64, 8, 1, true, 64>(p); }
+// TMA and warp-specialised wgmma for 1x1 layers (see conv_tma): a producer warpgroup
+// and two consumer warpgroups. Not yet run on a GPU.
+DGATE_KERNEL(conv_tma128x256_f16, ConvParams, 384) { conv_tma<256, DGATE_TMA_STAGES256>(p); }
+DGATE_KERNEL(conv_tma128x128_f16, ConvParams, 384) { conv_tma<128, DGATE_TMA_STAGES128>(p); }
+DGATE_KERNEL(conv_tma128x64_f16, ConvParams, 384) { conv_tma<64, DGATE_TMA_STAGES64>(p); }
 #endif
 // Two blocks per SM on sm_90 (128 registers, no spills there); sm_80 would spill.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

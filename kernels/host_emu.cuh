@@ -26,6 +26,10 @@
 //   descriptors) runs when issued on the blocks whose copies are deferred, and only at
 //   its wgmma.wait_group on the others, so a stage refilled while an MMA may still read
 //   it, or multiplied before it landed, gives wrong numbers too;
+// - TMA copies (cp.async.bulk.tensor) land at issue on the blocks whose cp.async copies
+//   land at once, and otherwise only when a thread waits on their mbarrier and would
+//   not pass without them, so a stage read before its barrier's phase completed reads
+//   NaN; an mbarrier wait that cannot pass yields to the other threads (a GPU spins);
 // - every block's shared memory, static and dynamic, starts as NaN bytes (0xff), as a
 //   GPU's starts as garbage (and not as what the previous block left);
 // - alternate launches run their blocks in reverse order.
@@ -132,7 +136,7 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
 }
 
 namespace emu {
-enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, DONE };
+enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, WAIT_SPIN, DONE };
 constexpr size_t STACK_BYTES = 64 * 1024;
 struct Fiber {
     ucontext_t ctx;
@@ -206,6 +210,26 @@ struct Wgmma {
 };
 inline Groups<Wgmma> wgmmas[1024];
 
+// mbarrier: arrivals expected per phase, those still pending, transaction bytes still
+// expected, and the phase (its parity is what a wait tests). Kept beside shared memory,
+// by address, and dropped at each block's start.
+struct Mbar {
+    const void* at;
+    unsigned count, pending, phase;
+    long long tx;
+};
+inline std::vector<Mbar> mbars;
+// TMA copies issued and not landed (only where their landing is deferred).
+struct TmaCopy {
+    const void* bar;
+    unsigned char* dst;
+    std::vector<unsigned char> bytes;
+};
+inline std::vector<TmaCopy> tma_pending;
+// Rounds in which only spinning waits ran since a wait last passed: a bound on a hang.
+inline unsigned long long idle_spins = 0;
+constexpr unsigned long long MAX_IDLE_SPINS = 100000;
+
 inline void trampoline() {
     kernel(params);
     wgmmas[current] = Groups<Wgmma>{};
@@ -258,9 +282,19 @@ inline void run_block(unsigned threads) {
                 if (fibers[i].state == WAIT_BLOCK) fibers[i].state = RUNNABLE;
             released = true;
         }
+        // Nothing else can move: the threads spinning on an mbarrier try again.
+        if (!released && ++idle_spins < MAX_IDLE_SPINS) {
+            for (unsigned i = 0; i < threads; ++i)
+                if (fibers[i].state == WAIT_SPIN) {
+                    fibers[i].state = RUNNABLE;
+                    released = true;
+                }
+        }
         if (!released) {
-            std::fprintf(stderr, "host_emu: deadlock in block (%u, %u): %u live threads, %u at __syncthreads\n",
-                         blockIdx.x, blockIdx.y, live, at_block);
+            std::fprintf(stderr,
+                         "host_emu: deadlock in block (%u, %u): %u live threads, %u at __syncthreads%s\n",
+                         blockIdx.x, blockIdx.y, live, at_block,
+                         idle_spins >= MAX_IDLE_SPINS ? ", the rest spinning on mbarriers" : "");
             std::abort();
         }
     }
@@ -367,11 +401,22 @@ inline float emu_wgmma_elem(unsigned long long desc, unsigned row, unsigned k) {
     const unsigned start = (unsigned)(desc & 0x3fff) << 4;
     const unsigned lbo = (unsigned)((desc >> 16) & 0x3fff) << 4;
     const unsigned sbo = (unsigned)((desc >> 32) & 0x3fff) << 4;
-    if ((desc >> 62) != 0 || ((desc >> 49) & 7) != 0) {
-        std::fprintf(stderr, "host_emu: wgmma descriptor %llx: only unswizzled operands are emulated\n", desc);
+    const unsigned layout = (unsigned)(desc >> 62);
+    if ((layout != 0 && layout != 1) || ((desc >> 49) & 7) != 0) {
+        std::fprintf(stderr, "host_emu: wgmma descriptor %llx: only unswizzled and 128-byte swizzled operands\n",
+                     desc);
         std::abort();
     }
-    const size_t at = (size_t)start + (row / 8) * sbo + (k / 8) * lbo + (row % 8) * 16 + (k % 8) * 2;
+    size_t at;
+    if (layout == 1) {
+        // 128-byte swizzle: rows of 128 bytes in 8-row atoms SBO apart; the 16-byte
+        // unit of a row is XORed with the row's place in its 1024-byte atom, taken from
+        // the address itself (bits 7-9 into bits 4-6).
+        at = (size_t)start + (row / 8) * sbo + (row % 8) * 128 + k * 2;
+        at ^= ((at >> 7) & 7) << 4;
+    } else {
+        at = (size_t)start + (row / 8) * sbo + (k / 8) * lbo + (row % 8) * 16 + (k % 8) * 2;
+    }
     if (at + 2 > emu::dynamic_smem.size()) {
         std::fprintf(stderr, "host_emu: wgmma operand byte %zu past shared memory (%zu)\n", at,
                      emu::dynamic_smem.size());
@@ -407,6 +452,108 @@ inline void emu_wgmma(float* d, int n, unsigned long long da, unsigned long long
 inline void emu_wgmma_fence() {}
 inline void emu_wgmma_commit() { emu::wgmmas[threadIdx.x].commit(); }
 inline void emu_wgmma_wait(unsigned pending) { emu::wgmmas[threadIdx.x].retire(pending, emu_wgmma_run); }
+
+// mbarrier.init / arrive (with expect_tx: `tx` bytes more expected) / try_wait.parity
+// in a loop, and TMA's complete_tx.
+inline emu::Mbar& emu_mbar(const void* bar) {
+    for (emu::Mbar& b : emu::mbars)
+        if (b.at == bar) return b;
+    std::fprintf(stderr, "host_emu: mbarrier at %p used before mbarrier.init\n", bar);
+    std::abort();
+}
+inline void emu_mbar_init(unsigned long long* bar, unsigned count) {
+    emu_check_dynamic_smem(bar, 8);
+    emu_check_align(bar, 8);
+    for (emu::Mbar& b : emu::mbars)
+        if (b.at == bar) {
+            b = emu::Mbar{bar, count, count, 0, 0};
+            return;
+        }
+    emu::mbars.push_back(emu::Mbar{bar, count, count, 0, 0});
+}
+inline void emu_mbar_complete(emu::Mbar& b) {
+    if (b.pending == 0 && b.tx == 0) {
+        b.phase += 1;
+        b.pending = b.count;
+    }
+}
+inline void emu_mbar_arrive(unsigned long long* bar, unsigned tx) {
+    emu::Mbar& b = emu_mbar(bar);
+    if (b.pending == 0) {
+        std::fprintf(stderr, "host_emu: more arrivals on the mbarrier at %p than its count (%u)\n", (void*)bar,
+                     b.count);
+        std::abort();
+    }
+    b.tx += tx;
+    b.pending -= 1;
+    emu_mbar_complete(b);
+}
+inline void emu_tma_land(const emu::TmaCopy& c) {
+    std::memcpy(c.dst, c.bytes.data(), c.bytes.size());
+    emu::Mbar& b = emu_mbar(c.bar);
+    b.tx -= (long long)c.bytes.size();
+    if (b.tx < 0) {
+        std::fprintf(stderr, "host_emu: TMA completed more bytes than the mbarrier at %p expected\n", c.bar);
+        std::abort();
+    }
+    emu_mbar_complete(b);
+}
+inline void emu_mbar_wait(unsigned long long* bar, unsigned parity) {
+    for (;;) {
+        if ((emu_mbar(bar).phase & 1) != parity) break;
+        // The latest a deferred TMA copy may land: when it is all that is missing.
+        bool landed = false;
+        for (size_t i = 0; i < emu::tma_pending.size();) {
+            if (emu::tma_pending[i].bar == bar) {
+                const emu::TmaCopy c = emu::tma_pending[i];
+                emu::tma_pending.erase(emu::tma_pending.begin() + (long)i);
+                emu_tma_land(c);
+                landed = true;
+            } else {
+                ++i;
+            }
+        }
+        if (landed) continue;
+        emu::wait(emu::WAIT_SPIN);
+    }
+    emu::idle_spins = 0;
+}
+
+// cp.async.bulk.tensor.2d (tile mode, f16) of the box at element (c0, c1) of a tensor
+// map in the layout the host writes for the emulator (Device::tma_map_f16): address,
+// columns, rows, row pitch in bytes, box columns | box rows << 32, swizzle span. Past
+// the edges the box is zero; with the 128-byte swizzle each 16-byte unit of a 128-byte
+// row moves by the row's place in its 1024-byte atom (`dst` must be 1024-aligned).
+inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, unsigned long long* bar) {
+    unsigned long long m[6];
+    std::memcpy(m, map, sizeof m);
+    const unsigned box_c = (unsigned)(m[4] & 0xffffffffu), box_r = (unsigned)(m[4] >> 32);
+    const unsigned row_bytes = box_c * 2;
+    if (m[5] != 128 || row_bytes != 128 || emu_smem_addr(dst) % 1024 != 0) {
+        std::fprintf(stderr, "host_emu: TMA box of %u x %u into %p: only 128-byte swizzled rows, 1024-aligned\n",
+                     box_c, box_r, dst);
+        std::abort();
+    }
+    emu_check_dynamic_smem(dst, box_r * row_bytes);
+    emu::TmaCopy c{bar, static_cast<unsigned char*>(dst), std::vector<unsigned char>(box_r * row_bytes, 0)};
+    for (unsigned r = 0; r < box_r; ++r) {
+        const long long gr = (long long)c1 + r;
+        if (gr < 0 || gr >= (long long)m[2]) continue;
+        for (unsigned col = 0; col < box_c; ++col) {
+            const long long gc = (long long)c0 + col;
+            if (gc < 0 || gc >= (long long)m[1]) continue;
+            size_t at = (size_t)r * row_bytes + col * 2;
+            at ^= ((at >> 7) & 7) << 4;
+            std::memcpy(&c.bytes[at], reinterpret_cast<const unsigned char*>(m[0]) + gr * m[3] + gc * 2, 2);
+        }
+    }
+    emu_mbar(bar);  // it must exist
+    if (emu::defer_copies) {
+        emu::tma_pending.push_back(std::move(c));
+    } else {
+        emu_tma_land(c);
+    }
+}
 
 // ldmatrix.sync.aligned.m8n8.x4.b16: lane l supplies the address of row l % 8 of
 // matrix l / 8 (16-byte aligned) and receives from matrix j the b16 pair at row
@@ -461,6 +608,9 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
         blockIdx = {bx, by, bz};
         emu::defer_copies = ((launch + bx + by + bz) & 1) != 0;
         std::fill(emu::dynamic_smem.begin(), emu::dynamic_smem.end(), 0xff);
+        emu::mbars.clear();
+        emu::tma_pending.clear();
+        emu::idle_spins = 0;
         std::memset(__start_dgate_emu_shared, 0xff, (size_t)(__stop_dgate_emu_shared - __start_dgate_emu_shared));
         emu::run_block(threads);
     }

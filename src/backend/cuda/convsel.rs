@@ -48,6 +48,17 @@ pub(crate) fn halo_fits(bm: usize, h: usize, w: usize) -> bool {
 /// Floats of padding per row of conv_tc's staged epilogue tile (`BM x (BN + pad)` f32,
 /// in the ring's shared memory once the reduction is done); checked as `TC_LDS` is.
 pub(crate) const TC_EPI_PAD: usize = 8;
+/// conv_tma's ring depth at 256, 128 and 64 output channels (stages of (128 + BN) x 64
+/// halves: 48, 32 and 24 KB).
+pub(crate) const TMA_STAGES256: usize = 4;
+pub(crate) const TMA_STAGES128: usize = 6;
+pub(crate) const TMA_STAGES64: usize = 4;
+
+/// conv_tma's dynamic shared memory: the ring, a `full` and an `empty` barrier per
+/// stage, and up to 1024 bytes to align the ring for the 128-byte swizzle.
+pub(crate) const fn tma_smem(bn: usize, stages: usize) -> u32 {
+    (stages * (128 + bn) * 64 * 2 + 2 * stages * 8 + 1024) as u32
+}
 const MAX_SPLIT_K: usize = 16;
 
 /// Which layers a convolution kernel can run.
@@ -62,6 +73,9 @@ pub(crate) enum Needs {
     /// Aligned 3x3, stride 1, padding 1, C and K multiples of 32, no pre-activation, and
     /// a block's input patch within `halo_max_patch` (conv_halo; see `halo_fits`).
     Halo3x3,
+    /// Aligned 1x1, stride 1, no pre-activation (conv_tma: a plain GEMM whose operands
+    /// TMA copies as 2-D boxes).
+    Tma1x1,
 }
 
 /// One convolution kernel of conv.cu and how to launch it.
@@ -157,6 +171,33 @@ const fn halo(name: &'static str, bm: usize, efficiency: f64) -> ConvKernel {
         efficiency,
         wgmma: false,
         resident: 0,
+        modelled: false,
+    }
+}
+
+/// conv_tma: a 128 x `bn` tile, one producer and two consumer warpgroups, `stages`
+/// k-tiles of 64 in a TMA ring, `resident` blocks an SM looping over the output tiles;
+/// no split-K; the weights as conv_tc packs them.
+const fn tma(
+    name: &'static str,
+    bn: usize,
+    stages: usize,
+    resident: usize,
+    efficiency: f64,
+) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype: "f16",
+        tile: (128, bn, 64),
+        threads: 384,
+        smem: tma_smem(bn, stages),
+        k_major: true,
+        split: false,
+        needs: Needs::Tma1x1,
+        m_loop: true,
+        efficiency,
+        wgmma: true,
+        resident,
         modelled: false,
     }
 }
@@ -318,6 +359,10 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     // 3x3 layers from a shared input patch. Not yet run on a GPU.
     halo("conv_halo128_f16", 128, 0.5),
     halo("conv_halo64_f16", 64, 0.45),
+    // 1x1 layers by TMA and warp-specialised wgmma (sm_90a). Not yet run on a GPU.
+    tma("conv_tma128x256_f16", 256, TMA_STAGES256, 1, 1.35),
+    tma("conv_tma128x128_f16", 128, TMA_STAGES128, 1, 1.3),
+    tma("conv_tma128x64_f16", 64, TMA_STAGES64, 2, 1.1),
 ];
 
 pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
@@ -333,6 +378,8 @@ fn family_of(name: &str) -> &str {
         "conv_wg"
     } else if name.starts_with("conv_halo") {
         "conv_halo"
+    } else if name.starts_with("conv_tma") {
+        "conv_tma"
     } else if name.starts_with("conv_sgemm") {
         "conv_sgemm"
     } else {
@@ -372,6 +419,9 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
                 && c.pre.is_none()
                 && halo_fits(k.tile.0, c.in_h, c.in_w)
         }
+        Needs::Tma1x1 => {
+            vec_aligned(plan, c) && c.kernel == 1 && c.stride == 1 && c.pad == 0 && c.pre.is_none()
+        }
     }
 }
 
@@ -399,7 +449,7 @@ pub(crate) fn conv_candidates(
 ) -> Vec<&'static ConvKernel> {
     let families: &[&str] = match policy {
         "auto" if dtype == "f32" => &["conv_sgemm"],
-        "auto" => &["conv_tc", "conv_wg", "conv_halo"],
+        "auto" => &["conv_tc", "conv_wg", "conv_halo", "conv_tma"],
         "conv_tc_f16" => &["conv_tc"],
         "conv_wg_f16" => &["conv_wg"],
         "conv_sgemm_f32" => &["conv_sgemm"],
@@ -584,9 +634,14 @@ mod kernel_choice {
     fn the_cost_model_never_picks_a_kernel_no_gpu_has_timed() {
         // Where nothing was measured (DGATE_AUTOTUNE=0, and the pass tuning is checked
         // against), the cost model must keep to the kernels a device run has timed:
-        // none of the seventh session's (chained, halo, 64-wide wgmma tiles).
-        let untimed =
-            |n: &str| n.contains("k64") || n.starts_with("conv_tcc") || n.starts_with("conv_halo");
+        // none of the seventh session's (chained, halo, 64-wide wgmma tiles), nor the
+        // eighth's TMA tiles.
+        let untimed = |n: &str| {
+            n.contains("k64")
+                || n.starts_with("conv_tcc")
+                || n.starts_with("conv_halo")
+                || n.starts_with("conv_tma")
+        };
         let mut rng = Rng::new(3);
         // (C, K, map, kernel, pre): ResNet-101's and DenseNet-201's layer shapes.
         let shapes = [
@@ -681,6 +736,50 @@ mod kernel_choice {
     }
 
     #[test]
+    fn tma_tiles_take_plain_aligned_1x1_layers_of_stride_1() {
+        let mut rng = Rng::new(5);
+        // (C, K, map, kernel, stride, pre, input window (buffer channels, offset))
+        let mut one = |c, k, hw, r, stride, pre: bool, (in_ch, off)| {
+            let pre = pre.then(|| random_pre(&mut rng, c));
+            let op = conv_op(
+                &mut rng,
+                view(2, off, c),
+                view(1, 0, k),
+                hw,
+                r,
+                stride,
+                pre,
+                None,
+                true,
+            );
+            let p = single_op_plan(vec![buf(k, hw, hw), buf(in_ch, hw, hw)], op);
+            names("auto", "f16", &p)
+                .into_iter()
+                .filter(|n| n.starts_with("conv_tma"))
+                .collect::<Vec<_>>()
+        };
+        let all = [
+            "conv_tma128x256_f16",
+            "conv_tma128x128_f16",
+            "conv_tma128x64_f16",
+        ];
+        // ResNet's 1x1 layers, and one reading a window of a wider buffer.
+        assert_eq!(one(256, 1024, 8, 1, 1, false, (256, 0)), all);
+        assert_eq!(one(64, 256, 32, 1, 1, false, (64, 0)), all);
+        assert_eq!(one(72, 200, 9, 1, 1, false, (88, 8)), all);
+        // Not 3x3, stride 2, DenseNet's pre-activated 1x1, nor an unaligned window.
+        assert!(one(256, 256, 8, 3, 1, false, (256, 0)).is_empty());
+        assert!(one(256, 512, 16, 1, 2, false, (256, 0)).is_empty());
+        assert!(one(1760, 128, 8, 1, 1, true, (1760, 0)).is_empty());
+        assert!(one(64, 64, 8, 1, 1, false, (70, 3)).is_empty());
+        // The host sizes the ring as conv.cu does: 193, 193 and 97 KB.
+        let smem = |n: &str| conv_kernel_info(n).map(|k| k.smem);
+        assert_eq!(smem("conv_tma128x256_f16"), Some(4 * 384 * 128 + 64 + 1024));
+        assert_eq!(smem("conv_tma128x128_f16"), Some(6 * 256 * 128 + 96 + 1024));
+        assert_eq!(smem("conv_tma128x64_f16"), Some(4 * 192 * 128 + 64 + 1024));
+    }
+
+    #[test]
     fn auto_offers_one_packing_per_layer() {
         let aligned = plan(64, 64, 8, false, (64, 0));
         // The family's tiles, then the reference they are checked against (the
@@ -745,7 +844,14 @@ mod kernel_choice {
 
     #[test]
     fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
-        let tiles: Vec<_> = CONV_KERNELS.iter().filter(|k| k.smem > 0).collect();
+        // conv_tma writes from registers (no staged epilogue); it fits a block too.
+        for k in CONV_KERNELS.iter().filter(|k| k.needs == Needs::Tma1x1) {
+            assert!(k.smem <= 227 * 1024, "{}", k.name);
+        }
+        let tiles: Vec<_> = CONV_KERNELS
+            .iter()
+            .filter(|k| k.smem > 0 && k.needs != Needs::Tma1x1)
+            .collect();
         assert_eq!(tiles.len(), 17);
         for k in tiles {
             let (bm, bn, _) = k.tile;

@@ -441,11 +441,96 @@ impl Device {
         Ok(mem)
     }
 
+    /// A TMA tensor map (a `CUtensorMap`, 128 bytes) over `rows` rows of `cols` f16
+    /// values, `pitch` bytes apart from `addr`, read as boxes of 64 values by `box_rows`
+    /// rows into 128-byte swizzled shared rows, zero past every edge (conv_tma in conv.cu).
+    /// In the emulator, the same 128 bytes in `host_emu.cuh`'s layout (`EmuTmaMap`).
+    pub fn tma_map_f16(
+        &self,
+        what: &str,
+        addr: u64,
+        (cols, rows, pitch): (usize, usize, usize),
+        box_rows: u32,
+    ) -> Result<[u64; 16]> {
+        let bad = |why: &str| {
+            Error::Cuda(format!(
+                "TMA map of {what} ({rows} rows of {cols} halves, {pitch} bytes apart, at {addr:#x}): {why}"
+            ))
+        };
+        if let Some(why) = tma_map_problem(addr, (cols, rows, pitch), box_rows) {
+            return Err(bad(why));
+        }
+        match &self.engine {
+            Engine::Emu { .. } => {
+                let mut m = [0u64; 16];
+                m[0] = addr;
+                m[1] = cols as u64;
+                m[2] = rows as u64;
+                m[3] = pitch as u64;
+                m[4] = 64 | (box_rows as u64) << 32;
+                m[5] = 128; // swizzle span in bytes
+                Ok(m)
+            }
+            Engine::Cuda { .. } => {
+                use cudarc::driver::sys;
+                let mut map = sys::CUtensorMap { opaque: [0; 16] };
+                let dims = [cols as u64, rows as u64];
+                let strides = [pitch as u64];
+                let boxes = [64u32, box_rows];
+                let elem = [1u32, 1];
+                // SAFETY: every pointer is to a live local of the rank (2) the call is
+                // given; the driver only writes `map`.
+                let rc = unsafe {
+                    sys::cuTensorMapEncodeTiled(
+                        &mut map,
+                        sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                        2,
+                        addr as *mut c_void,
+                        dims.as_ptr(),
+                        strides.as_ptr(),
+                        boxes.as_ptr(),
+                        elem.as_ptr(),
+                        sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                        sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+                    )
+                };
+                if rc != sys::CUresult::CUDA_SUCCESS {
+                    return Err(bad(&format!("cuTensorMapEncodeTiled returned {rc:?}")));
+                }
+                Ok(map.opaque)
+            }
+        }
+    }
+
     pub fn sync(&self) -> Result<()> {
         match &self.engine {
             Engine::Cuda { stream, .. } => stream.synchronize().map_err(cuda_err("synchronize")),
             Engine::Emu { .. } => Ok(()),
         }
+    }
+}
+
+/// Why TMA cannot map `rows` rows of `cols` f16 values `pitch` bytes apart from `addr`
+/// in boxes of 64 x `box_rows` (`cuTensorMapEncodeTiled`'s rules), or `None`.
+fn tma_map_problem(
+    addr: u64,
+    (cols, rows, pitch): (usize, usize, usize),
+    box_rows: u32,
+) -> Option<&'static str> {
+    if !addr.is_multiple_of(16) || !pitch.is_multiple_of(16) {
+        Some("the address and the row pitch must be multiples of 16 bytes")
+    } else if pitch < cols * 2 {
+        Some("the row pitch is shorter than a row")
+    } else if cols == 0 || rows == 0 {
+        Some("nothing to map")
+    } else if box_rows == 0 || box_rows > 256 {
+        Some("a box has 1 to 256 rows")
+    } else if rows > u32::MAX as usize || pitch >= 1 << 40 {
+        Some("more rows or a longer pitch than a tensor map holds")
+    } else {
+        None
     }
 }
 
@@ -549,6 +634,9 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_wg128x64k64_f16",
             "conv_halo128_f16",
             "conv_halo64_f16",
+            "conv_tma128x256_f16",
+            "conv_tma128x128_f16",
+            "conv_tma128x64_f16",
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
@@ -627,7 +715,21 @@ fn emu_dlsym(handle: *mut c_void, name: &str) -> Result<*mut c_void> {
 
 #[cfg(test)]
 mod tests {
-    use super::carveout_setting;
+    use super::{carveout_setting, tma_map_problem};
+
+    #[test]
+    fn tma_maps_need_aligned_rows_and_boxes_the_copy_engine_takes() {
+        // conv_tma's maps: a 256-channel view of a 1024-channel buffer, weights [1024][256].
+        assert_eq!(tma_map_problem(0x1000 + 512, (256, 16384, 2048), 128), None);
+        assert_eq!(tma_map_problem(0x2000, (256, 1024, 512), 256), None);
+        let why = |a, d, b| tma_map_problem(a, d, b).unwrap_or("");
+        assert!(why(0x1008, (256, 64, 2048), 128).contains("multiples of 16"));
+        assert!(why(0x1000, (36, 64, 72), 128).contains("multiples of 16"));
+        assert!(why(0x1000, (256, 64, 256), 128).contains("shorter than a row"));
+        assert!(why(0x1000, (0, 64, 256), 128).contains("nothing"));
+        assert!(why(0x1000, (64, 64, 128), 512).contains("1 to 256"));
+        assert!(why(0x1000, (64, 64, 128), 0).contains("1 to 256"));
+    }
 
     #[test]
     fn carveout_is_a_percentage_or_max_and_anything_else_is_named() {

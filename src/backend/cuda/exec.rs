@@ -42,6 +42,8 @@ enum DevOp {
         weight: Mem,
         bias: Mem,
         pre: Option<DevPre>,
+        /// conv_tma's tensor maps (input view, weights), where a candidate is conv_tma.
+        tma: Option<Box<Mem>>,
     },
     ShortcutA,
     AvgPool2 {
@@ -507,6 +509,48 @@ fn blocks(total: usize, per: usize) -> u32 {
 /// Channels a gate, compaction or pooling thread loads at once (`vec` of their parameters):
 /// 16 bytes' worth where a view `channels` wide at `offset` in a buffer `stride` channels
 /// wide keeps every pixel's 16-byte units aligned, else 1.
+/// conv_tma's tensor maps for layer `c`, in device memory: its input view over the
+/// buffer's `capacity` samples in boxes of 128 pixels (rows past the live ones are read
+/// but never stored), and its `[K][C]` weights in boxes of 256, 128 and 64 output
+/// channels (one for each tile width; TMA zero-fills past K).
+fn tma_maps(
+    dev: &Device,
+    plan: &Plan,
+    c: &Conv,
+    buffers: &[Mem],
+    capacity: usize,
+    weight: &Mem,
+) -> Result<Mem> {
+    let b = &plan.buffers[c.input.buf];
+    let eb = dev.elem_bytes();
+    let input = dev.tma_map_f16(
+        &format!(
+            "the input of a 1x1 {}->{} layer",
+            c.input.channels, c.output.channels
+        ),
+        buffers[c.input.buf].ptr + (c.input.offset * eb) as u64,
+        (c.input.channels, capacity * b.h * b.w, b.channels * eb),
+        128,
+    )?;
+    let weights = |box_rows| {
+        dev.tma_map_f16(
+            &format!(
+                "the weights of a 1x1 {}->{} layer",
+                c.input.channels, c.output.channels
+            ),
+            weight.ptr,
+            (c.input.channels, c.output.channels, c.input.channels * eb),
+            box_rows,
+        )
+    };
+    // In conv.cu's order (tma_weight_map): the input, then boxes of 256, 128, 64 rows.
+    let maps = [input, weights(256)?, weights(128)?, weights(64)?];
+    let bytes: Vec<u8> = bytemuck::cast_slice(&maps).to_vec();
+    let mut mem = dev.alloc(bytes.len())?;
+    dev.upload_bytes(&mut mem, &bytes)?;
+    Ok(mem)
+}
+
 /// Blocks along m for a kernel that keeps `resident` blocks an SM (0: one per tile):
 /// at most that many over all `n_blocks` columns, at least one, never more than tiles.
 fn resident_blocks(m_blocks: u32, n_blocks: u32, resident: usize, sms: usize) -> u32 {
@@ -734,12 +778,21 @@ impl Prepared {
                             c.kernel,
                             k_major,
                         );
+                        let weight = dev.upload_storage(&packed)?;
+                        let tma = if cands.iter().any(|k| k.needs == Needs::Tma1x1) {
+                            Some(Box::new(tma_maps(
+                                dev, plan, c, &buffers, capacity, &weight,
+                            )?))
+                        } else {
+                            None
+                        };
                         DevOp::Conv {
                             cands,
                             reference,
-                            weight: dev.upload_storage(&packed)?,
+                            weight,
                             bias: dev.upload_f32(&c.bias)?,
                             pre: upload_pre(dev, &c.pre)?,
+                            tma,
                         }
                     }
                     Op::ShortcutA { .. } => DevOp::ShortcutA,
@@ -1454,6 +1507,7 @@ impl Prepared {
             weight,
             bias,
             pre,
+            tma,
             ..
         } = &self.ops[s][o]
         else {
@@ -1484,6 +1538,7 @@ impl Prepared {
             count: self.count_ptr(level),
             workspace: self.workspace.ptr,
             tickets: self.tickets.ptr,
+            tma: tma.as_ref().map_or(0, |m| m.ptr),
             in_stride: plan.buffers[c.input.buf].channels as i32,
             in_off: c.input.offset as i32,
             c: c.input.channels as i32,

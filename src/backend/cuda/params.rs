@@ -19,6 +19,9 @@ pub struct ConvParams {
     pub workspace: u64,
     /// Split-K: a counter per output tile (see splitk_finish in conv.cu), zero between uses.
     pub tickets: u64,
+    /// conv_tma: the tensor maps of the input view and the weights (two 128-byte
+    /// CUtensorMaps in device memory), else 0.
+    pub tma: u64,
     pub in_stride: i32,
     pub in_off: i32,
     pub c: i32,
@@ -185,7 +188,7 @@ unsafe impl DeviceRepr for PackParams {}
 unsafe impl DeviceRepr for CheckParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 13] {
+pub fn sizes() -> [(&'static str, usize); 19] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -202,5 +205,21 @@ pub fn sizes() -> [(&'static str, usize); 13] {
         ("DGATE_HALO_MAXP128", super::convsel::HALO_MAXP128),
         ("DGATE_HALO_MAXP64", super::convsel::HALO_MAXP64),
         ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
+        // conv_tma's ring, and its shared memory as the host sizes it.
+        ("DGATE_TMA_STAGES256", super::convsel::TMA_STAGES256),
+        (
+            "DGATE_TMA_SMEM256",
+            super::convsel::tma_smem(256, super::convsel::TMA_STAGES256) as usize,
+        ),
+        ("DGATE_TMA_STAGES128", super::convsel::TMA_STAGES128),
+        ("DGATE_TMA_STAGES64", super::convsel::TMA_STAGES64),
+        (
+            "DGATE_TMA_SMEM128",
+            super::convsel::tma_smem(128, super::convsel::TMA_STAGES128) as usize,
+        ),
+        (
+            "DGATE_TMA_SMEM64",
+            super::convsel::tma_smem(64, super::convsel::TMA_STAGES64) as usize,
+        ),
     ]
 }

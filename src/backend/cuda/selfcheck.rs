@@ -94,6 +94,9 @@ const CONV_CASES: &[ConvCase] = &[
     cc("128->32 3x3 8x8, windows", (128, 32, 8, 3, 1), (136, 8), (72, 40), (false, false, true)),
     cc("64->64 3x3 4x4 +res", (64, 64, 4, 3, 1), (64, 0), (64, 0), (false, true, true)),
     cc("64->32 3x3 16x16 +res, windows", (64, 32, 16, 3, 1), (72, 8), (40, 8), (false, true, true)),
+    // A 1x1 layer (conv_tma) whose channels end inside a k-tile of 64, read from a window
+    // with other channels past it, and whose outputs end inside a tile of 128.
+    cc("72->200 1x1 9x9 +res, windows", (72, 200, 9, 1, 1), (88, 8), (208, 8), (false, true, true)),
 ];
 
 /// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
@@ -319,6 +322,9 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_wg128x64k64_f16",
             "conv_halo128_f16",
             "conv_halo64_f16",
+            "conv_tma128x256_f16",
+            "conv_tma128x128_f16",
+            "conv_tma128x64_f16",
             "conv_mmaasync_f16",
             "conv_mmavec_f16",
             "conv_mma_f16",
