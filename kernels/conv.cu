@@ -812,6 +812,7 @@ __device__ __forceinline__ void wgmma_fence_regs(float* d) {
     "+f"(d[(i)]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
         "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
 #define WG_D32(i) WG_D8(i), WG_D8((i) + 8), WG_D8((i) + 16), WG_D8((i) + 24)
+#define WG_R16 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define WG_R32 \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -835,11 +836,13 @@ __device__ __forceinline__ void wgmma_fence_regs(float* d) {
 // d (this thread's N / 2 accumulators) += A (64 x 16) * B (16 x N) for the warpgroup.
 template <int N>
 __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsigned long long db) {
-    static_assert(N == 64 || N == 128 || N == 256, "wgmma tile width");
+    static_assert(N == 32 || N == 64 || N == 128 || N == 256, "wgmma tile width");
 #ifdef DGATE_HOST_EMU
     emu_wgmma(d, N, da, db);
 #elif defined(DGATE_WGMMA)
-    if constexpr (N == 64) {
+    if constexpr (N == 32) {
+        WGMMA_F16("m64n32k16", WG_R16, "16", "17", "18", WG_D8(0), WG_D8(8));
+    } else if constexpr (N == 64) {
         WGMMA_F16("m64n64k16", WG_R32, "32", "33", "34", WG_D32(0));
     } else if constexpr (N == 128) {
         WGMMA_F16("m64n128k16", WG_R64, "64", "65", "66", WG_D32(0), WG_D32(32));
@@ -1499,13 +1502,17 @@ __device__ __forceinline__ void conv_halo(const ConvParams& p) {
 }
 
 // ---------------------------------------------------------------------------------
-// conv_tma<BN>_f16: 1x1 convolutions of stride 1 without pre-activation (a plain GEMM
-// over NHWC pixels: ResNet's 1x1 layers, about half of ResNet-101's f16 pass on the
-// H200 at 0.9-1.7 TB/s), on Hopper's tensor memory accelerator (TMA), shared-memory
-// barriers (mbarrier) and wgmma, with the warps specialised:
+// conv_tma<BN>_f16: 1x1 convolutions of stride 1 (a plain GEMM over NHWC pixels:
+// ResNet's 1x1 layers, about half of ResNet-101's f16 pass on the H200 at 0.9-1.7
+// TB/s) and 3x3 convolutions of stride 1 and padding 1 (ResNet's 3x3 layers, a fifth
+// of it at 200 TFLOP/s), without pre-activation, on Hopper's tensor memory accelerator
+// (TMA), shared-memory barriers (mbarrier) and wgmma, with the warps specialised:
 // - warpgroup 0 is the producer: one thread issues two TMA copies per k-tile of 64
 //   channels (a 128 x 64 box of the input view, a BN x 64 box of the weights) into a
-//   ring of STAGES stages, each completing on the stage's `full` barrier; it waits on
+//   ring of STAGES stages, each completing on the stage's `full` barrier. For a 3x3
+//   layer a tile is whole rows of one image, or whole images, and the input box is 4-D
+//   (channels, x, y, image): tap (r, s) is the same box moved by (s - 1, r - 1), the
+//   copy zero-filling the padding, so a k-tile is (tap, 64 channels); it waits on
 //   the stage's `empty` barrier before refilling it. No address arithmetic per row,
 //   no per-thread copies: the copy engine gathers the rows, zero-fills what lies past
 //   the view (channels past C, rows past the buffer, weight rows past K) and stores
@@ -1518,9 +1525,9 @@ __device__ __forceinline__ void conv_halo(const ConvParams& p) {
 // are in their epilogue, so the stores of one tile overlap the loads of the next. The
 // epilogue writes from registers (bias, residual, ReLU), as conv_mmavec's.
 // The host gives it layers whose input view, residual and output allow 16-byte
-// aligned rows (convsel.rs, Needs::Tma1x1) and its tensor maps in global memory
+// aligned rows (convsel.rs, Needs::Tma) and its tensor maps in global memory
 // (ConvParams::tma, encoded by the host: the input view over the buffer's full
-// capacity in boxes of 128 pixels, the weights in boxes of 256, 128 and 64 channels).
+// capacity in boxes of 128 pixels, the weights in boxes of 256, 128, 64 and 32 channels).
 #define TMA_BK 64  // channels per k-tile: one 128-byte swizzled row per operand row
 
 // A CUtensorMap (opaque, 128 bytes; the emulator's own layout where emulated).
@@ -1593,6 +1600,20 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const TmaMap* map, int c0
         : "memory");
 #endif
 }
+// The same for a 4-D map (channels, x, y, image): coordinates may be negative, and
+// what lies outside the map is zero (a 3x3 layer's padding).
+__device__ __forceinline__ void tma_load_4d(void* dst, const TmaMap* map, int c0, int c1, int c2, int c3,
+                                            unsigned long long* bar) {
+#ifdef DGATE_HOST_EMU
+    emu_tma_load_4d(dst, map, c0, c1, c2, c3, bar);
+#elif defined(DGATE_WGMMA)
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+        "[%6];\n" ::"r"(smem_u32(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(smem_u32(bar))
+        : "memory");
+#endif
+}
 // Descriptor of a K-major wgmma operand in 128-byte swizzled rows (TMA's
 // CU_TENSOR_MAP_SWIZZLE_128B): 8-row atoms of 1024 bytes (SBO), the leading offset
 // unused; `smem` may step 32 bytes (16 halves of k) into an atom, whose base is
@@ -1603,13 +1624,16 @@ __device__ __forceinline__ unsigned long long wg_desc_sw128(const void* smem) {
 }
 
 // Which of ConvParams::tma's maps holds the weights in boxes of BN rows (0: the input).
-__device__ __forceinline__ constexpr int tma_weight_map(int bn) { return bn == 256 ? 1 : bn == 128 ? 2 : 3; }
+__device__ __forceinline__ constexpr int tma_weight_map(int bn) {
+    return bn == 256 ? 1 : bn == 128 ? 2 : bn == 64 ? 3 : 4;
+}
 
 template <int BN, int STAGES>
 __device__ __forceinline__ constexpr int tma_smem_bytes() {
     return STAGES * (128 + BN) * TMA_BK * 2 + 2 * STAGES * 8 + 1024;
 }
-static_assert(DGATE_TMA_SMEM256 == tma_smem_bytes<256, DGATE_TMA_STAGES256>() &&
+static_assert(DGATE_TMA_SMEM32 == tma_smem_bytes<32, DGATE_TMA_STAGES32>() &&
+                  DGATE_TMA_SMEM256 == tma_smem_bytes<256, DGATE_TMA_STAGES256>() &&
                   DGATE_TMA_SMEM128 == tma_smem_bytes<128, DGATE_TMA_STAGES128>() &&
                   DGATE_TMA_SMEM64 == tma_smem_bytes<64, DGATE_TMA_STAGES64>(),
               "the host sizes conv_tma's shared memory differently (convsel.rs)");
@@ -1629,7 +1653,8 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
 
     const int M = *p.count * p.P * p.Q;
     const int n0 = (int)blockIdx.y * BN;
-    const int ktiles = (p.C + TMA_BK - 1) / TMA_BK;
+    const int chunks = (p.C + TMA_BK - 1) / TMA_BK;  // k-tiles per tap
+    const int ktiles = p.R * p.R * chunks;
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
@@ -1647,12 +1672,29 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
             int slot = 0;
             unsigned phase = 0;
             for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+                // 3x3: the tile's first image and row (tiles are whole rows, or whole images).
+                const int img = m0 / (p.H * p.W);
+                const int y0 = m0 % (p.H * p.W) / p.W;
+                int tap = 0, c0 = 0;
                 for (int kt = 0; kt < ktiles; ++kt) {
                     mbar_wait(&empty[slot], phase ^ 1);
                     unsigned char* a = ring + slot * STAGE;
                     mbar_arrive_tx(&full[slot], STAGE);
-                    tma_load_2d(a, &maps[0], kt * TMA_BK, m0, &full[slot]);
-                    tma_load_2d(a + A_BYTES, &maps[tma_weight_map(BN)], kt * TMA_BK, n0, &full[slot]);
+                    if (p.R == 1) {
+                        tma_load_2d(a, &maps[0], c0, m0, &full[slot]);
+                    } else {
+                        // Tap (r, s) of pixel (x, y) reads (x + s - 1, y + r - 1): the whole box
+                        // shifted, zero where it leaves the image.
+                        tma_load_4d(a, &maps[0], c0, tap % 3 - 1, y0 + tap / 3 - 1, img, &full[slot]);
+                    }
+                    // Weight columns (tap, channel); a k-tile past C reads the next tap's
+                    // weights, against input channels the copy made zero.
+                    tma_load_2d(a + A_BYTES, &maps[tma_weight_map(BN)], tap * p.C + c0, n0, &full[slot]);
+                    c0 += TMA_BK;
+                    if (c0 >= p.C) {
+                        c0 = 0;
+                        ++tap;
+                    }
                     if (++slot == STAGES) {
                         slot = 0;
                         phase ^= 1;
@@ -1998,6 +2040,8 @@ DGATE_KERNEL_OCC(conv_wg128x64k64_f16, ConvParams, 256, 2) { conv_tc<128, 64, 8,
 DGATE_KERNEL(conv_tma128x256_f16, ConvParams, 384) { conv_tma<256, DGATE_TMA_STAGES256>(p); }
 DGATE_KERNEL(conv_tma128x128_f16, ConvParams, 384) { conv_tma<128, DGATE_TMA_STAGES128>(p); }
 DGATE_KERNEL(conv_tma128x64_f16, ConvParams, 384) { conv_tma<64, DGATE_TMA_STAGES64>(p); }
+// 32 output channels (DenseNet's 3x3 layers): two blocks an SM.
+DGATE_KERNEL_OCC(conv_tma128x32_f16, ConvParams, 384, 2) { conv_tma<32, DGATE_TMA_STAGES32>(p); }
 #endif
 // Two blocks per SM on sm_90 (128 registers, no spills there); sm_80 would spill.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

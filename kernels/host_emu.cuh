@@ -519,40 +519,65 @@ inline void emu_mbar_wait(unsigned long long* bar, unsigned parity) {
     emu::idle_spins = 0;
 }
 
-// cp.async.bulk.tensor.2d (tile mode, f16) of the box at element (c0, c1) of a tensor
-// map in the layout the host writes for the emulator (Device::tma_map_f16): address,
-// columns, rows, row pitch in bytes, box columns | box rows << 32, swizzle span. Past
-// the edges the box is zero; with the 128-byte swizzle each 16-byte unit of a 128-byte
-// row moves by the row's place in its 1024-byte atom (`dst` must be 1024-aligned).
-inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, unsigned long long* bar) {
-    unsigned long long m[6];
+// cp.async.bulk.tensor (tile mode, f16, rank 2-4) of the box at element `at` (innermost
+// first) of a tensor map in the layout the host writes for the emulator
+// (Device::tma_map_f16): address, rank, 4 dimensions, 3 pitches in bytes, 4 box extents,
+// swizzle span. Past the edges (coordinates may be negative) the box is zero. The box's
+// elements go to shared memory in order, innermost first, in 128-byte rows of 64
+// channels; with the 128-byte swizzle each 16-byte unit of a row moves by the row's
+// place in its 1024-byte atom (`dst` must be 1024-aligned).
+inline void emu_tma_load(void* dst, const void* map, const int* at, int rank, unsigned long long* bar) {
+    unsigned long long m[16];
     std::memcpy(m, map, sizeof m);
-    const unsigned box_c = (unsigned)(m[4] & 0xffffffffu), box_r = (unsigned)(m[4] >> 32);
-    const unsigned row_bytes = box_c * 2;
-    if (m[5] != 128 || row_bytes != 128 || emu_smem_addr(dst) % 1024 != 0) {
-        std::fprintf(stderr, "host_emu: TMA box of %u x %u into %p: only 128-byte swizzled rows, 1024-aligned\n",
-                     box_c, box_r, dst);
+    const long long dim[4] = {(long long)m[2], (long long)m[3], (long long)m[4], (long long)m[5]};
+    const unsigned long long pitch[4] = {2, m[6], m[7], m[8]};
+    unsigned box[4] = {(unsigned)m[9], (unsigned)m[10], (unsigned)m[11], (unsigned)m[12]};
+    if ((int)m[1] != rank || m[13] != 128 || box[0] != 64 || emu_smem_addr(dst) % 1024 != 0) {
+        std::fprintf(stderr,
+                     "host_emu: TMA load of rank %d from a map of rank %llu into %p: only 64-channel boxes in "
+                     "128-byte swizzled rows, 1024-aligned\n",
+                     rank, m[1], dst);
         std::abort();
     }
-    emu_check_dynamic_smem(dst, box_r * row_bytes);
-    emu::TmaCopy c{bar, static_cast<unsigned char*>(dst), std::vector<unsigned char>(box_r * row_bytes, 0)};
-    for (unsigned r = 0; r < box_r; ++r) {
-        const long long gr = (long long)c1 + r;
-        if (gr < 0 || gr >= (long long)m[2]) continue;
-        for (unsigned col = 0; col < box_c; ++col) {
-            const long long gc = (long long)c0 + col;
-            if (gc < 0 || gc >= (long long)m[1]) continue;
-            size_t at = (size_t)r * row_bytes + col * 2;
-            at ^= ((at >> 7) & 7) << 4;
-            std::memcpy(&c.bytes[at], reinterpret_cast<const unsigned char*>(m[0]) + gr * m[3] + gc * 2, 2);
-        }
-    }
+    for (int i = rank; i < 4; ++i) box[i] = 1;
+    const size_t rows = (size_t)box[1] * box[2] * box[3];
+    emu_check_dynamic_smem(dst, (unsigned)(rows * 128));
+    emu::TmaCopy c{bar, static_cast<unsigned char*>(dst), std::vector<unsigned char>(rows * 128, 0)};
+    size_t row = 0;
+    for (unsigned i3 = 0; i3 < box[3]; ++i3)
+        for (unsigned i2 = 0; i2 < box[2]; ++i2)
+            for (unsigned i1 = 0; i1 < box[1]; ++i1, ++row) {
+                const long long g[4] = {0, (long long)at[1] + i1, rank > 2 ? (long long)at[2] + i2 : 0,
+                                        rank > 3 ? (long long)at[3] + i3 : 0};
+                bool inside = true;
+                unsigned long long base = m[0];
+                for (int d = 1; d < rank; ++d) {
+                    inside = inside && g[d] >= 0 && g[d] < dim[d];
+                    base += (unsigned long long)g[d] * pitch[d];
+                }
+                if (!inside) continue;
+                for (unsigned col = 0; col < 64; ++col) {
+                    const long long gc = (long long)at[0] + col;
+                    if (gc < 0 || gc >= dim[0]) continue;
+                    size_t o = row * 128 + col * 2;
+                    o ^= ((o >> 7) & 7) << 4;
+                    std::memcpy(&c.bytes[o], reinterpret_cast<const unsigned char*>(base + gc * 2), 2);
+                }
+            }
     emu_mbar(bar);  // it must exist
     if (emu::defer_copies) {
         emu::tma_pending.push_back(std::move(c));
     } else {
         emu_tma_land(c);
     }
+}
+inline void emu_tma_load_2d(void* dst, const void* map, int c0, int c1, unsigned long long* bar) {
+    const int at[4] = {c0, c1, 0, 0};
+    emu_tma_load(dst, map, at, 2, bar);
+}
+inline void emu_tma_load_4d(void* dst, const void* map, int c0, int c1, int c2, int c3, unsigned long long* bar) {
+    const int at[4] = {c0, c1, c2, c3};
+    emu_tma_load(dst, map, at, 4, bar);
 }
 
 // ldmatrix.sync.aligned.m8n8.x4.b16: lane l supplies the address of row l % 8 of

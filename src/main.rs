@@ -21,7 +21,8 @@ const BENCH_HELP: &str = "Examples:
 
 CUDA settings (environment; see the README):
   DGATE_CONV=<policy>   convolution kernels: auto (default: each layer's tile and split-K timed on
-                        the GPU), conv_tc_f16, conv_wg_f16, conv_sgemm_f32 or one kernel by name
+                        the GPU), conv_tc_f16, conv_wg_f16, conv_tma_f16, conv_sgemm_f32 or one
+                        kernel by name
   DGATE_AUTOTUNE=0      choose tiles by a cost model instead of timing them
   DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
   DGATE_PDL=1           programmatic dependent launch (sm_90+)

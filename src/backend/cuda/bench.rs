@@ -196,18 +196,21 @@ pub fn layer_table_with(
             Precision::F32 => "conv_simt_f32",
             Precision::F16 => "conv_mmaasync_f16",
         };
-        // conv_tc alone beside `auto` where the wgmma tiles exist (mma.sync against wgmma).
-        let tc_only = if p == Precision::F16 {
-            "conv_tc_f16"
+        // Where the wgmma tiles exist, conv_tc alone beside `auto` (mma.sync against
+        // wgmma), and conv_tma alone (each layer's TMA time, where tuning did not pick it).
+        let (tc_only, tma_only) = if p == Precision::F16 {
+            ("conv_tc_f16", "conv_tma_f16")
         } else {
-            ""
+            ("", "")
         };
-        for policy in ["auto", tc_only, baseline] {
+        for policy in ["auto", tc_only, tma_only, baseline] {
             if policy.is_empty() {
                 continue;
             }
             let mut be = make(p)?;
-            if policy == tc_only && !be.has_conv_kernel("conv_wg128x128_f16") {
+            if policy == tc_only && !be.has_conv_kernel("conv_wg128x128_f16")
+                || policy == tma_only && !be.has_conv_kernel("conv_tma128x128_f16")
+            {
                 continue;
             }
             be.set_conv_kernel(policy)?;

@@ -48,11 +48,26 @@ pub(crate) fn halo_fits(bm: usize, h: usize, w: usize) -> bool {
 /// Floats of padding per row of conv_tc's staged epilogue tile (`BM x (BN + pad)` f32,
 /// in the ring's shared memory once the reduction is done); checked as `TC_LDS` is.
 pub(crate) const TC_EPI_PAD: usize = 8;
-/// conv_tma's ring depth at 256, 128 and 64 output channels (stages of (128 + BN) x 64
-/// halves: 48, 32 and 24 KB).
+/// The (x, y, image) extent of conv_tma's 4-D input box for a 3x3 layer on an `h x w`
+/// map: 128 pixels that are whole rows of one image (`w` dividing 128, and 128 the
+/// image), or whole images (`h * w` dividing 128); `None` where neither holds.
+pub(crate) fn tma_box(h: usize, w: usize) -> Option<(usize, usize, usize)> {
+    let hw = h * w;
+    if hw == 0 {
+        None
+    } else if hw >= 128 {
+        (128usize.is_multiple_of(w) && hw.is_multiple_of(128)).then(|| (w, 128 / w, 1))
+    } else {
+        128usize.is_multiple_of(hw).then(|| (w, h, 128 / hw))
+    }
+}
+
+/// conv_tma's ring depth at 256, 128, 64 and 32 output channels (stages of (128 + BN) x
+/// 64 halves: 48, 32, 24 and 20 KB).
 pub(crate) const TMA_STAGES256: usize = 4;
 pub(crate) const TMA_STAGES128: usize = 6;
 pub(crate) const TMA_STAGES64: usize = 4;
+pub(crate) const TMA_STAGES32: usize = 5;
 
 /// conv_tma's dynamic shared memory: the ring, a `full` and an `empty` barrier per
 /// stage, and up to 1024 bytes to align the ring for the 128-byte swizzle.
@@ -73,9 +88,11 @@ pub(crate) enum Needs {
     /// Aligned 3x3, stride 1, padding 1, C and K multiples of 32, no pre-activation, and
     /// a block's input patch within `halo_max_patch` (conv_halo; see `halo_fits`).
     Halo3x3,
-    /// Aligned 1x1, stride 1, no pre-activation (conv_tma: a plain GEMM whose operands
-    /// TMA copies as 2-D boxes).
-    Tma1x1,
+    /// Aligned, no pre-activation, and 1x1 of stride 1 (conv_tma: a plain GEMM whose
+    /// operands TMA copies as 2-D boxes) or 3x3 of stride 1 and padding 1 on a map that
+    /// 128-pixel tiles of whole rows or whole images cover (`tma_box`; the input in 4-D
+    /// boxes).
+    Tma,
 }
 
 /// One convolution kernel of conv.cu and how to launch it.
@@ -193,7 +210,7 @@ const fn tma(
         smem: tma_smem(bn, stages),
         k_major: true,
         split: false,
-        needs: Needs::Tma1x1,
+        needs: Needs::Tma,
         m_loop: true,
         efficiency,
         wgmma: true,
@@ -363,6 +380,7 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tma("conv_tma128x256_f16", 256, TMA_STAGES256, 1, 1.35),
     tma("conv_tma128x128_f16", 128, TMA_STAGES128, 1, 1.3),
     tma("conv_tma128x64_f16", 64, TMA_STAGES64, 2, 1.1),
+    tma("conv_tma128x32_f16", 32, TMA_STAGES32, 2, 0.9),
 ];
 
 pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
@@ -419,8 +437,16 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
                 && c.pre.is_none()
                 && halo_fits(k.tile.0, c.in_h, c.in_w)
         }
-        Needs::Tma1x1 => {
-            vec_aligned(plan, c) && c.kernel == 1 && c.stride == 1 && c.pad == 0 && c.pre.is_none()
+        Needs::Tma => {
+            let same = (c.out_h, c.out_w) == (c.in_h, c.in_w) && c.stride == 1;
+            vec_aligned(plan, c)
+                && c.pre.is_none()
+                && same
+                && match (c.kernel, c.pad) {
+                    (1, 0) => true,
+                    (3, 1) => tma_box(c.in_h, c.in_w).is_some(),
+                    _ => false,
+                }
         }
     }
 }
@@ -428,7 +454,7 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
 /// Whether `policy` names something [`conv_candidates`] understands for `dtype`.
 pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
     policy == "auto"
-        || (policy == "conv_tc_f16" || policy == "conv_wg_f16") && dtype == "f16"
+        || ["conv_tc_f16", "conv_wg_f16", "conv_tma_f16"].contains(&policy) && dtype == "f16"
         || policy == format!("conv_sgemm_{dtype}") && dtype == "f32"
         || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype)
 }
@@ -436,7 +462,7 @@ pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
 /// The kernels one convolution may use under `policy`, all with one weight packing:
 /// `auto` (f32: the conv_sgemm tiles; f16: the conv_tc tiles and, on sm_90, the
 /// conv_wg ones, which share their weight packing), a family (`conv_sgemm_f32`,
-/// `conv_tc_f16`, `conv_wg_f16`), or one kernel by name. Where none applies (the
+/// `conv_tc_f16`, `conv_wg_f16`, `conv_tma_f16`), or one kernel by name. Where none applies (the
 /// aligned-only kernels on an unaligned layer) it falls back along
 /// conv_mmaasync_f16 -> conv_mmavec_f16 -> conv_mma_f16. Which candidate runs, and with
 /// how many k-splits, is chosen per batch size (measured by [`Prepared::tune`], else
@@ -452,6 +478,7 @@ pub(crate) fn conv_candidates(
         "auto" => &["conv_tc", "conv_wg", "conv_halo", "conv_tma"],
         "conv_tc_f16" => &["conv_tc"],
         "conv_wg_f16" => &["conv_wg"],
+        "conv_tma_f16" => &["conv_tma"],
         "conv_sgemm_f32" => &["conv_sgemm"],
         _ => &[],
     };
@@ -736,7 +763,7 @@ mod kernel_choice {
     }
 
     #[test]
-    fn tma_tiles_take_plain_aligned_1x1_layers_of_stride_1() {
+    fn tma_tiles_take_plain_aligned_1x1_and_3x3_layers_of_stride_1() {
         let mut rng = Rng::new(5);
         // (C, K, map, kernel, stride, pre, input window (buffer channels, offset))
         let mut one = |c, k, hw, r, stride, pre: bool, (in_ch, off)| {
@@ -762,21 +789,36 @@ mod kernel_choice {
             "conv_tma128x256_f16",
             "conv_tma128x128_f16",
             "conv_tma128x64_f16",
+            "conv_tma128x32_f16",
         ];
         // ResNet's 1x1 layers, and one reading a window of a wider buffer.
         assert_eq!(one(256, 1024, 8, 1, 1, false, (256, 0)), all);
         assert_eq!(one(64, 256, 32, 1, 1, false, (64, 0)), all);
         assert_eq!(one(72, 200, 9, 1, 1, false, (88, 8)), all);
-        // Not 3x3, stride 2, DenseNet's pre-activated 1x1, nor an unaligned window.
-        assert!(one(256, 256, 8, 3, 1, false, (256, 0)).is_empty());
+        // ResNet's 3x3 layers of stride 1, on each of its maps.
+        for hw in [32, 16, 8, 4] {
+            assert_eq!(one(64, 64, hw, 3, 1, false, (64, 0)), all, "{hw}");
+        }
+        assert_eq!(tma_box(32, 32), Some((32, 4, 1)));
+        assert_eq!(tma_box(8, 8), Some((8, 8, 2)));
+        assert_eq!(tma_box(4, 4), Some((4, 4, 8)));
+        // Maps 128-pixel tiles of whole rows or images do not cover.
+        assert!(one(64, 64, 7, 3, 1, false, (64, 0)).is_empty());
+        assert!(one(64, 64, 24, 3, 1, false, (64, 0)).is_empty());
+        assert_eq!(tma_box(12, 12), None);
+        assert_eq!(tma_box(0, 0), None);
+        // Not stride 2, DenseNet's pre-activated 1x1, nor an unaligned window.
         assert!(one(256, 512, 16, 1, 2, false, (256, 0)).is_empty());
         assert!(one(1760, 128, 8, 1, 1, true, (1760, 0)).is_empty());
         assert!(one(64, 64, 8, 1, 1, false, (70, 3)).is_empty());
-        // The host sizes the ring as conv.cu does: 193, 193 and 97 KB.
+        // DenseNet's 3x3 layer, into a window of its concatenation buffer.
+        assert_eq!(one(128, 32, 8, 3, 1, false, (128, 0)), all);
+        // The host sizes the ring as conv.cu does: 193, 193, 97 and 101 KB.
         let smem = |n: &str| conv_kernel_info(n).map(|k| k.smem);
         assert_eq!(smem("conv_tma128x256_f16"), Some(4 * 384 * 128 + 64 + 1024));
         assert_eq!(smem("conv_tma128x128_f16"), Some(6 * 256 * 128 + 96 + 1024));
         assert_eq!(smem("conv_tma128x64_f16"), Some(4 * 192 * 128 + 64 + 1024));
+        assert_eq!(smem("conv_tma128x32_f16"), Some(5 * 160 * 128 + 80 + 1024));
     }
 
     #[test]
@@ -785,12 +827,13 @@ mod kernel_choice {
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 18);
+        assert_eq!(tc.len(), 22);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
         assert!(tc[5..13].iter().all(|n| n.starts_with("conv_wg")));
         assert_eq!(tc[13..15], ["conv_tcc128x128_f16", "conv_tcc128x64_f16"]);
         assert_eq!(tc[15..17], ["conv_halo128_f16", "conv_halo64_f16"]);
-        assert_eq!(tc[17], "conv_mmavec_f16");
+        assert!(tc[17..21].iter().all(|n| n.starts_with("conv_tma")));
+        assert_eq!(tc[21], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
@@ -839,18 +882,21 @@ mod kernel_choice {
         }
         assert!(policy_known("conv_tc_f16", "f16") && !policy_known("conv_tc_f16", "f32"));
         assert!(policy_known("conv_wg_f16", "f16") && !policy_known("conv_wg_f16", "f32"));
+        assert!(policy_known("conv_tma_f16", "f16") && !policy_known("conv_tma_f16", "f32"));
+        let tma = names("conv_tma_f16", "f16", &aligned);
+        assert!(tma.len() == 4 && tma.iter().all(|n| n.starts_with("conv_tma")));
         assert!(!policy_known("conv_nope_f16", "f16"));
     }
 
     #[test]
     fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
         // conv_tma writes from registers (no staged epilogue); it fits a block too.
-        for k in CONV_KERNELS.iter().filter(|k| k.needs == Needs::Tma1x1) {
+        for k in CONV_KERNELS.iter().filter(|k| k.needs == Needs::Tma) {
             assert!(k.smem <= 227 * 1024, "{}", k.name);
         }
         let tiles: Vec<_> = CONV_KERNELS
             .iter()
-            .filter(|k| k.smem > 0 && k.needs != Needs::Tma1x1)
+            .filter(|k| k.smem > 0 && k.needs != Needs::Tma)
             .collect();
         assert_eq!(tiles.len(), 17);
         for k in tiles {

@@ -441,50 +441,58 @@ impl Device {
         Ok(mem)
     }
 
-    /// A TMA tensor map (a `CUtensorMap`, 128 bytes) over `rows` rows of `cols` f16
-    /// values, `pitch` bytes apart from `addr`, read as boxes of 64 values by `box_rows`
-    /// rows into 128-byte swizzled shared rows, zero past every edge (conv_tma in conv.cu).
-    /// In the emulator, the same 128 bytes in `host_emu.cuh`'s layout (`EmuTmaMap`).
+    /// A TMA tensor map (a `CUtensorMap`, 128 bytes) over an f16 tensor at `addr`:
+    /// `dims` innermost first (the first is the channels, contiguous), `pitches` the
+    /// byte distance between neighbours along each later dimension; read as boxes of
+    /// `boxes` elements (64 channels: 128-byte rows, which the copy stores with the
+    /// 128-byte swizzle), zero past every edge (conv_tma in conv.cu). In the emulator,
+    /// the same 128 bytes in `host_emu.cuh`'s layout (see emu_tma_load).
     pub fn tma_map_f16(
         &self,
         what: &str,
         addr: u64,
-        (cols, rows, pitch): (usize, usize, usize),
-        box_rows: u32,
+        dims: &[usize],
+        pitches: &[usize],
+        boxes: &[u32],
     ) -> Result<[u64; 16]> {
         let bad = |why: &str| {
             Error::Cuda(format!(
-                "TMA map of {what} ({rows} rows of {cols} halves, {pitch} bytes apart, at {addr:#x}): {why}"
+                "TMA map of {what} (dimensions {dims:?}, pitches {pitches:?} bytes, boxes {boxes:?}, at {addr:#x}): {why}"
             ))
         };
-        if let Some(why) = tma_map_problem(addr, (cols, rows, pitch), box_rows) {
+        if let Some(why) = tma_map_problem(addr, dims, pitches, boxes) {
             return Err(bad(why));
         }
+        let rank = dims.len();
         match &self.engine {
             Engine::Emu { .. } => {
                 let mut m = [0u64; 16];
                 m[0] = addr;
-                m[1] = cols as u64;
-                m[2] = rows as u64;
-                m[3] = pitch as u64;
-                m[4] = 64 | (box_rows as u64) << 32;
-                m[5] = 128; // swizzle span in bytes
+                m[1] = rank as u64;
+                for i in 0..rank {
+                    m[2 + i] = dims[i] as u64;
+                    m[9 + i] = boxes[i] as u64;
+                }
+                for (i, &p) in pitches.iter().enumerate() {
+                    m[6 + i] = p as u64;
+                }
+                m[13] = 128; // swizzle span in bytes
                 Ok(m)
             }
             Engine::Cuda { .. } => {
                 use cudarc::driver::sys;
                 let mut map = sys::CUtensorMap { opaque: [0; 16] };
-                let dims = [cols as u64, rows as u64];
-                let strides = [pitch as u64];
-                let boxes = [64u32, box_rows];
-                let elem = [1u32, 1];
-                // SAFETY: every pointer is to a live local of the rank (2) the call is
-                // given; the driver only writes `map`.
+                let dims: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+                let strides: Vec<u64> = pitches.iter().map(|&p| p as u64).collect();
+                let elem = vec![1u32; rank];
+                // SAFETY: `dims`, `boxes` and `elem` hold `rank` entries and `strides`
+                // rank - 1 (checked above), all live for the call; the driver only
+                // writes `map`.
                 let rc = unsafe {
                     sys::cuTensorMapEncodeTiled(
                         &mut map,
                         sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                        2,
+                        rank as u32,
                         addr as *mut c_void,
                         dims.as_ptr(),
                         strides.as_ptr(),
@@ -512,23 +520,28 @@ impl Device {
     }
 }
 
-/// Why TMA cannot map `rows` rows of `cols` f16 values `pitch` bytes apart from `addr`
-/// in boxes of 64 x `box_rows` (`cuTensorMapEncodeTiled`'s rules), or `None`.
+/// Why TMA cannot map an f16 tensor of `dims` (innermost first), `pitches` bytes apart
+/// along the outer ones, from `addr`, in boxes of `boxes` with 128-byte rows
+/// (`cuTensorMapEncodeTiled`'s rules, and the emulator's ranks), or `None`.
 fn tma_map_problem(
     addr: u64,
-    (cols, rows, pitch): (usize, usize, usize),
-    box_rows: u32,
+    dims: &[usize],
+    pitches: &[usize],
+    boxes: &[u32],
 ) -> Option<&'static str> {
-    if !addr.is_multiple_of(16) || !pitch.is_multiple_of(16) {
-        Some("the address and the row pitch must be multiples of 16 bytes")
-    } else if pitch < cols * 2 {
-        Some("the row pitch is shorter than a row")
-    } else if cols == 0 || rows == 0 {
+    let rank = dims.len();
+    if !(2..=4).contains(&rank) || pitches.len() + 1 != rank || boxes.len() != rank {
+        Some("2 to 4 dimensions, a pitch for each but the first, and a box extent for each")
+    } else if !addr.is_multiple_of(16) || pitches.iter().any(|p| !p.is_multiple_of(16)) {
+        Some("the address and the pitches must be multiples of 16 bytes")
+    } else if pitches[0] < dims[0] * 2 {
+        Some("the first pitch is shorter than a row of channels")
+    } else if dims.contains(&0) {
         Some("nothing to map")
-    } else if box_rows == 0 || box_rows > 256 {
-        Some("a box has 1 to 256 rows")
-    } else if rows > u32::MAX as usize || pitch >= 1 << 40 {
-        Some("more rows or a longer pitch than a tensor map holds")
+    } else if boxes[0] != 64 || boxes.iter().any(|&b| b == 0 || b > 256) {
+        Some("a box is 64 channels (128-byte rows) by 1 to 256 along the others")
+    } else if dims.iter().any(|&d| d > u32::MAX as usize) || pitches.iter().any(|&p| p >= 1 << 40) {
+        Some("larger than a tensor map holds")
     } else {
         None
     }
@@ -637,6 +650,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_tma128x256_f16",
             "conv_tma128x128_f16",
             "conv_tma128x64_f16",
+            "conv_tma128x32_f16",
             "conv_sgemm128x128_f32",
             "conv_sgemm128x64_f32",
             "conv_sgemm64x64_f32",
@@ -719,16 +733,27 @@ mod tests {
 
     #[test]
     fn tma_maps_need_aligned_rows_and_boxes_the_copy_engine_takes() {
-        // conv_tma's maps: a 256-channel view of a 1024-channel buffer, weights [1024][256].
-        assert_eq!(tma_map_problem(0x1000 + 512, (256, 16384, 2048), 128), None);
-        assert_eq!(tma_map_problem(0x2000, (256, 1024, 512), 256), None);
-        let why = |a, d, b| tma_map_problem(a, d, b).unwrap_or("");
-        assert!(why(0x1008, (256, 64, 2048), 128).contains("multiples of 16"));
-        assert!(why(0x1000, (36, 64, 72), 128).contains("multiples of 16"));
-        assert!(why(0x1000, (256, 64, 256), 128).contains("shorter than a row"));
-        assert!(why(0x1000, (0, 64, 256), 128).contains("nothing"));
-        assert!(why(0x1000, (64, 64, 128), 512).contains("1 to 256"));
-        assert!(why(0x1000, (64, 64, 128), 0).contains("1 to 256"));
+        // conv_tma's maps: a 256-channel view of a 1024-channel buffer (as rows, and as
+        // images of 8x8 in boxes of two), weights [1024][256].
+        let ok = |a, d: &[usize], p: &[usize], b: &[u32]| tma_map_problem(a, d, p, b).is_none();
+        assert!(ok(0x1200, &[256, 16384], &[2048], &[64, 128]));
+        assert!(ok(
+            0x1200,
+            &[256, 8, 8, 256],
+            &[2048, 16384, 131072],
+            &[64, 8, 8, 2]
+        ));
+        assert!(ok(0x2000, &[256, 1024], &[512], &[64, 256]));
+        let why =
+            |a, d: &[usize], p: &[usize], b: &[u32]| tma_map_problem(a, d, p, b).unwrap_or("");
+        assert!(why(0x1008, &[256, 64], &[2048], &[64, 128]).contains("multiples of 16"));
+        assert!(why(0x1000, &[36, 64], &[72], &[64, 128]).contains("multiples of 16"));
+        assert!(why(0x1000, &[256, 64], &[256], &[64, 128]).contains("shorter than a row"));
+        assert!(why(0x1000, &[0, 64], &[256], &[64, 128]).contains("nothing"));
+        assert!(why(0x1000, &[64, 64], &[128], &[64, 512]).contains("1 to 256"));
+        assert!(why(0x1000, &[64, 64], &[128], &[32, 128]).contains("64 channels"));
+        assert!(why(0x1000, &[64, 64], &[128, 128], &[64, 128]).contains("a pitch for each"));
+        assert!(why(0x1000, &[64], &[], &[64]).contains("2 to 4"));
     }
 
     #[test]

@@ -510,9 +510,11 @@ fn blocks(total: usize, per: usize) -> u32 {
 /// 16 bytes' worth where a view `channels` wide at `offset` in a buffer `stride` channels
 /// wide keeps every pixel's 16-byte units aligned, else 1.
 /// conv_tma's tensor maps for layer `c`, in device memory: its input view over the
-/// buffer's `capacity` samples in boxes of 128 pixels (rows past the live ones are read
-/// but never stored), and its `[K][C]` weights in boxes of 256, 128 and 64 output
-/// channels (one for each tile width; TMA zero-fills past K).
+/// buffer's `capacity` samples, in boxes of 128 pixels (rows past the live ones are read
+/// but never stored), as rows of channels (1x1) or as (channels, x, y, image) (3x3, so
+/// that a tap is the box moved and the padding is what lies outside the map); and its
+/// `[K][(r, s, c)]` weights in boxes of 256, 128, 64 and 32 output channels (one for each
+/// tile width; TMA zero-fills past K).
 fn tma_maps(
     dev: &Device,
     plan: &Plan,
@@ -523,28 +525,41 @@ fn tma_maps(
 ) -> Result<Mem> {
     let b = &plan.buffers[c.input.buf];
     let eb = dev.elem_bytes();
-    let input = dev.tma_map_f16(
-        &format!(
-            "the input of a 1x1 {}->{} layer",
-            c.input.channels, c.output.channels
-        ),
-        buffers[c.input.buf].ptr + (c.input.offset * eb) as u64,
-        (c.input.channels, capacity * b.h * b.w, b.channels * eb),
-        128,
-    )?;
+    let (ch, pixel) = (c.input.channels, b.channels * eb);
+    let layer = format!("a {0}x{0} {1}->{2} layer", c.kernel, ch, c.output.channels);
+    let at = buffers[c.input.buf].ptr + (c.input.offset * eb) as u64;
+    let what = format!("the input of {layer}");
+    let input = if c.kernel == 1 {
+        dev.tma_map_f16(&what, at, &[ch, capacity * b.h * b.w], &[pixel], &[64, 128])?
+    } else {
+        let (bw, bh, bn) = tma_box(b.h, b.w)
+            .ok_or_else(|| Error::Cuda(format!("{layer}: no TMA box for a {}x{} map", b.h, b.w)))?;
+        dev.tma_map_f16(
+            &what,
+            at,
+            &[ch, b.w, b.h, capacity],
+            &[pixel, pixel * b.w, pixel * b.w * b.h],
+            &[64, bw as u32, bh as u32, bn as u32],
+        )?
+    };
+    let kd = c.kernel * c.kernel * ch;
     let weights = |box_rows| {
         dev.tma_map_f16(
-            &format!(
-                "the weights of a 1x1 {}->{} layer",
-                c.input.channels, c.output.channels
-            ),
+            &format!("the weights of {layer}"),
             weight.ptr,
-            (c.input.channels, c.output.channels, c.input.channels * eb),
-            box_rows,
+            &[kd, c.output.channels],
+            &[kd * eb],
+            &[64, box_rows],
         )
     };
-    // In conv.cu's order (tma_weight_map): the input, then boxes of 256, 128, 64 rows.
-    let maps = [input, weights(256)?, weights(128)?, weights(64)?];
+    // In conv.cu's order (tma_weight_map): the input, then boxes of 256, 128, 64, 32 rows.
+    let maps = [
+        input,
+        weights(256)?,
+        weights(128)?,
+        weights(64)?,
+        weights(32)?,
+    ];
     let bytes: Vec<u8> = bytemuck::cast_slice(&maps).to_vec();
     let mut mem = dev.alloc(bytes.len())?;
     dev.upload_bytes(&mut mem, &bytes)?;
@@ -779,7 +794,7 @@ impl Prepared {
                             k_major,
                         );
                         let weight = dev.upload_storage(&packed)?;
-                        let tma = if cands.iter().any(|k| k.needs == Needs::Tma1x1) {
+                        let tma = if cands.iter().any(|k| k.needs == Needs::Tma) {
                             Some(Box::new(tma_maps(
                                 dev, plan, c, &buffers, capacity, &weight,
                             )?))

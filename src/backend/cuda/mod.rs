@@ -235,7 +235,7 @@ impl CudaBackend {
     /// Chooses the convolution kernels: `auto` (f32: the register-blocked conv_sgemm
     /// tiles; f16: the pipelined tensor-core conv_tc tiles, and on sm_90 their wgmma
     /// twins conv_wg, where a layer's channels are aligned to 8, else conv_mma_f16), a
-    /// family (`conv_sgemm_f32`, `conv_tc_f16`, `conv_wg_f16`), or
+    /// family (`conv_sgemm_f32`, `conv_tc_f16`, `conv_wg_f16`, `conv_tma_f16`), or
     /// one kernel for every layer (`conv_simt_f32`, `conv_sgemm128x128_f32`,
     /// `conv_tc64x64_f16`, `conv_mmavec_f16`, ...; see `CONV_KERNELS` in convsel.rs), the
     /// aligned-only ones falling back where a layer is unaligned. Within a family the
@@ -253,7 +253,7 @@ impl CudaBackend {
             if self.dev.dtype() == "f32" {
                 names.insert(1, "conv_sgemm_f32");
             } else {
-                names.splice(1..1, ["conv_tc_f16", "conv_wg_f16"]);
+                names.splice(1..1, ["conv_tc_f16", "conv_wg_f16", "conv_tma_f16"]);
             }
             return Err(Error::Config(format!(
                 "{name} is not a convolution kernel policy for {}; choose one of: {}",

@@ -188,7 +188,7 @@ unsafe impl DeviceRepr for PackParams {}
 unsafe impl DeviceRepr for CheckParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 19] {
+pub fn sizes() -> [(&'static str, usize); 21] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -206,6 +206,11 @@ pub fn sizes() -> [(&'static str, usize); 19] {
         ("DGATE_HALO_MAXP64", super::convsel::HALO_MAXP64),
         ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
         // conv_tma's ring, and its shared memory as the host sizes it.
+        ("DGATE_TMA_STAGES32", super::convsel::TMA_STAGES32),
+        (
+            "DGATE_TMA_SMEM32",
+            super::convsel::tma_smem(32, super::convsel::TMA_STAGES32) as usize,
+        ),
         ("DGATE_TMA_STAGES256", super::convsel::TMA_STAGES256),
         (
             "DGATE_TMA_SMEM256",

@@ -97,6 +97,11 @@ const CONV_CASES: &[ConvCase] = &[
     // A 1x1 layer (conv_tma) whose channels end inside a k-tile of 64, read from a window
     // with other channels past it, and whose outputs end inside a tile of 128.
     cc("72->200 1x1 9x9 +res, windows", (72, 200, 9, 1, 1), (88, 8), (208, 8), (false, true, true)),
+    // 3x3 layers whose channels end inside a k-tile of 64 (conv_tma: the tap's last
+    // k-tile meets the next tap's weights against zeros), on a 16x16 map (tiles of 8
+    // rows) and a 32x32 one (tiles of 4 rows).
+    cc("40->72 3x3 16x16 +res, windows", (40, 72, 16, 3, 1), (48, 8), (80, 8), (false, true, true)),
+    cc("24->16 3x3 32x32, windows", (24, 16, 32, 3, 1), (32, 8), (16, 0), (false, false, true)),
 ];
 
 /// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
@@ -325,6 +330,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             "conv_tma128x256_f16",
             "conv_tma128x128_f16",
             "conv_tma128x64_f16",
+            "conv_tma128x32_f16",
             "conv_mmaasync_f16",
             "conv_mmavec_f16",
             "conv_mma_f16",
