@@ -1512,7 +1512,7 @@ __device__ __forceinline__ void conv_halo(const ConvParams& p) {
 //   ring of STAGES stages, each completing on the stage's `full` barrier. For a 3x3
 //   layer a tile is whole rows of one image, or whole images, and the input box is 4-D
 //   (channels, x, y, image): tap (r, s) is the same box moved by (s - 1, r - 1), the
-//   copy zero-filling the padding, so a k-tile is (tap, 64 channels); it waits on
+//   copy zero-filling the padding, so a k-tile is (tap, 64 channels). It waits on
 //   the stage's `empty` barrier before refilling it. No address arithmetic per row,
 //   no per-thread copies: the copy engine gathers the rows, zero-fills what lies past
 //   the view (channels past C, rows past the buffer, weight rows past K) and stores
@@ -1566,10 +1566,14 @@ __device__ __forceinline__ void mbar_arrive_tx(unsigned long long* bar, unsigned
 }
 // Waits until the phase of parity `parity` has completed. A fresh barrier is in phase
 // 0, so waiting for parity 1 returns at once (the producer's first pass over the ring).
+// A phase that has not completed after 2^33 clock cycles (seconds; a legitimate wait is
+// microseconds) traps: the launch fails with an error the host reports, where a
+// miscounted barrier would otherwise hang the GPU until the process is killed.
 __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
 #ifdef DGATE_HOST_EMU
     emu_mbar_wait(bar, parity);
 #elif defined(DGATE_WGMMA)
+    const long long t0 = clock64();
     unsigned done;
     do {
         asm volatile(
@@ -1577,6 +1581,7 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
             : "=r"(done)
             : "r"(smem_u32(bar)), "r"(parity)
             : "memory");
+        if (!done && clock64() - t0 > (1ll << 33)) __trap();
     } while (!done);
 #endif
 }
@@ -1614,6 +1619,19 @@ __device__ __forceinline__ void tma_load_4d(void* dst, const TmaMap* map, int c0
         : "memory");
 #endif
 }
+// bar.sync ID (1-15; 0 is __syncthreads) for THREADS threads (a multiple of 32): a
+// barrier among some warps of the block, as a warpgroup's. Constant ids, so that ptxas
+// reserves only the barriers used.
+template <int ID, int THREADS>
+__device__ __forceinline__ void named_barrier() {
+    static_assert(ID >= 1 && ID < 16 && THREADS % 32 == 0, "bar.sync id and thread count");
+#ifdef DGATE_HOST_EMU
+    emu_named_barrier(ID, THREADS);
+#else
+    asm volatile("bar.sync %0, %1;\n" ::"n"(ID), "n"(THREADS) : "memory");
+#endif
+}
+
 // Descriptor of a K-major wgmma operand in 128-byte swizzled rows (TMA's
 // CU_TENSOR_MAP_SWIZZLE_128B): 8-row atoms of 1024 bytes (SBO), the leading offset
 // unused; `smem` may step 32 bytes (16 halves of k) into an atom, whose base is
@@ -1710,6 +1728,12 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
     const int lane = tid % 32;
     const int g = lane / 4;
     const int t = lane % 4;
+    // Pre-activation (1x1 layers only, convsel.rs): each thread of the warpgroup
+    // rewrites one 16-byte unit (8 channels) of 4 of its 64 rows in place, with those
+    // channels' scale and shift requested before the stage's wait.
+    const bool pre = p.pre_scale != nullptr;
+    const int pj = tid % 8;         // the unit: channels 8 pj .. of the k-tile
+    const int pr = tid % 128 / 8;   // rows pr, pr + 16, pr + 32, pr + 48
     int slot = 0;
     unsigned phase = 0;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
@@ -1717,9 +1741,40 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
         zero_acc<1, BN / 8>(acc);
         int held = -1;  // the stage of the MMAs still in flight
         for (int kt = 0; kt < ktiles; ++kt) {
+            const int pc = kt * TMA_BK + 8 * pj;
+            const bool pin = pre && pc < p.C;  // past C the copy's zeros stay zero
+            float4 sc[2], sh[2];
+            if (pin) {
+                sc[0] = *(const float4*)(p.pre_scale + pc);
+                sc[1] = *(const float4*)(p.pre_scale + pc + 4);
+                sh[0] = *(const float4*)(p.pre_shift + pc);
+                sh[1] = *(const float4*)(p.pre_shift + pc + 4);
+            }
             mbar_wait(&full[slot], phase);
-            const unsigned char* a = ring + slot * STAGE + cw * 64 * (TMA_BK * 2);
+            unsigned char* a = ring + slot * STAGE + cw * 64 * (TMA_BK * 2);
             const unsigned char* b = ring + slot * STAGE + A_BYTES;
+            if (pre) {
+                if (pin) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const int r = pr + 16 * i;  // its unit pj sits at pj ^ (r % 8) (swizzle)
+                        unsigned char* q = a + r * (TMA_BK * 2) + ((pj ^ (r % 8)) * 16);
+                        uint4 v = ld128(q);
+                        v.x = pre_act_pair_with(v.x, sc[0].x, sh[0].x, sc[0].y, sh[0].y, p.pre_relu);
+                        v.y = pre_act_pair_with(v.y, sc[0].z, sh[0].z, sc[0].w, sh[0].w, p.pre_relu);
+                        v.z = pre_act_pair_with(v.z, sc[1].x, sh[1].x, sc[1].y, sh[1].y, p.pre_relu);
+                        v.w = pre_act_pair_with(v.w, sc[1].z, sh[1].z, sc[1].w, sh[1].w, p.pre_relu);
+                        st128(q, v);
+                    }
+                }
+                fence_proxy_async();            // these writes, before wgmma reads them
+                // The warpgroup's rows all rewritten.
+                if (cw == 0) {
+                    named_barrier<1, 128>();
+                } else {
+                    named_barrier<2, 128>();
+                }
+            }
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < TMA_BK / 16; ++kk)

@@ -136,12 +136,13 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
 }
 
 namespace emu {
-enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, WAIT_SPIN, DONE };
+enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, WAIT_SPIN, WAIT_NAMED, DONE };
 constexpr size_t STACK_BYTES = 64 * 1024;
 struct Fiber {
     ucontext_t ctx;
     char* stack = nullptr;
     State state = DONE;
+    unsigned bar = 0, bar_threads = 0;  // WAIT_NAMED: bar.sync bar, bar_threads
 };
 inline std::vector<Fiber> fibers;
 inline ucontext_t scheduler;
@@ -277,6 +278,20 @@ inline void run_block(unsigned threads) {
                 released = true;
             }
         }
+        // bar.sync id, n: released once n threads wait on id.
+        for (unsigned id = 1; id < 16 && !released; ++id) {
+            unsigned waiting = 0, need = 0;
+            for (unsigned i = 0; i < threads; ++i)
+                if (fibers[i].state == WAIT_NAMED && fibers[i].bar == id) {
+                    ++waiting;
+                    need = fibers[i].bar_threads;
+                }
+            if (waiting > 0 && waiting == need) {
+                for (unsigned i = 0; i < threads; ++i)
+                    if (fibers[i].state == WAIT_NAMED && fibers[i].bar == id) fibers[i].state = RUNNABLE;
+                released = true;
+            }
+        }
         if (!released && at_block == live) {
             for (unsigned i = 0; i < threads; ++i)
                 if (fibers[i].state == WAIT_BLOCK) fibers[i].state = RUNNABLE;
@@ -302,6 +317,15 @@ inline void run_block(unsigned threads) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::wait(emu::WAIT_BLOCK); }
+inline void emu_named_barrier(int id, int threads) {
+    if (id < 1 || id > 15 || threads <= 0 || threads % 32 != 0) {
+        std::fprintf(stderr, "host_emu: bar.sync %d, %d: ids 1-15, a multiple of 32 threads\n", id, threads);
+        std::abort();
+    }
+    emu::fibers[emu::current].bar = (unsigned)id;
+    emu::fibers[emu::current].bar_threads = (unsigned)threads;
+    emu::wait(emu::WAIT_NAMED);
+}
 
 // cp.async.cg.shared.global (16 bytes, zero-filled when !valid), commit_group and
 // wait_group N, with the landing time varied as described at the top.

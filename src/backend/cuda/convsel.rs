@@ -88,10 +88,10 @@ pub(crate) enum Needs {
     /// Aligned 3x3, stride 1, padding 1, C and K multiples of 32, no pre-activation, and
     /// a block's input patch within `halo_max_patch` (conv_halo; see `halo_fits`).
     Halo3x3,
-    /// Aligned, no pre-activation, and 1x1 of stride 1 (conv_tma: a plain GEMM whose
-    /// operands TMA copies as 2-D boxes) or 3x3 of stride 1 and padding 1 on a map that
-    /// 128-pixel tiles of whole rows or whole images cover (`tma_box`; the input in 4-D
-    /// boxes).
+    /// Aligned, and 1x1 of stride 1 (conv_tma: a plain GEMM whose operands TMA copies
+    /// as 2-D boxes; pre-activation allowed) or 3x3 of stride 1 and padding 1 without
+    /// pre-activation on a map that 128-pixel tiles of whole rows or whole images cover
+    /// (`tma_box`; the input in 4-D boxes).
     Tma,
 }
 
@@ -440,11 +440,10 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
         Needs::Tma => {
             let same = (c.out_h, c.out_w) == (c.in_h, c.in_w) && c.stride == 1;
             vec_aligned(plan, c)
-                && c.pre.is_none()
                 && same
                 && match (c.kernel, c.pad) {
                     (1, 0) => true,
-                    (3, 1) => tma_box(c.in_h, c.in_w).is_some(),
+                    (3, 1) => c.pre.is_none() && tma_box(c.in_h, c.in_w).is_some(),
                     _ => false,
                 }
         }
@@ -807,9 +806,11 @@ mod kernel_choice {
         assert!(one(64, 64, 24, 3, 1, false, (64, 0)).is_empty());
         assert_eq!(tma_box(12, 12), None);
         assert_eq!(tma_box(0, 0), None);
-        // Not stride 2, DenseNet's pre-activated 1x1, nor an unaligned window.
+        // DenseNet's pre-activated 1x1 layers (the consumers apply it in shared memory).
+        assert_eq!(one(1760, 128, 8, 1, 1, true, (1760, 0)), all);
+        // Not stride 2, a pre-activated 3x3 layer, nor an unaligned window.
         assert!(one(256, 512, 16, 1, 2, false, (256, 0)).is_empty());
-        assert!(one(1760, 128, 8, 1, 1, true, (1760, 0)).is_empty());
+        assert!(one(128, 32, 8, 3, 1, true, (128, 0)).is_empty());
         assert!(one(64, 64, 8, 1, 1, false, (70, 3)).is_empty());
         // DenseNet's 3x3 layer, into a window of its concatenation buffer.
         assert_eq!(one(128, 32, 8, 3, 1, false, (128, 0)), all);

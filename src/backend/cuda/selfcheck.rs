@@ -102,6 +102,9 @@ const CONV_CASES: &[ConvCase] = &[
     // rows) and a 32x32 one (tiles of 4 rows).
     cc("40->72 3x3 16x16 +res, windows", (40, 72, 16, 3, 1), (48, 8), (80, 8), (false, true, true)),
     cc("24->16 3x3 32x32, windows", (24, 16, 32, 3, 1), (32, 8), (16, 0), (false, false, true)),
+    // DenseNet's pre-activated 1x1 layer from a window of its concatenation buffer, whose
+    // channels end inside a k-tile (conv_tma: the copy's zeros past C must stay zero).
+    cc("136->64 1x1 pre, windows 8x8", (136, 64, 8, 1, 1), (152, 16), (72, 8), (true, false, false)),
 ];
 
 /// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
