@@ -36,12 +36,26 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
   timeout ${CHECK_S:-200} "$BIN" gpu-check 2>&1 | tee "$OUT/gpu-check.log"
   check_rc=${PIPESTATUS[0]}
   echo "gpu-check exit status: $check_rc"
-  # The Hopper wgmma tiles (conv_wg*) had never run on a GPU when this was written.
-  # Should they fail a check, or the check crash or hang (a fault in one kernel ends
-  # the process), time the rest of this call without them rather than lose it.
-  if [ "$check_rc" != 0 ] && { [ "$check_rc" -gt 1 ] || grep -qE '^FAIL.*(conv_wg|stopped|panicked)' "$OUT/gpu-check.log"; }; then
-    export DGATE_WGMMA=0
-    stamp "gpu-check failed on the wgmma tiles or ended abnormally: the rest of this call runs with DGATE_WGMMA=0"
+  # The TMA tiles (conv_tma*, eighth session) had never run on a GPU when this was
+  # written; the other wgmma tiles (conv_wg*) had passed once. If the TMA tiles fail a
+  # check, or the check ends right after one of theirs (a trapped mbarrier wait ends
+  # the process), the rest of this call runs without them (DGATE_TMA=0). If the wgmma
+  # tiles fail, or the check ends abnormally elsewhere (a fault in one kernel ends the
+  # process), it runs without any wgmma kernel (DGATE_WGMMA=0) rather than lose the call.
+  if [ "$check_rc" != 0 ]; then
+    last=$(grep -E '^(ok|FAIL) ' "$OUT/gpu-check.log" | tail -1)
+    tma_bad=0
+    if grep -qE '^FAIL +conv_tma|conv_tma[^ ]* on .*(error|fail)' "$OUT/gpu-check.log" ||
+      case "$last" in *conv_tma*) true;; *) false;; esac; then
+      tma_bad=1
+      export DGATE_TMA=0
+      stamp "gpu-check failed on the TMA tiles: the rest of this call runs with DGATE_TMA=0"
+    fi
+    if grep -qE '^FAIL +conv_wg' "$OUT/gpu-check.log" ||
+      { [ "$tma_bad" = 0 ] && { [ "$check_rc" -gt 1 ] || grep -qE 'stopped|panicked' "$OUT/gpu-check.log"; }; }; then
+      export DGATE_WGMMA=0
+      stamp "gpu-check failed on the wgmma tiles or ended abnormally: the rest of this call runs with DGATE_WGMMA=0"
+    fi
   fi
 fi
 

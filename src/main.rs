@@ -25,6 +25,7 @@ CUDA settings (environment; see the README):
                         kernel by name
   DGATE_AUTOTUNE=0      choose tiles by a cost model instead of timing them
   DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
+  DGATE_TMA=0           on H100/H200, leave out the TMA tiles (conv_tma*) alone
   DGATE_PDL=1           programmatic dependent launch (sm_90+)
   DGATE_CARVEOUT=max    every kernel asks for the same shared-memory share of L1 (or 0-100 percent)
   DGATE_CUDA_GRAPHS=0   launch kernel by kernel instead of replaying a CUDA graph

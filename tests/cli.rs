@@ -269,6 +269,7 @@ fn bench_help_names_every_cuda_setting() {
         "DGATE_CONV",
         "DGATE_AUTOTUNE",
         "DGATE_WGMMA",
+        "DGATE_TMA",
         "DGATE_PDL",
         "DGATE_CARVEOUT",
         "DGATE_CUDA_GRAPHS",

@@ -112,6 +112,8 @@ fn load_kernels(
     carveout: Option<i32>,
 ) -> Result<HashMap<String, CudaFunction>> {
     let mut functions = HashMap::new();
+    // DGATE_TMA=0 leaves out the TMA tiles alone (conv_tma*), keeping the other wgmma ones.
+    let tma_off = std::env::var("DGATE_TMA").as_deref() == Ok("0");
     for (file, cubin) in kernels::cubins_for_arch(arch)? {
         let module = ctx
             .load_module(Ptx::from_binary(cubin))
@@ -119,6 +121,9 @@ fn load_kernels(
         for &sym in symbols(file) {
             let info = super::convsel::conv_kernel_info(sym);
             if info.is_some_and(|k| k.wgmma) && arch != "sm_90a" {
+                continue;
+            }
+            if tma_off && sym.starts_with("conv_tma") {
                 continue;
             }
             let f = module

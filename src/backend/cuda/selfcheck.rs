@@ -277,7 +277,11 @@ fn conv_case_line(
     (n, exact, unsplit): (usize, bool, bool),
 ) -> Result<String> {
     let plan = conv_case_plan(cc, rng, exact);
-    let err = run_op_case_with(be, &plan, n, rng, exact, unsplit)?;
+    // A kernel that faults ends the check: say which one, and on what.
+    let err = run_op_case_with(be, &plan, n, rng, exact, unsplit).map_err(|e| match e {
+        Error::Cuda(msg) => Error::Cuda(format!("{var} on {} n={n}: {msg}", cc.name)),
+        other => other,
+    })?;
     let used = match &plan.stages[0].ops[0] {
         Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
         _ => var.to_string(),
