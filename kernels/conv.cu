@@ -150,16 +150,22 @@ __device__ __forceinline__ void conv_store(const ConvParams& p, int m, int k, fl
 // reads the sums back, writes the outputs (bias, residual, ReLU) and leaves the
 // workspace and the ticket zero for the next layer. The fences order the atomics
 // before the ticket and the ticket before the reads (which bypass L1).
-template <typename T, int BM, int BN>
-__device__ __forceinline__ void splitk_finish(const ConvParams& p, int M, int m0, int n0, int parts, int tile) {
+// The block's threads `first` .. `first + count - 1` take part, and `sync` is their
+// barrier (__syncthreads, or a named barrier where other warps go their own way).
+template <typename T, int BM, int BN, typename Sync>
+__device__ __forceinline__ void splitk_finish_by(const ConvParams& p, int M, int m0, int n0, int parts, int tile,
+                                                 int first, int count, Sync sync) {
     __shared__ int last;
+    const int me = (int)threadIdx.x - first;
     __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(p.tickets + tile, 1) == parts - 1;
-    __syncthreads();
-    if (!last) return;
+    sync();
+    if (me == 0) last = atomicAdd(p.tickets + tile, 1) == parts - 1;
+    sync();
+    const bool mine = last;
+    sync();  // every thread has read `last` before the next tile's ticket overwrites it
+    if (!mine) return;
     __threadfence();
-    for (int e = (int)threadIdx.x; e < BM * BN; e += (int)blockDim.x) {
+    for (int e = me; e < BM * BN; e += count) {
         const int m = m0 + e / BN;
         const int k = n0 + e % BN;
         if (m >= M || k >= p.K) continue;
@@ -168,7 +174,12 @@ __device__ __forceinline__ void splitk_finish(const ConvParams& p, int M, int m0
         __stcg(ws, 0.0f);
         conv_store<T>(p, m, k, v);
     }
-    if (threadIdx.x == 0) p.tickets[tile] = 0;
+    if (me == 0) p.tickets[tile] = 0;
+}
+
+template <typename T, int BM, int BN>
+__device__ __forceinline__ void splitk_finish(const ConvParams& p, int M, int m0, int n0, int parts, int tile) {
+    splitk_finish_by<T, BM, BN>(p, M, m0, n0, parts, tile, 0, (int)blockDim.x, [] { __syncthreads(); });
 }
 
 template <typename T>
@@ -1523,7 +1534,9 @@ __device__ __forceinline__ void conv_halo(const ConvParams& p) {
 // Blocks loop over output tiles (blockIdx.y picks the columns), a few an SM: the
 // producer runs up to STAGES k-tiles ahead, into the next tile while the consumers
 // are in their epilogue, so the stores of one tile overlap the loads of the next. The
-// epilogue writes from registers (bias, residual, ReLU), as conv_mmavec's.
+// epilogue writes from registers (bias, residual, ReLU), as conv_mmavec's; split-K
+// (blockIdx.z) adds into the workspace instead, the consumers of a tile's last part
+// writing the output (splitk_finish_by, with a barrier of theirs alone).
 // The host gives it layers whose input view, residual and output allow 16-byte
 // aligned rows (convsel.rs, Needs::Tma) and its tensor maps in global memory
 // (ConvParams::tma, encoded by the host: the input view over the buffer's full
@@ -1673,6 +1686,11 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
     const int n0 = (int)blockIdx.y * BN;
     const int chunks = (p.C + TMA_BK - 1) / TMA_BK;  // k-tiles per tap
     const int ktiles = p.R * p.R * chunks;
+    const int tiles = (M + BM - 1) / BM * (int)gridDim.y;
+    // Split-K (blockIdx.z: this part's k-tiles kt0 .. kt1 - 1 of every tile), as conv_tc's.
+    int kt0, kt1, parts;
+    bool split;
+    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int s = 0; s < STAGES; ++s) {
@@ -1693,8 +1711,8 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
                 // 3x3: the tile's first image and row (tiles are whole rows, or whole images).
                 const int img = m0 / (p.H * p.W);
                 const int y0 = m0 % (p.H * p.W) / p.W;
-                int tap = 0, c0 = 0;
-                for (int kt = 0; kt < ktiles; ++kt) {
+                int tap = kt0 / chunks, c0 = kt0 % chunks * TMA_BK;
+                for (int kt = kt0; kt < kt1; ++kt) {
                     mbar_wait(&empty[slot], phase ^ 1);
                     unsigned char* a = ring + slot * STAGE;
                     mbar_arrive_tx(&full[slot], STAGE);
@@ -1740,7 +1758,7 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
         float acc[1][BN / 8][4];
         zero_acc<1, BN / 8>(acc);
         int held = -1;  // the stage of the MMAs still in flight
-        for (int kt = 0; kt < ktiles; ++kt) {
+        for (int kt = kt0; kt < kt1; ++kt) {
             const int pc = kt * TMA_BK + 8 * pj;
             const bool pin = pre && pc < p.C;  // past C the copy's zeros stay zero
             float4 sc[2], sh[2];
@@ -1791,7 +1809,12 @@ __device__ __forceinline__ void conv_tma(const ConvParams& p) {
         wgmma_wait<0>();
         if (lane == 0) mbar_arrive(&empty[held]);
         wgmma_fence_regs<BN / 2>(&acc[0][0][0]);
-        mma_epilogue<1, BN / 8>(p, acc, m0 + cw * 64 + warp * 16, n0, M, g, t, false);
+        mma_epilogue<1, BN / 8>(p, acc, m0 + cw * 64 + warp * 16, n0, M, g, t, split);
+        if (split) {
+            // The consumers alone (the producer is on its own loop): a named barrier.
+            const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
+            splitk_finish_by<__half, BM, BN>(p, M, m0, n0, parts, tile, 128, 256, [] { named_barrier<3, 256>(); });
+        }
     }
 }
 

@@ -1587,7 +1587,13 @@ impl Prepared {
             m
         };
         let grid = (
-            resident_blocks(blocks(m_grid, tm), blocks(k, tn), kernel.resident, self.sms),
+            // (A split launch's parts share the SMs too.)
+            resident_blocks(
+                blocks(m_grid, tm),
+                blocks(k, tn) * splits as u32,
+                kernel.resident,
+                self.sms,
+            ),
             blocks(k, tn),
             splits as u32,
         );

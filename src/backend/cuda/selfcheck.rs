@@ -377,6 +377,16 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             }
         }
         be.op_test_sms(sms);
+        // A looping kernel that also splits (conv_tma) splits nothing as if on one SM:
+        // its table again on every SM, where the cost model splits the long reductions.
+        if super::convsel::conv_kernel_info(var).is_some_and(|k| k.resident > 0 && k.split) {
+            writeln!(out, "-- {var} again on {sms} SMs (split-K)").map_err(io_err)?;
+            for cc in CONV_CASES {
+                for exact in [false, true] {
+                    conv_case_line(be, out, tally, &mut rng, (var, tag), cc, (3, exact, false))?;
+                }
+            }
+        }
     }
     // Long reductions in one block (16 to 39 k-tiles): the pipelined kernels' rings wrap
     // several times, so a stage refilled too early (or read too late) shows.
