@@ -42,6 +42,7 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
   # the process), the rest of this call runs without them (DGATE_TMA=0). If the wgmma
   # tiles fail, or the check ends abnormally elsewhere (a fault in one kernel ends the
   # process), it runs without any wgmma kernel (DGATE_WGMMA=0) rather than lose the call.
+  # >>> fallback (tests/device_run_fallback.rs runs this block on made-up logs)
   if [ "$check_rc" != 0 ]; then
     last=$(grep -E '^(ok|FAIL) ' "$OUT/gpu-check.log" | tail -1)
     tma_bad=0
@@ -57,6 +58,7 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
       stamp "gpu-check failed on the wgmma tiles or ended abnormally: the rest of this call runs with DGATE_WGMMA=0"
     fi
   fi
+  # <<< fallback
 fi
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
