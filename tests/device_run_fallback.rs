@@ -31,6 +31,7 @@ fn decide(log: &str, rc: i32) -> (String, String) {
         .arg(body)
         .output()
         .expect("bash");
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "{}",
