@@ -26,6 +26,9 @@
 //       candidate's output, the reference's), as f32 bits by atomicMax on out[0..2]
 //       (non-negative floats order as their bits; NaN orders above every number).
 //       Grid-stride, one atomic per thread.
+//   hold_stream_i64: one thread spins for `ns` nanoseconds of the global timer. The
+//       step-by-step profile queues a pass behind it, so that the GPU runs the pass's
+//       kernels back to back whatever the host's launch rate (see profile_pass).
 #include "common.cuh"
 
 #define MOVE_THREADS 256
@@ -174,3 +177,10 @@ DGATE_KERNEL(fill_noise_f32, CheckParams, MOVE_THREADS) { fill_noise<float>(p); 
 DGATE_KERNEL(fill_noise_f16, CheckParams, MOVE_THREADS) { fill_noise<__half>(p); }
 DGATE_KERNEL(diff_max_f32, CheckParams, MOVE_THREADS) { diff_max<float>(p); }
 DGATE_KERNEL(diff_max_f16, CheckParams, MOVE_THREADS) { diff_max<__half>(p); }
+
+DGATE_KERNEL(hold_stream_i64, HoldParams, 32) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    const unsigned long long t0 = dgate_now_ns();
+    while (dgate_now_ns() - t0 < (unsigned long long)p.ns) {
+    }
+}

@@ -34,6 +34,12 @@ __device__ __forceinline__ void dgate_pdl_enter() {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+// Nanoseconds of the GPU's global timer (coarse: it may tick once a microsecond).
+__device__ __forceinline__ unsigned long long dgate_now_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
 // A kernel takes its parameter struct by value; the host emulator defines these
 // differently (see host_emu.cuh).
 #define DGATE_KERNEL(name, Params, threads)                                           \
@@ -153,6 +159,11 @@ struct CheckParams {
     int pad0;
 };
 
+// How long hold_stream (batch.cu) keeps its stream busy.
+struct HoldParams {
+    long long ns;
+};
+
 #ifdef DGATE_SIZEOF_CONV
 static_assert(sizeof(ConvParams) == DGATE_SIZEOF_CONV, "ConvParams differs from its Rust mirror");
 #endif
@@ -170,6 +181,9 @@ static_assert(sizeof(CompactParams) == DGATE_SIZEOF_COMPACT, "CompactParams diff
 #endif
 #ifdef DGATE_SIZEOF_CHECK
 static_assert(sizeof(CheckParams) == DGATE_SIZEOF_CHECK, "CheckParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_HOLD
+static_assert(sizeof(HoldParams) == DGATE_SIZEOF_HOLD, "HoldParams differs from its Rust mirror");
 #endif
 #ifdef DGATE_SIZEOF_PACK
 static_assert(sizeof(PackParams) == DGATE_SIZEOF_PACK, "PackParams differs from its Rust mirror");

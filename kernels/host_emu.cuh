@@ -37,6 +37,7 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -111,6 +112,13 @@ inline void emu_check_align(const void* p, unsigned bytes) {
         std::fprintf(stderr, "host_emu: misaligned %u-byte access at %p\n", bytes, p);
         std::abort();
     }
+}
+
+// The GPU's global timer: the host's monotonic clock, in nanoseconds.
+inline unsigned long long dgate_now_ns() {
+    return (unsigned long long)std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
 }
 
 // Fibers never run concurrently, so a plain add is atomic here, every access is

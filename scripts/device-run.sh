@@ -69,9 +69,10 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     lim=$(cap ${BENCH_S:-100} 30)
     if [ "$lim" = 0 ]; then stamp "skipping dgate-rt bench $arch: only $(left) s left"; continue; fi
     stamp "dgate-rt bench $arch (limit $lim s)"
-    # DGATE_DEBUG: NVRTC compile and tuning times (per batch size).
+    # DGATE_DEBUG: NVRTC compile and tuning times (per batch size). Profiles at every
+    # batch: batch 1 and 64 for the small-batch f16 regression (performance.md).
     DGATE_DEBUG=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64,256 --precision f32,f16 \
-      --exits 0.5,0.3 --warmup 5 --runs 30 --profile 2>&1 | tee "$OUT/bench-$arch.md"
+      --exits 0.5,0.3 --warmup 5 --runs 30 --profile 1,64,256 2>&1 | tee "$OUT/bench-$arch.md"
   done
   for arch in resnet101 densenet201; do
     "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors

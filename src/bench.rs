@@ -136,7 +136,8 @@ pub fn table(rows: &[Row]) -> String {
 /// A profiled pass summed by step shape and kernel, slowest first: how many steps,
 /// total and per-step µs, share of the pass, TFLOP/s (compute) and GB/s (traffic), and
 /// the samples they ran on (fewer after a gate). A markdown table.
-pub fn profile_table(steps: &[crate::backend::OpTime]) -> String {
+pub fn profile_table(profile: &crate::backend::Profile) -> String {
+    let steps = &profile.steps;
     struct Group {
         op: String,
         kernel: String,
@@ -196,10 +197,22 @@ pub fn profile_table(steps: &[crate::backend::OpTime]) -> String {
             rate(g.bytes, 1e9),
         ));
     }
-    out.push_str(&format!(
-        "\n{} steps, {:.3} ms launched one by one (a CUDA graph replays them with less launch overhead).\n",
-        steps.len(),
-        total
-    ));
+    out.push_str(&format!("\n{} steps, {total:.3} ms; ", steps.len()));
+    out.push_str(&if profile.back_to_back {
+        format!(
+            "run back to back: the host launched them in {:.1} ms while a {:.0}-ms hold kept the GPU busy, so no launch time is in them.\n",
+            profile.launch_ms, profile.hold_ms
+        )
+    } else if profile.hold_ms > 0.0 {
+        format!(
+            "launched one by one: the host took {:.1} ms to launch them, more than the {:.0}-ms hold, so the step times may include the host's launch time.\n",
+            profile.launch_ms, profile.hold_ms
+        )
+    } else {
+        format!(
+            "launched one by one in {:.1} ms, each step timed by the wall clock as it ran.\n",
+            profile.launch_ms
+        )
+    });
     out
 }

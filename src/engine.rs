@@ -167,11 +167,7 @@ impl Engine {
 
     /// One pass over `images` timed step by step (every op, gate and the head, with
     /// FLOPs and bytes), where the backend can (CUDA); `None` on the CPU.
-    pub fn profile(
-        &mut self,
-        images: &[f32],
-        n: usize,
-    ) -> Result<Option<Vec<crate::backend::OpTime>>> {
+    pub fn profile(&mut self, images: &[f32], n: usize) -> Result<Option<crate::backend::Profile>> {
         crate::backend::check_batch(images, n)?;
         self.backend.profile(&self.model.plan, images, n)
     }

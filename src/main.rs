@@ -17,6 +17,7 @@ use dgate_rt::model::{Model, Normalize};
 const BENCH_HELP: &str = "Examples:
   dgate-rt bench --random resnet101 --backend cuda --precision f32,f16
   dgate-rt bench --random densenet201 --backend cuda --precision f16 --batch 256 --profile
+  dgate-rt bench --random resnet101 --backend cuda --precision f16 --batch 1,256 --profile 1,256
   dgate-rt bench --weights resnet56.safetensors --backend cpu --batch 1,64 --json
 
 CUDA settings (environment; see the README):
@@ -100,10 +101,11 @@ struct BenchArgs {
     /// Timed runs per row (the median is reported).
     #[arg(long, default_value_t = 20)]
     runs: usize,
-    /// Also profile one pass per configuration at the largest batch, step by step:
-    /// time, TFLOP/s and GB/s per layer shape, slowest first (CUDA only).
-    #[arg(long)]
-    profile: bool,
+    /// Also profile one pass per configuration step by step: time, TFLOP/s and GB/s per
+    /// layer shape, slowest first (CUDA only). At the largest batch, or at the listed
+    /// batch sizes (each one of --batch), e.g. `--profile 1,256`.
+    #[arg(long, value_name = "N,..", num_args = 0..=1, default_missing_value = "largest")]
+    profile: Option<String>,
 }
 
 #[derive(Args)]
@@ -685,6 +687,21 @@ fn bench(a: &BenchArgs) -> Result<()> {
     if batches.is_empty() || batches.contains(&0) {
         bail!("--batch needs positive sizes");
     }
+    let maxn = *batches.iter().max().unwrap_or(&1);
+    let profiled: Vec<usize> = match a.profile.as_deref() {
+        None => Vec::new(),
+        Some("largest") => vec![maxn],
+        Some(list) => {
+            let p: Vec<usize> = parse_list(list, "profile")?;
+            if let Some(n) = p.iter().find(|n| !batches.contains(n)) {
+                bail!(
+                    "--profile {list}: batch {n} is not one of --batch {}",
+                    a.batch
+                );
+            }
+            p
+        }
+    };
     let mut weights = match &a.model.weights {
         Some(p) => dgate_rt::weights::Weights::load(p)?,
         None => dgate_rt::zoo::random(&a.model.random, a.model.seed)?,
@@ -695,7 +712,6 @@ fn bench(a: &BenchArgs) -> Result<()> {
     }
     let choice = BackendChoice::parse(&a.backend).context("--backend")?;
     let mut rows = Vec::new();
-    let maxn = *batches.iter().max().unwrap_or(&1);
     let mut rng = dgate_rt::zoo::Rng::new(a.model.seed + 1);
     let x: Vec<f32> = (0..maxn * dgate_rt::data::IMAGE)
         .map(|_| rng.normal())
@@ -727,12 +743,12 @@ fn bench(a: &BenchArgs) -> Result<()> {
             if !a.model.json {
                 eprintln!("timing {cfg}, batch {n}");
             }
-            // One row per configuration; the profile at the largest batch when asked.
+            // One row per configuration; a profile at the batch sizes asked for.
             let mut measure = |engine: &mut Engine, cfg: String| -> Result<()> {
                 rows.push(dgate_rt::bench::measure(
                     engine, &cfg, xb, n, a.warmup, a.runs,
                 )?);
-                if a.profile && n == maxn {
+                if profiled.contains(&n) {
                     profiles.push((cfg, n, engine.profile(xb, n)?));
                 }
                 Ok(())
@@ -757,7 +773,13 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 "rows": rows,
                 "profiles": profiles
                     .iter()
-                    .map(|(c, n, p)| serde_json::json!({"config": c, "batch": n, "steps": p}))
+                    .map(|(c, n, p)| match p {
+                        Some(p) => serde_json::json!({
+                            "config": c, "batch": n, "steps": p.steps, "launch_ms": p.launch_ms,
+                            "hold_ms": p.hold_ms, "back_to_back": p.back_to_back,
+                        }),
+                        None => serde_json::json!({"config": c, "batch": n, "steps": null}),
+                    })
                     .collect::<Vec<_>>(),
             }))?
         );
@@ -767,7 +789,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         for (cfg, n, p) in &profiles {
             println!("\n### profile: {cfg}, batch {n}\n");
             match p {
-                Some(steps) => print!("{}", dgate_rt::bench::profile_table(steps)),
+                Some(profile) => print!("{}", dgate_rt::bench::profile_table(profile)),
                 None => println!("(this backend cannot profile step by step; CUDA only)"),
             }
         }

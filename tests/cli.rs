@@ -209,23 +209,27 @@ fn info_matches_design_flops() {
 
 #[test]
 fn bench_profile_is_reported_per_configuration_and_gpu_check_parts_are_checked() {
-    let (code, out, err) = run(&[
-        "bench",
-        "--random",
-        "resnet20",
-        "--backend",
-        "cpu",
-        "--batch",
-        "1,2",
-        "--exits",
-        "0.5,0.3",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--profile",
-        "--json",
-    ]);
+    // A quick CPU bench of ResNet-20: batch sizes, exit fractions, then the rest.
+    let bench = |batch: &str, exits: &str, rest: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--random",
+            "resnet20",
+            "--backend",
+            "cpu",
+            "--batch",
+            batch,
+            "--exits",
+            exits,
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ];
+        args.extend_from_slice(rest);
+        run(&args)
+    };
+    let (code, out, err) = bench("1,2", "0.5,0.3", &["--profile", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let profiles = v["profiles"].as_array().expect("profiles");
@@ -234,22 +238,25 @@ fn bench_profile_is_reported_per_configuration_and_gpu_check_parts_are_checked()
     assert!(profiles
         .iter()
         .all(|p| p["batch"] == 2 && p["steps"].is_null()));
-    let (code, out, _) = run(&[
-        "bench",
-        "--random",
-        "resnet20",
-        "--backend",
-        "cpu",
-        "--batch",
-        "1",
-        "--exits",
-        "",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-        "--profile",
-    ]);
+    // Listed batch sizes: each configuration at each, in the order timed; and only
+    // sizes that are timed.
+    let (code, out, err) = bench("1,2", "", &["--profile", "2,1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let batches: Vec<_> = v["profiles"]
+        .as_array()
+        .expect("profiles")
+        .iter()
+        .map(|p| p["batch"].as_u64())
+        .collect();
+    assert_eq!(batches, [Some(1), Some(2)], "{out}");
+    let (code, _, err) = bench("1,2", "", &["--profile", "1,3"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--profile 1,3: batch 3 is not one of --batch 1,2"),
+        "{err}"
+    );
+    let (code, out, _) = bench("1", "", &["--profile"]);
     assert_eq!(code, 0);
     assert!(
         out.contains("### profile: ResNet-20 f32 full, batch 1") && out.contains("CUDA only"),

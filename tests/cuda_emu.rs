@@ -115,10 +115,13 @@ fn emulated_profile_times_every_step_of_a_gated_pass() {
         .count();
     assert!(exited > 0 && exited < n, "{exited} of {n} left at gate 0");
 
-    let steps = be
+    let profile = be
         .profile(&plan, &images, n)
         .unwrap_or_else(|e| panic!("{e}"))
         .expect("the CUDA backend profiles");
+    // The emulator runs each launch at once: nothing to hold, and the wall clock times it.
+    assert!(!profile.back_to_back && profile.hold_ms == 0.0 && profile.launch_ms > 0.0);
+    let steps = &profile.steps;
     let ops: usize = plan.stages.iter().map(|s| s.ops.len()).sum();
     assert_eq!(
         steps.len(),
@@ -143,7 +146,7 @@ fn emulated_profile_times_every_step_of_a_gated_pass() {
         .filter(|s| s.op.starts_with("conv"))
         .all(|s| s.samples == n - exited));
 
-    let table = dgate_rt::bench::profile_table(&steps);
+    let table = dgate_rt::bench::profile_table(&profile);
     println!("{table}");
     let rows: Vec<&str> = table
         .lines()
@@ -160,4 +163,16 @@ fn emulated_profile_times_every_step_of_a_gated_pass() {
         .collect();
     assert!(us.windows(2).all(|w| w[0] >= w[1]), "slowest first: {us:?}");
     assert!(table.contains("GB/s") && table.contains(&format!("{} steps", steps.len())));
+    assert!(table.contains("timed by the wall clock"), "{table}");
+
+    // The hold the profile puts before a pass on a GPU: the emulator spins it out.
+    for ms in [0.0, 30.0] {
+        let t = std::time::Instant::now();
+        be.hold_stream(ms).unwrap_or_else(|e| panic!("{e}"));
+        let took = t.elapsed().as_secs_f64() * 1e3;
+        assert!(
+            took >= ms && took < ms + 1000.0,
+            "a {ms}-ms hold took {took:.1} ms"
+        );
+    }
 }

@@ -41,6 +41,19 @@ pub struct OpTime {
     pub bytes: f64,
 }
 
+/// One pass timed step by step (see [`Backend::profile`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Profile {
+    pub steps: Vec<OpTime>,
+    /// Host milliseconds spent launching the steps (and recording their events).
+    pub launch_ms: f64,
+    /// How long the stream was held busy before the first step (0: not held).
+    pub hold_ms: f64,
+    /// The host launched every step within the hold, so the GPU ran them back to back
+    /// and no host launch time is in the step times (as in a CUDA graph's replay).
+    pub back_to_back: bool,
+}
+
 pub trait Backend: Send {
     /// Short human-readable name, e.g. `cpu (2 threads)` or `cuda (NVIDIA H200, sm_90, f16)`.
     fn name(&self) -> String;
@@ -63,7 +76,7 @@ pub trait Backend: Send {
 
     /// One pass over `images` timed step by step (each op, gate and the head), for
     /// backends that can: `None` elsewhere.
-    fn profile(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Option<Vec<OpTime>>> {
+    fn profile(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Option<Profile>> {
         Ok(None)
     }
 }

@@ -686,6 +686,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "fill_noise_f16",
             "diff_max_f32",
             "diff_max_f16",
+            "hold_stream_i64",
         ],
     }
 }

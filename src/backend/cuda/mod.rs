@@ -45,11 +45,23 @@ pub use kernels::{compile_all_for_arch, KernelFile};
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 
-use crate::backend::{check_batch, Backend, OpTime, Precision};
+use crate::backend::{check_batch, Backend, OpTime, Precision, Profile};
 use crate::plan::{Plan, SampleResult};
 use crate::{Error, Result};
 use device::Device;
 use exec::Prepared;
+
+/// How long a step-by-step profile holds the stream while the host launches the pass
+/// (see [`CudaBackend::profile_pass`]). The profile reports how long the launches took
+/// and whether they fit in it.
+pub const PROFILE_HOLD_MS: f64 = 50.0;
+
+fn hold_stream(dev: &Device, ms: f64) -> Result<()> {
+    let hold = params::HoldParams {
+        ns: (ms * 1e6) as i64,
+    };
+    dev.launch("hold_stream_i64", (1, 1), 32, 0, &hold)
+}
 
 /// Whether a CUDA device, its driver and NVRTC are usable here; the reason if not.
 /// Never panics.
@@ -406,7 +418,13 @@ impl CudaBackend {
     /// One pass at batch `n` launched step by step (no graph) with the kernels a graph
     /// would use, timed by a CUDA event after each step (by the wall clock in the
     /// emulator), with each step's samples, FLOPs and bytes.
-    pub fn profile_pass(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Vec<OpTime>> {
+    ///
+    /// On a GPU the steps queue behind `hold_stream_i64`, which keeps the stream busy for
+    /// [`PROFILE_HOLD_MS`] while the host launches them, so the GPU then runs them back
+    /// to back. Without it, a pass of short kernels (batch 1) is timed at the host's
+    /// launch rate, not the GPU's. Should the host take longer than the hold, the
+    /// profile says so (`back_to_back` false).
+    pub fn profile_pass(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Profile> {
         check_batch(images, n)?;
         self.ensure_prepared(plan, n)?;
         self.stage_images(images, n)?;
@@ -419,6 +437,15 @@ impl CudaBackend {
         let mut steps = Vec::new();
         let mut marks = Vec::new();
         let mut walls = Vec::new();
+        // The emulator runs each launch before returning: a hold there would only wait.
+        let hold_ms = if dev.is_emulated() {
+            0.0
+        } else {
+            PROFILE_HOLD_MS
+        };
+        if hold_ms > 0.0 {
+            hold_stream(dev, hold_ms)?;
+        }
         let start = match (dev.context(), dev.stream()) {
             (Some(ctx), Some(stream)) => {
                 let e = ctx.new_event(flags).map_err(ev)?;
@@ -440,6 +467,7 @@ impl CudaBackend {
             }
             Ok(())
         })?;
+        let launch_ms = t0.elapsed().as_secs_f64() * 1e3;
         dev.sync()?;
         let mut ms = Vec::with_capacity(steps.len());
         match &start {
@@ -460,14 +488,26 @@ impl CudaBackend {
         }
         let live = prep.live_counts(dev)?;
         let eb = dev.elem_bytes();
-        Ok(steps
-            .iter()
-            .zip(ms)
-            .map(|(&step, ms)| OpTime {
-                ms,
-                ..prep.step_work(plan, step, &live, n, eb)
-            })
-            .collect())
+        Ok(Profile {
+            steps: steps
+                .iter()
+                .zip(ms)
+                .map(|(&step, ms)| OpTime {
+                    ms,
+                    ..prep.step_work(plan, step, &live, n, eb)
+                })
+                .collect(),
+            launch_ms,
+            hold_ms,
+            // A margin for the hold's own start and the timer's coarse ticks.
+            back_to_back: hold_ms > 0.0 && launch_ms < 0.8 * hold_ms,
+        })
+    }
+
+    /// Keeps the stream busy for `ms` milliseconds (`hold_stream_i64`): later launches
+    /// wait behind it. Returns at once on a GPU; the emulator runs it before returning.
+    pub fn hold_stream(&self, ms: f64) -> Result<()> {
+        hold_stream(&self.dev, ms)
     }
 
     /// After a pass at batch `n`: lets the resident plan compare the samples each gate
@@ -690,7 +730,7 @@ impl Backend for CudaBackend {
         self.time_passes(plan, images, n, iters).map(Some)
     }
 
-    fn profile(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Option<Vec<OpTime>>> {
+    fn profile(&mut self, plan: &Plan, images: &[f32], n: usize) -> Result<Option<Profile>> {
         self.profile_pass(plan, images, n).map(Some)
     }
 }

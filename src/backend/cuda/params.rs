@@ -177,6 +177,13 @@ pub struct CheckParams {
     pub pad0: i32,
 }
 
+/// How long `hold_stream_i64` (batch.cu) keeps its stream busy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HoldParams {
+    pub ns: i64,
+}
+
 // SAFETY: plain `#[repr(C)]` data (integers, floats, device addresses), laid out as
 // the CUDA structs of the same name; the sizes are checked at kernel compile time.
 unsafe impl DeviceRepr for ConvParams {}
@@ -186,9 +193,10 @@ unsafe impl DeviceRepr for GapLinearParams {}
 unsafe impl DeviceRepr for CompactParams {}
 unsafe impl DeviceRepr for PackParams {}
 unsafe impl DeviceRepr for CheckParams {}
+unsafe impl DeviceRepr for HoldParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 21] {
+pub fn sizes() -> [(&'static str, usize); 22] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -198,6 +206,7 @@ pub fn sizes() -> [(&'static str, usize); 21] {
         ("DGATE_SIZEOF_COMPACT", size_of::<CompactParams>()),
         ("DGATE_SIZEOF_PACK", size_of::<PackParams>()),
         ("DGATE_SIZEOF_CHECK", size_of::<CheckParams>()),
+        ("DGATE_SIZEOF_HOLD", size_of::<HoldParams>()),
         // The pipelined tensor-core kernels' shared-memory ring, which the host sizes.
         ("DGATE_TC_STAGES", super::convsel::TC_STAGES),
         ("DGATE_TC_LDS", super::convsel::TC_LDS),
