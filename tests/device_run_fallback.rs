@@ -71,3 +71,107 @@ fn a_passing_check_or_another_failure_keeps_them() {
     let other = "ok   conv_tma128x64_f16 a\nFAIL real data resnet56 f16 accuracy\nok   pass b\n";
     assert_eq!(decide(other, 1), ("on".into(), "on".into()));
 }
+
+/// The script's bench phase (`bench_arch`), between its `>>> bench retry` and
+/// `<<< bench retry` lines, run for both networks with a made-up binary that behaves as
+/// `fake` says. Returns (DGATE_TMA, DGATE_WGMMA) after it, the files it left, and how
+/// many times the binary ran.
+fn bench_phase(fake: &str) -> (String, String, Vec<String>, usize) {
+    let script = include_str!("../scripts/device-run.sh");
+    let start = script.find("# >>> bench retry").expect("start marker");
+    let end = script.find("# <<< bench retry").expect("end marker");
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dgate-bench-retry-{}-{call}", std::process::id()));
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // ok: succeeds; tma: fails unless DGATE_TMA=0; always: fails; slow: its time limit.
+    let bin = dir.join("dgate-rt");
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/usr/bin/env bash\necho run >> {runs}\necho \"table of $3 TMA=${{DGATE_TMA:-on}}\"\n\
+             case {fake} in ok) exit 0;; tma) [ \"${{DGATE_TMA:-on}}\" = 0 ] && exit 0; exit 101;; \
+             slow) exit 124;; *) exit 1;; esac\n",
+            runs = dir.join("runs").display()
+        ),
+    )
+    .unwrap();
+    let body = format!(
+        "stamp() {{ :; }}\ncap() {{ echo 60; }}\nleft() {{ echo 500; }}\nOUT={}\nBIN={}\n{}\n\
+         for arch in resnet101 densenet201; do bench_arch $arch; done\n\
+         echo \"${{DGATE_TMA:-on}} ${{DGATE_WGMMA:-on}}\"\n",
+        out.display(),
+        bin.display(),
+        &script[start..end]
+    );
+    let status = Command::new("chmod")
+        .arg("+x")
+        .arg(&bin)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
+    let res = Command::new("bash")
+        .arg("-c")
+        .arg(body)
+        .output()
+        .expect("bash");
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let text = String::from_utf8_lossy(&res.stdout);
+    let last = text.lines().last().unwrap_or_default().to_string();
+    let mut it = last.split_whitespace();
+    let (tma, wgmma) = (
+        it.next().unwrap_or_default().to_string(),
+        it.next().unwrap_or_default().to_string(),
+    );
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    // Each table holds the run that produced it: the retry's where there was one.
+    for f in files.iter().filter(|f| f.ends_with(".md")) {
+        let t = std::fs::read_to_string(out.join(f)).unwrap();
+        assert_eq!(t.lines().count(), 1, "{f}: {t}");
+    }
+    let runs = std::fs::read_to_string(dir.join("runs"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let _ = std::fs::remove_dir_all(&dir);
+    (tma, wgmma, files, runs)
+}
+
+/// Checks [`bench_phase`]'s outcome for `fake`: (DGATE_TMA, DGATE_WGMMA), files, runs.
+fn assert_bench_phase(fake: &str, env: (&str, &str), files: &[&str], runs: usize) {
+    let (tma, wgmma, got, n) = bench_phase(fake);
+    assert_eq!((tma.as_str(), wgmma.as_str()), env, "{fake}");
+    assert_eq!(got, files, "{fake}");
+    assert_eq!(n, runs, "{fake}: runs of the binary");
+}
+
+#[test]
+fn a_bench_that_succeeds_or_runs_out_of_time_is_not_run_again() {
+    let both = ["bench-densenet201.md", "bench-resnet101.md"];
+    assert_bench_phase("ok", ("on", "on"), &both, 2);
+    assert_bench_phase("slow", ("on", "on"), &both, 2);
+}
+
+#[test]
+fn a_bench_that_fails_runs_again_without_the_tma_tiles_then_without_wgmma() {
+    // The first network fails and passes without TMA; the second runs without it at once.
+    let first = [
+        "bench-densenet201.md",
+        "bench-resnet101-failed.log",
+        "bench-resnet101.md",
+    ];
+    assert_bench_phase("tma", ("0", "on"), &first, 3);
+    // Failing however run: one retry each, the second network's without wgmma too.
+    let both = ["bench-densenet201-failed.log", "bench-densenet201.md"];
+    let all = [&both[..], &first[1..]].concat();
+    assert_bench_phase("always", ("0", "0"), &all, 4);
+}
