@@ -159,7 +159,8 @@ pub const RESNET101_CONVS: &[ConvShape] = &[
 /// [-1, 1): zeros can run faster than real data),
 /// per precision at `batch`, under the `auto` policy and the previous default kernel
 /// (conv_simt_f32, conv_mmaasync_f16) for comparison: the kernel (and k-splits) used,
-/// median time of `iters` launches, TFLOP/s.
+/// median time of `iters` launches (each behind a hold of the stream, see
+/// [`super::device::Device::hold`]), TFLOP/s.
 pub fn layer_table(
     report: &mut dyn Write,
     precisions: &[Precision],
@@ -181,7 +182,9 @@ pub fn layer_table_with(
 ) -> Result<()> {
     writeln!(
         report,
-        "layers: ResNet-101 convolutions at batch {batch}, medians of {iters}"
+        "layers: ResNet-101 convolutions at batch {batch}, medians of {iters} launches, each queued behind a \
+         {:.1}-ms hold of the stream (the GPU's time, without the host's launch call)",
+        super::TIMING_HOLD_MS
     )
     .map_err(io_err)?;
     writeln!(

@@ -517,6 +517,17 @@ impl Device {
         }
     }
 
+    /// Keeps the stream busy for `ms` milliseconds (`hold_stream_i64`, one thread on the
+    /// GPU's global timer), so that what the host launches next queues behind it and then
+    /// runs back to back, whatever the host's launch rate: timings taken after it are the
+    /// GPU's alone. Returns at once on a GPU; the emulator spins it out before returning.
+    pub fn hold(&self, ms: f64) -> Result<()> {
+        let hold = super::params::HoldParams {
+            ns: (ms * 1e6) as i64,
+        };
+        self.launch("hold_stream_i64", (1, 1), 32, 0, &hold)
+    }
+
     pub fn sync(&self) -> Result<()> {
         match &self.engine {
             Engine::Cuda { stream, .. } => stream.synchronize().map_err(cuda_err("synchronize")),

@@ -1220,8 +1220,9 @@ impl Prepared {
     /// splits). On a GPU, TIME_REPS launches captured into a CUDA graph, replayed once to
     /// warm up and once under CUDA events: the passes run as graphs too, and a graph
     /// launches short kernels back to back where launches from the host would measure
-    /// the host's launch rate instead (batch 1's kernels take a few microseconds). If
-    /// capture fails, the launches are timed directly. In the emulator (no events): one
+    /// the host's launch rate instead (batch 1's kernels take a few microseconds). The
+    /// replay queues behind a hold of the stream, so the graph's own launch call is not
+    /// in the time either. If capture fails, the launches are timed directly. In the emulator (no events): one
     /// launch by the wall clock, which exercises the path and says nothing of a GPU.
     #[allow(clippy::type_complexity)]
     fn time_try(
@@ -1265,6 +1266,7 @@ impl Prepared {
             }
         };
         launch()?; // warm-up
+        dev.hold(super::TIMING_HOLD_MS)?; // the GPU's time alone (see Device::hold)
         start.record(stream).map_err(ev)?;
         launch()?;
         end.record(stream).map_err(ev)?;

@@ -51,17 +51,14 @@ use crate::{Error, Result};
 use device::Device;
 use exec::Prepared;
 
+/// How long the stream is held before a timed launch of one op or one candidate kernel
+/// (see [`Device::hold`]): well beyond the host's time to launch it and record an event.
+pub(crate) const TIMING_HOLD_MS: f64 = 0.2;
+
 /// How long a step-by-step profile holds the stream while the host launches the pass
 /// (see [`CudaBackend::profile_pass`]). The profile reports how long the launches took
 /// and whether they fit in it.
 pub const PROFILE_HOLD_MS: f64 = 50.0;
-
-fn hold_stream(dev: &Device, ms: f64) -> Result<()> {
-    let hold = params::HoldParams {
-        ns: (ms * 1e6) as i64,
-    };
-    dev.launch("hold_stream_i64", (1, 1), 32, 0, &hold)
-}
 
 /// Whether a CUDA device, its driver and NVRTC are usable here; the reason if not.
 /// Never panics.
@@ -399,7 +396,8 @@ impl CudaBackend {
         self.ensure_prepared(plan, n)?;
         self.stage_images(images, n)?;
         self.warm_up(plan, n)?;
-        self.median_ms(iters, |be| be.launch_pass(plan, n))
+        // No hold: CUDA events around each replay, as PyTorch's peer times its own.
+        self.median_ms(iters, false, |be| be.launch_pass(plan, n))
     }
 
     /// One pass on the staged batch that tunes and captures, and a second when the
@@ -444,7 +442,7 @@ impl CudaBackend {
             PROFILE_HOLD_MS
         };
         if hold_ms > 0.0 {
-            hold_stream(dev, hold_ms)?;
+            dev.hold(hold_ms)?;
         }
         let start = match (dev.context(), dev.stream()) {
             (Some(ctx), Some(stream)) => {
@@ -507,7 +505,7 @@ impl CudaBackend {
     /// Keeps the stream busy for `ms` milliseconds (`hold_stream_i64`): later launches
     /// wait behind it. Returns at once on a GPU; the emulator runs it before returning.
     pub fn hold_stream(&self, ms: f64) -> Result<()> {
-        hold_stream(&self.dev, ms)
+        self.dev.hold(ms)
     }
 
     /// After a pass at batch `n`: lets the resident plan compare the samples each gate
@@ -527,10 +525,12 @@ impl CudaBackend {
     }
 
     /// Median milliseconds of `iters` runs of `work` (which enqueues on the stream),
-    /// timed with CUDA events, or with the wall clock in the emulator.
+    /// timed with CUDA events (each behind a [`Device::hold`] if `hold`), or with the
+    /// wall clock in the emulator.
     fn median_ms(
         &mut self,
         iters: usize,
+        hold: bool,
         mut work: impl FnMut(&mut Self) -> Result<()>,
     ) -> Result<f64> {
         let mut times = Vec::with_capacity(iters);
@@ -548,6 +548,12 @@ impl CudaBackend {
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
             let start = ctx.new_event(flags).map_err(ev)?;
             let end = ctx.new_event(flags).map_err(ev)?;
+            // With `hold`, the launches queue behind a hold, so the time is the GPU's
+            // alone: without it, a few-microsecond kernel (batch 1) measures the host's
+            // launch call too.
+            if hold {
+                self.dev.hold(TIMING_HOLD_MS)?;
+            }
             start.record(&stream).map_err(ev)?;
             work(self)?;
             end.record(&stream).map_err(ev)?;
@@ -607,7 +613,7 @@ impl CudaBackend {
             }
         }
         self.op_test_run_stage(plan, stage, n)?; // warm-up
-        self.median_ms(iters, |be| {
+        self.median_ms(iters, true, |be| {
             let prep = be.prepared_mut_ref()?;
             prep.enqueue_stage(&be.dev, plan, stage, 0, n)
         })
