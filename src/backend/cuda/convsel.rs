@@ -628,7 +628,19 @@ mod kernel_choice {
 
     /// A single-conv plan: C -> K, 3x3 at `hw`, optional pre-activation, input view at
     /// `in_off` of a buffer `in_stride` channels wide.
-    fn plan(c: usize, k: usize, hw: usize, pre: bool, (in_stride, in_off): (usize, usize)) -> Plan {
+    fn plan(c: usize, k: usize, hw: usize, pre: bool, window: (usize, usize)) -> Plan {
+        plan_rs(c, k, hw, (3, 1), pre, window)
+    }
+
+    /// [`plan`] with an `r` x `r` kernel of stride `stride`.
+    fn plan_rs(
+        c: usize,
+        k: usize,
+        hw: usize,
+        (r, stride): (usize, usize),
+        pre: bool,
+        (in_stride, in_off): (usize, usize),
+    ) -> Plan {
         let mut rng = Rng::new(1);
         let pre = pre.then(|| random_pre(&mut rng, c));
         // single_op_plan puts the image buffer first: output is buffer 1, input 2.
@@ -637,8 +649,8 @@ mod kernel_choice {
             view(2, in_off, c),
             view(1, 0, k),
             hw,
-            3,
-            1,
+            r,
+            stride,
             pre,
             None,
             true,
@@ -763,22 +775,9 @@ mod kernel_choice {
 
     #[test]
     fn tma_tiles_take_plain_aligned_1x1_and_3x3_layers_of_stride_1() {
-        let mut rng = Rng::new(5);
         // (C, K, map, kernel, stride, pre, input window (buffer channels, offset))
-        let mut one = |c, k, hw, r, stride, pre: bool, (in_ch, off)| {
-            let pre = pre.then(|| random_pre(&mut rng, c));
-            let op = conv_op(
-                &mut rng,
-                view(2, off, c),
-                view(1, 0, k),
-                hw,
-                r,
-                stride,
-                pre,
-                None,
-                true,
-            );
-            let p = single_op_plan(vec![buf(k, hw, hw), buf(in_ch, hw, hw)], op);
+        let one = |c, k, hw, r, stride, pre: bool, window| {
+            let p = plan_rs(c, k, hw, (r, stride), pre, window);
             names("auto", "f16", &p)
                 .into_iter()
                 .filter(|n| n.starts_with("conv_tma"))
