@@ -144,6 +144,62 @@ __device__ __forceinline__ void conv_store(const ConvParams& p, int m, int k, fl
     ((T*)p.out)[(size_t)m * p.out_stride + p.out_off + k] = from_f32<T>(v);
 }
 
+// 16-byte load/store (8 halves); the emulator checks the alignment the GPU requires.
+__device__ __forceinline__ uint4 ld128(const void* p) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    return *(const uint4*)p;
+}
+__device__ __forceinline__ void st128(void* p, uint4 v) {
+#ifdef DGATE_HOST_EMU
+    emu_check_align(p, 16);
+#endif
+    *(uint4*)p = v;
+}
+
+// Whether split-K's end can move eight channels at a time: the output, the residual and
+// the workspace rows all in aligned groups of eight channels (every layer of ResNet and
+// DenseNet). f16 only: f32's tiles meet their target without it, and the largest
+// spilled with it.
+__device__ __forceinline__ bool splitk_vec8(const ConvParams& p) {
+    return p.K % 8 == 0 && p.out_stride % 8 == 0 && p.out_off % 8 == 0 &&
+           (p.residual == nullptr || (p.res_stride % 8 == 0 && p.res_off % 8 == 0));
+}
+
+// The last part's read-back of a split tile (rows m0.., channels n0.., BM x BN) in f16,
+// eight channels a unit: two 16-byte workspace reads and the residual's 16 bytes, all
+// issued before any is used, then the workspace zeroed and the outputs (bias, residual,
+// ReLU) written with one 16-byte store. The scalar loop it replaces waited on each
+// workspace read before the next element's (a store to the workspace came between):
+// 32 to 64 round trips in a row for a 64x64 or 128x64 tile, where batch 1 and the
+// layers after a gate split up to 16 ways. One unit in flight a thread: two made ptxas
+// spill in the tiles held to 128 registers.
+template <int BM, int BN>
+__device__ __forceinline__ void splitk_readback_vec8(const ConvParams& p, int M, int m0, int n0, int me, int count) {
+    for (int u = me; u < BM * BN / 8; u += count) {
+        const int m = m0 + u / (BN / 8);
+        const int k = n0 + u % (BN / 8) * 8;
+        if (m >= M || k >= p.K) continue;  // K is a multiple of 8: a unit is whole or absent
+        float4* ws = reinterpret_cast<float4*>(p.workspace + (size_t)m * p.K + k);
+        const float4 s0 = __ldcg(ws);
+        const float4 s1 = __ldcg(ws + 1);
+        float r[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+        if (p.residual != nullptr)
+            load_vec<__half, 8>((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k, r);
+        const float4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
+        __stcg(ws, zero);
+        __stcg(ws + 1, zero);
+        float v[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+#pragma unroll
+        for (int h = 0; h < 8; ++h) {
+            v[h] += p.bias[k + h] + r[h];
+            if (p.relu) v[h] = fmaxf(v[h], 0.0f);
+        }
+        store_vec<__half, 8>((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k, v);
+    }
+}
+
 // Split-K's end, in the convolution kernel itself (no second launch): once a block has
 // added its partial sums of output tile `tile` (rows m0.., channels n0.., BM x BN) into
 // the workspace, it takes the tile's ticket; the last of its `parts` blocks to arrive
@@ -165,14 +221,18 @@ __device__ __forceinline__ void splitk_finish_by(const ConvParams& p, int M, int
     sync();  // every thread has read `last` before the next tile's ticket overwrites it
     if (!mine) return;
     __threadfence();
-    for (int e = me; e < BM * BN; e += count) {
-        const int m = m0 + e / BN;
-        const int k = n0 + e % BN;
-        if (m >= M || k >= p.K) continue;
-        float* ws = p.workspace + (size_t)m * p.K + k;
-        const float v = __ldcg(ws);
-        __stcg(ws, 0.0f);
-        conv_store<T>(p, m, k, v);
+    if (sizeof(T) == 2 && BN % 8 == 0 && splitk_vec8(p)) {
+        splitk_readback_vec8<BM, BN>(p, M, m0, n0, me, count);
+    } else {
+        for (int e = me; e < BM * BN; e += count) {
+            const int m = m0 + e / BN;
+            const int k = n0 + e % BN;
+            if (m >= M || k >= p.K) continue;
+            float* ws = p.workspace + (size_t)m * p.K + k;
+            const float v = __ldcg(ws);
+            __stcg(ws, 0.0f);
+            conv_store<T>(p, m, k, v);
+        }
     }
     if (me == 0) p.tickets[tile] = 0;
 }
@@ -310,19 +370,6 @@ __device__ __forceinline__ unsigned ld_pair(const unsigned short* p) {
     return *(const unsigned*)p;
 }
 
-// 16-byte load/store (8 halves); the emulator checks the alignment the GPU requires.
-__device__ __forceinline__ uint4 ld128(const void* p) {
-#ifdef DGATE_HOST_EMU
-    emu_check_align(p, 16);
-#endif
-    return *(const uint4*)p;
-}
-__device__ __forceinline__ void st128(void* p, uint4 v) {
-#ifdef DGATE_HOST_EMU
-    emu_check_align(p, 16);
-#endif
-    *(uint4*)p = v;
-}
 
 __device__ __forceinline__ void conv_mma(const ConvParams& p) {
     // Rows padded by 8 halves (16 bytes): the fragment loads of a warp (8 rows x 4

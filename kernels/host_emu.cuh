@@ -136,6 +136,14 @@ inline int atomicAdd(int* p, int v) {
 inline void __threadfence() {}
 inline float __ldcg(const float* p) { return *p; }
 inline void __stcg(float* p, float v) { *p = v; }
+inline float4 __ldcg(const float4* p) {
+    emu_check_align(p, 16);
+    return *p;
+}
+inline void __stcg(float4* p, float4 v) {
+    emu_check_align(p, 16);
+    *p = v;
+}
 
 inline unsigned atomicMax(unsigned* p, unsigned v) {
     const unsigned old = *p;
