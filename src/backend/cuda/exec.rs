@@ -1019,6 +1019,15 @@ impl Prepared {
             && tickets.iter().all(|&b| b == 0))
     }
 
+    /// Whether the first `floats` of the split-K workspace and every ticket are zero, as
+    /// a split convolution must leave them for the next.
+    pub fn test_workspace_zero(&self, dev: &Device, floats: usize) -> Result<bool> {
+        let floats = floats.min(self.ws_cap);
+        let bytes = dev.download_bytes(&self.workspace, floats * 4)?;
+        let tickets = dev.download_bytes(&self.tickets, self.n_tickets * 4)?;
+        Ok(bytes.iter().all(|&b| b == 0) && tickets.iter().all(|&b| b == 0))
+    }
+
     /// How many (op, batch size) kernel choices were measured.
     pub fn measured_choices(&self) -> usize {
         self.choices.len()

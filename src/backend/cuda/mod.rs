@@ -672,6 +672,12 @@ impl CudaBackend {
         self.prepared_mut_ref()?.test_workspace_intact(&self.dev)
     }
 
+    /// Whether the first `floats` of the split-K workspace and every ticket are zero.
+    pub(crate) fn op_test_workspace_zero(&self, floats: usize) -> Result<bool> {
+        self.prepared_mut_ref()?
+            .test_workspace_zero(&self.dev, floats)
+    }
+
     pub(crate) fn op_test_conv_kernel(
         &self,
         plan: &Plan,

@@ -297,7 +297,21 @@ fn conv_case_line(
     } else {
         tolerance(be.precision())
     };
-    tally.line(out, &what, err, tol)?;
+    // A split convolution leaves the workspace rows it used, and its tickets, zero.
+    let out_hw = (cc.hw + 2 * (cc.r / 2) - cc.r) / cc.stride + 1;
+    let clean = be.op_test_workspace_zero(n * out_hw * out_hw * cc.k)?;
+    tally.verdict(
+        out,
+        err <= tol && clean,
+        &format!(
+            "{what:<60} err {err:.2e} (tol {tol:.0e}){}",
+            if clean {
+                ""
+            } else {
+                ", split-K workspace or tickets left non-zero"
+            }
+        ),
+    )?;
     Ok(used)
 }
 
