@@ -160,23 +160,23 @@ __device__ __forceinline__ void st128(void* p, uint4 v) {
 
 // Whether split-K's end can move eight channels at a time: the output, the residual and
 // the workspace rows all in aligned groups of eight channels (every layer of ResNet and
-// DenseNet). f16 only: f32's tiles meet their target without it, and the largest
-// spilled with it.
+// DenseNet).
 __device__ __forceinline__ bool splitk_vec8(const ConvParams& p) {
     return p.K % 8 == 0 && p.out_stride % 8 == 0 && p.out_off % 8 == 0 &&
            (p.residual == nullptr || (p.res_stride % 8 == 0 && p.res_off % 8 == 0));
 }
 
-// The last part's read-back of a split tile (rows m0.., channels n0.., BM x BN) in f16,
-// eight channels a unit: two 16-byte workspace reads and the residual's 16 bytes, all
+// The last part's read-back of a split tile (rows m0.., channels n0.., BM x BN), eight
+// channels a unit: two 16-byte workspace reads and the residual's eight channels, all
 // issued before any is used, then the workspace zeroed and the outputs (bias, residual,
-// ReLU) written with one 16-byte store. The scalar loop it replaces waited on each
+// ReLU) written with 16-byte stores. The scalar loop it replaces waited on each
 // workspace read before the next element's (a store to the workspace came between):
 // 32 to 64 round trips in a row for a 64x64 or 128x64 tile, where batch 1 and the
 // layers after a gate split up to 16 ways. One unit in flight a thread: two made ptxas
 // spill in the tiles held to 128 registers.
-template <int BM, int BN>
+template <typename T, int BM, int BN>
 __device__ __forceinline__ void splitk_readback_vec8(const ConvParams& p, int M, int m0, int n0, int me, int count) {
+    constexpr int VEC = 16 / sizeof(T);  // channels per 16-byte access of T
     for (int u = me; u < BM * BN / 8; u += count) {
         const int m = m0 + u / (BN / 8);
         const int k = n0 + u % (BN / 8) * 8;
@@ -185,8 +185,11 @@ __device__ __forceinline__ void splitk_readback_vec8(const ConvParams& p, int M,
         const float4 s0 = __ldcg(ws);
         const float4 s1 = __ldcg(ws + 1);
         float r[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-        if (p.residual != nullptr)
-            load_vec<__half, 8>((const __half*)p.residual + (size_t)m * p.res_stride + p.res_off + k, r);
+        if (p.residual != nullptr) {
+            const T* res = (const T*)p.residual + (size_t)m * p.res_stride + p.res_off + k;
+#pragma unroll
+            for (int h = 0; h < 8; h += VEC) load_vec<T, VEC>(res + h, r + h);
+        }
         const float4 zero = {0.0f, 0.0f, 0.0f, 0.0f};
         __stcg(ws, zero);
         __stcg(ws + 1, zero);
@@ -196,7 +199,9 @@ __device__ __forceinline__ void splitk_readback_vec8(const ConvParams& p, int M,
             v[h] += p.bias[k + h] + r[h];
             if (p.relu) v[h] = fmaxf(v[h], 0.0f);
         }
-        store_vec<__half, 8>((__half*)p.out + (size_t)m * p.out_stride + p.out_off + k, v);
+        T* out = (T*)p.out + (size_t)m * p.out_stride + p.out_off + k;
+#pragma unroll
+        for (int h = 0; h < 8; h += VEC) store_vec<T, VEC>(out + h, v + h);
     }
 }
 
@@ -221,8 +226,9 @@ __device__ __forceinline__ void splitk_finish_by(const ConvParams& p, int M, int
     sync();  // every thread has read `last` before the next tile's ticket overwrites it
     if (!mine) return;
     __threadfence();
-    if (sizeof(T) == 2 && BN % 8 == 0 && splitk_vec8(p)) {
-        splitk_readback_vec8<BM, BN>(p, M, m0, n0, me, count);
+    // Not in conv_sgemm128x128_f32, where it made ptxas spill.
+    if ((sizeof(T) == 2 || BM * BN < 128 * 128) && BN % 8 == 0 && splitk_vec8(p)) {
+        splitk_readback_vec8<T, BM, BN>(p, M, m0, n0, me, count);
     } else {
         for (int e = me; e < BM * BN; e += count) {
             const int m = m0 + e / BN;
@@ -2127,7 +2133,9 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
 DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
-DGATE_KERNEL(conv_mmavec_f16, ConvParams, VEC_THREADS) { conv_mmavec(p); }
+// Three blocks an SM, as before split-K's eight-channel read-back (which would take it
+// from 80 registers to 94, two blocks).
+DGATE_KERNEL_OCC(conv_mmavec_f16, ConvParams, VEC_THREADS, 3) { conv_mmavec(p); }
 DGATE_KERNEL(conv_mmaasync_f16, ConvParams, ASY_THREADS) { conv_mmaasync(p); }
 // Two blocks per SM (2 x 83 KB of shared memory fit): at most 128 registers.
 DGATE_KERNEL_OCC(conv_tc128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4>(p); }
