@@ -1013,19 +1013,21 @@ impl Prepared {
     pub fn test_workspace_intact(&self, dev: &Device) -> Result<bool> {
         let bytes = dev.download_bytes(&self.workspace, (self.ws_cap + self.ws_canary) * 4)?;
         let v = storage_to_f32(crate::backend::Precision::F32, &bytes);
-        let tickets = dev.download_bytes(&self.tickets, self.n_tickets * 4)?;
         Ok(v[..self.ws_cap].iter().all(|&x| x == 0.0)
             && v[self.ws_cap..].iter().all(|&x| x == 1.0)
-            && tickets.iter().all(|&b| b == 0))
+            && self.tickets_zero(dev)?)
     }
 
     /// Whether the first `floats` of the split-K workspace and every ticket are zero, as
     /// a split convolution must leave them for the next.
     pub fn test_workspace_zero(&self, dev: &Device, floats: usize) -> Result<bool> {
-        let floats = floats.min(self.ws_cap);
-        let bytes = dev.download_bytes(&self.workspace, floats * 4)?;
+        let bytes = dev.download_bytes(&self.workspace, floats.min(self.ws_cap) * 4)?;
+        Ok(bytes.iter().all(|&b| b == 0) && self.tickets_zero(dev)?)
+    }
+
+    fn tickets_zero(&self, dev: &Device) -> Result<bool> {
         let tickets = dev.download_bytes(&self.tickets, self.n_tickets * 4)?;
-        Ok(bytes.iter().all(|&b| b == 0) && tickets.iter().all(|&b| b == 0))
+        Ok(tickets.iter().all(|&b| b == 0))
     }
 
     /// How many (op, batch size) kernel choices were measured.
@@ -1231,8 +1233,9 @@ impl Prepared {
     /// launches short kernels back to back where launches from the host would measure
     /// the host's launch rate instead (batch 1's kernels take a few microseconds). The
     /// replay queues behind a hold of the stream, so the graph's own launch call is not
-    /// in the time either. If capture fails, the launches are timed directly. In the emulator (no events): one
-    /// launch by the wall clock, which exercises the path and says nothing of a GPU.
+    /// in the time either. If capture fails, the launches are timed directly. In the
+    /// emulator (no events): one launch by the wall clock, which exercises the path and
+    /// says nothing of a GPU.
     #[allow(clippy::type_complexity)]
     fn time_try(
         &self,

@@ -126,9 +126,16 @@ fn chain_sms(be: &mut CudaBackend, var: &str) -> usize {
     sms
 }
 
+impl ConvCase {
+    /// The output map's side (padding r / 2).
+    fn out_hw(&self) -> usize {
+        (self.hw + 2 * (self.r / 2) - self.r) / self.stride + 1
+    }
+}
+
 fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
     let pad = cc.r / 2;
-    let out_hw = (cc.hw + 2 * pad - cc.r) / cc.stride + 1;
+    let out_hw = cc.out_hw();
     let mut buffers = vec![
         buf(cc.out_win.0, out_hw, out_hw),
         buf(cc.in_win.0, cc.hw, cc.hw),
@@ -298,8 +305,7 @@ fn conv_case_line(
         tolerance(be.precision())
     };
     // A split convolution leaves the workspace rows it used, and its tickets, zero.
-    let out_hw = (cc.hw + 2 * (cc.r / 2) - cc.r) / cc.stride + 1;
-    let clean = be.op_test_workspace_zero(n * out_hw * out_hw * cc.k)?;
+    let clean = be.op_test_workspace_zero(n * cc.out_hw() * cc.out_hw() * cc.k)?;
     tally.verdict(
         out,
         err <= tol && clean,
