@@ -43,6 +43,12 @@ pub fn median_ms(warmup: usize, runs: usize, mut f: impl FnMut() -> Result<()>) 
 /// Thresholds that make `fractions[k]` of the batch leave at gate k (as nearly as ties
 /// allow), found with the engine itself: gate k's confidences are read by running with
 /// that gate at −∞ and the later ones at +∞.
+///
+/// Each threshold lies between two samples' confidences, never on one (see
+/// [`split_threshold`]): a sample exactly at its threshold would leave or stay on the last
+/// bit of its score, which differs between kernels (the tuned ones, split-K's order of
+/// sums). On 2026-11-28 that made DenseNet-201 f32 at batch 1 run full depth in the pass
+/// that counted exits and leave at gate 1 in the timed one.
 pub fn thresholds_for_fractions(
     engine: &mut Engine,
     x: &[f32],
@@ -65,15 +71,37 @@ pub fn thresholds_for_fractions(
             .collect();
         conf.sort_by(|a, b| b.total_cmp(a));
         let want = ((fractions[k] * n as f64).round() as usize).min(left);
-        t[k] = if want == 0 {
-            f32::INFINITY
-        } else {
-            conf[want - 1]
-        };
+        t[k] = split_threshold(&conf, want);
         left -= want;
     }
     engine.set_thresholds(&t)?;
     Ok(t)
+}
+
+/// The threshold that lets the first `want` of `conf` (sorted high to low) leave and keeps
+/// the rest: halfway between the last that leaves and the first that stays, or, where all
+/// leave, below the last by a margin (1% of its size, at least 1e-3). `+∞` when none leave.
+/// Equal confidences across the split cannot be separated; the threshold then lets both
+/// leave, as the exit rule (confidence at least the threshold) would.
+pub fn split_threshold(conf: &[f32], want: usize) -> f32 {
+    if want == 0 || conf.is_empty() {
+        return f32::INFINITY;
+    }
+    let want = want.min(conf.len());
+    let last = conf[want - 1];
+    match conf.get(want) {
+        Some(&next) if next < last => {
+            let mid = next + (last - next) / 2.0;
+            // Adjacent floats have no value between them.
+            if mid > next {
+                mid
+            } else {
+                last
+            }
+        }
+        Some(_) => last,
+        None => last - (0.01 * last.abs()).max(1e-3),
+    }
 }
 
 /// Times `engine` on the batch `x` of `n` images.
@@ -85,10 +113,25 @@ pub fn measure(
     warmup: usize,
     runs: usize,
 ) -> Result<Row> {
-    let res = engine.run(x, n)?;
-    let s = crate::engine::Summary::new(&engine.model.plan, &res, None);
-    let ms = median_ms(warmup, runs, || engine.run(x, n).map(|_| ()))?;
+    let before = engine.run(x, n)?;
     let device_ms = engine.device_time_ms(x, n, runs)?;
+    // The exits are counted, and the wall clock timed, after the device timing, whose
+    // warm-up may tune and re-choose kernels: all three then see the same kernels. Should a
+    // sample's decision differ from the first pass's, say so.
+    let res = engine.run(x, n)?;
+    let ms = median_ms(warmup, runs, || engine.run(x, n).map(|_| ()))?;
+    let flipped = before
+        .iter()
+        .zip(&res)
+        .filter(|(a, b)| a.exit != b.exit)
+        .count();
+    if flipped > 0 {
+        eprintln!(
+            "warning: {config}: {flipped} of {n} sample(s) left at a different gate after \
+             tuning (a confidence within rounding of its threshold); exits counted after tuning"
+        );
+    }
+    let s = crate::engine::Summary::new(&engine.model.plan, &res, None);
     let t = device_ms.unwrap_or(ms);
     Ok(Row {
         config: config.into(),
@@ -215,4 +258,40 @@ pub fn profile_table(profile: &crate::backend::Profile) -> String {
         )
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_threshold;
+
+    #[test]
+    fn a_threshold_falls_between_two_confidences_never_on_one() {
+        let conf = [0.9, 0.7, 0.5, 0.2];
+        assert_eq!(split_threshold(&conf, 0), f32::INFINITY);
+        assert!((split_threshold(&conf, 1) - 0.8).abs() < 1e-6);
+        assert!((split_threshold(&conf, 2) - 0.6).abs() < 1e-6);
+        // All leave: below the last by a margin, not at it.
+        let t = split_threshold(&conf, 4);
+        assert!(t < 0.2 && t > 0.19, "{t}");
+        // One sample leaving (batch 1, 50% rounds up): not at its own confidence.
+        let t = split_threshold(&[0.869], 1);
+        assert!(t < 0.869 && t > 0.86, "{t}");
+        let t = split_threshold(&[0.0], 1);
+        assert!(t < 0.0, "{t}");
+        // Each sample is on the side it was put on, with room for rounding.
+        for want in 0..=conf.len() {
+            let t = split_threshold(&conf, want);
+            for (i, &c) in conf.iter().enumerate() {
+                assert_eq!(c >= t, i < want, "want {want}, conf {c}, threshold {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn ties_across_the_split_leave_together() {
+        assert_eq!(split_threshold(&[0.9, 0.5, 0.5, 0.1], 2), 0.5);
+        let a = 1.0f32;
+        let b = f32::from_bits(a.to_bits() - 1);
+        assert_eq!(split_threshold(&[a, b], 1), a);
+    }
 }

@@ -73,10 +73,11 @@ enum Cmd {
 
 #[derive(Args)]
 struct GpuCheckArgs {
-    /// Parts to run: ops (every kernel and small networks against the reference, kernel
-    /// timings), nets (random ResNet-101 and DenseNet-201 against the CPU backend),
-    /// real (pretrained ResNet-56 on the CIFAR-10 test set).
-    #[arg(long, default_value = "ops,nets,real", value_name = "PART,..")]
+    /// Parts to run, always in this order: ops (every kernel and small networks against
+    /// the reference), nets (random ResNet-101 and DenseNet-201 against the CPU backend),
+    /// real (pretrained ResNet-56 on the CIFAR-10 test set), timing (latency and
+    /// per-layer tables; checks nothing, so a time limit that cuts it loses no check).
+    #[arg(long, default_value = "ops,nets,real,timing", value_name = "PART,..")]
     parts: String,
 }
 
@@ -621,9 +622,9 @@ fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     let parts = parse_list::<String>(&a.parts, "parts")?;
     if let Some(bad) = parts
         .iter()
-        .find(|p| !["ops", "nets", "real"].contains(&p.as_str()))
+        .find(|p| !["ops", "nets", "real", "timing"].contains(&p.as_str()))
     {
-        bail!("--parts: unknown part {bad:?} (choose from ops, nets, real)");
+        bail!("--parts: unknown part {bad:?} (choose from ops, nets, real, timing)");
     }
     let has = |p: &str| parts.iter().any(|x| x == p);
     let data = data_root();
@@ -631,7 +632,7 @@ fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let mut ok = true;
     if has("ops") {
-        println!("== ops and synthetic networks against the reference, kernel timings");
+        println!("== ops and synthetic networks against the reference");
         // A panic in one part is reported as a failure and the later parts still run.
         let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             dgate_rt::backend::cuda::selfcheck::gpu_check(&mut std::io::stdout())
@@ -658,6 +659,23 @@ fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
             data.display()
         );
         ok &= dgate_rt::gpucheck::resnet56_real(&mut out, &data, &dgate_rt::gpucheck::cuda_engine)?;
+    }
+    if has("timing") {
+        println!("== latency and per-layer tables (timing only)");
+        let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dgate_rt::backend::cuda::selfcheck::gpu_timing(&mut std::io::stdout())
+        }));
+        ok &= match part {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                println!("FAIL timing stopped: {e}");
+                false
+            }
+            Err(_) => {
+                println!("FAIL timing panicked (see above)");
+                false
+            }
+        };
     }
     if !ok {
         bail!("gpu-check: some checks FAILED (see above)");

@@ -1,5 +1,5 @@
-//! The full GPU report (device, self-check, ResNet-101-shaped latency table), as
-//! `dgate-rt gpu-check` prints it. Needs a GPU; prints `skipped: <reason>` without one.
+//! The GPU report's op part and timing part (device, self-check, ResNet-101-shaped
+//! latency table), as `dgate-rt gpu-check` prints them. Needs a GPU; prints `skipped: <reason>` without one.
 
 use dgate_rt::backend::cuda;
 
@@ -12,6 +12,10 @@ fn gpu_check_report() {
     let mut out = std::io::stdout();
     match cuda::selfcheck::gpu_check(&mut out) {
         Ok(ok) => assert!(ok, "gpu-check reported failures (see above)"),
+        Err(e) => panic!("{e}"),
+    }
+    match cuda::selfcheck::gpu_timing(&mut out) {
+        Ok(ok) => assert!(ok, "gpu-check's timing stopped (see above)"),
         Err(e) => panic!("{e}"),
     }
 }

@@ -72,6 +72,24 @@ fn a_passing_check_or_another_failure_keeps_them() {
     assert_eq!(decide(other, 1), ("on".into(), "on".into()));
 }
 
+#[test]
+fn a_time_limit_in_the_timing_part_keeps_them_but_one_elsewhere_does_not() {
+    // What the 2026-11-28 run's gpu-check printed before its time limit, with the timing
+    // part's header that the check now prints: every check passed.
+    let timing = "ok   conv_tma128x64_f16 a\nselfcheck: 2980 passed, 0 failed\n\
+                  ok   pass b\n== latency and per-layer tables (timing only)\n\
+                  f32    auto                  1      1.582\n";
+    assert_eq!(decide(timing, 124), ("on".into(), "on".into()));
+    // The same limit with a failed check before it is a failure as before.
+    let failed = timing.replace("ok   pass b", "FAIL conv_wg128x64_f16 b");
+    assert_eq!(decide(&failed, 124), ("on".into(), "0".into()));
+    // A limit inside the checks may be a kernel that never returns.
+    let hang = "ok   conv_halo64_f16 a\nok   conv_tma128x64_f16 b\n";
+    assert_eq!(decide(hang, 124), ("0".into(), "on".into()));
+    let hang = "ok   conv_tma128x64_f16 a\nselfcheck: 2980 passed, 0 failed\nok   pass b\n";
+    assert_eq!(decide(hang, 124), ("on".into(), "0".into()));
+}
+
 /// The script's bench phase (`bench_arch`), between its `>>> bench retry` and
 /// `<<< bench retry` lines, run for both networks with a made-up binary that behaves as
 /// `fake` says. Returns (DGATE_TMA, DGATE_WGMMA) after it, the files it left, and how

@@ -918,9 +918,8 @@ pub fn deep_check(report: &mut dyn Write) -> Result<bool> {
     Ok(ok32 && ok16)
 }
 
-/// Everything `dgate-rt gpu-check` prints: device, [`selfcheck`], [`deep_check`] and
-/// the latency table of [`super::bench::timing`]. `Ok(true)` when every check passed;
-/// an error in one part is reported and the next part still runs.
+/// `dgate-rt gpu-check`'s op part: device, [`selfcheck`] and [`deep_check`]. `Ok(true)`
+/// when every check passed; an error in one part is reported and the next part still runs.
 pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
     writeln!(report, "device: {}", super::device_name()?).map_err(io_err)?;
     let t = std::time::Instant::now();
@@ -941,7 +940,15 @@ pub fn gpu_check(report: &mut dyn Write) -> Result<bool> {
         }
     }
     writeln!(report, "deep check took {:.1} s", t.elapsed().as_secs_f64()).map_err(io_err)?;
+    Ok(ok)
+}
+
+/// `dgate-rt gpu-check`'s timing part: the latency table of [`super::bench::timing`] and
+/// the per-layer tables. It checks nothing, so `gpu-check` runs it last, where a time
+/// limit can cut it short without losing a check. `Ok(false)` when a table stopped.
+pub fn gpu_timing(report: &mut dyn Write) -> Result<bool> {
     let t = std::time::Instant::now();
+    let mut ok = true;
     if let Err(e) = super::bench::timing(report, &[1, 64, 256], 20) {
         writeln!(report, "FAIL timing stopped: {e}").map_err(io_err)?;
         ok = false;
