@@ -4,13 +4,17 @@
 # peer on the same card in the same call. Build and stage here first:
 #
 #   cargo build --release && bash scripts/device-stage.sh      # copies data into .gpudata/
-#   (device) bash scripts/device-run.sh check|bench|all        # carry: target/release/dgate-rt, .gpudata
+#   (device) bash scripts/device-run.sh check|bench|all|compile  # carry: target/release/dgate-rt, .gpudata
 #
 # Writes logs under $OUT (or target/device). Each phase has its own time limit, cut to
 # what is left of DEADLINE_S (default 540 s), so that the whole call, its closing table
 # included, ends inside the 10-minute command limit.
 set -uo pipefail
 MODE=${1:-all}
+case $MODE in
+  check|bench|all|compile) ;;
+  *) echo "usage: bash scripts/device-run.sh check|bench|all|compile (got '$MODE')" >&2; exit 2;;
+esac
 OUT=${OUT:-target/device}
 mkdir -p "$OUT"
 BIN=${DGATE_BIN:-target/release/dgate-rt}
@@ -37,7 +41,8 @@ python3 -c 'import torch; print("torch", torch.__version__, "CUDA", torch.versio
 
 if [ "$MODE" = check ] || [ "$MODE" = all ]; then
   stamp "gpu-check (kernels, whole networks, real data)"
-  timeout ${CHECK_S:-200} "$BIN" gpu-check 2>&1 | tee "$OUT/gpu-check.log"
+  # CHECK_PARTS=ops,nets,real leaves out the timing part, which the benches' profiles cover.
+  timeout ${CHECK_S:-200} "$BIN" gpu-check --parts "${CHECK_PARTS:-ops,nets,real,timing}" 2>&1 | tee "$OUT/gpu-check.log"
   check_rc=${PIPESTATUS[0]}
   echo "gpu-check exit status: $check_rc"
   # The TMA tiles (conv_tma*, eighth session) had never run on a GPU when this was
@@ -73,6 +78,23 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
   fi
   # <<< fallback
 fi
+
+# torch.compile (CUDA graphs at every batch) at COMPILE_BATCHES for both networks, on the
+# weights `dgate-rt init` writes (deterministic: the same as the bench's). `compile` mode runs
+# only this, e.g. as a second call on the warm machine.
+compile_phase() {
+  local arch lim
+  for arch in resnet101 densenet201; do
+    [ -f /tmp/$arch.safetensors ] || "$BIN" init --arch $arch --gates 1,2 --out /tmp/$arch.safetensors
+    lim=$(cap ${COMPILE_S:-150} 45)
+    if [ "$lim" = 0 ]; then stamp "skipping torch.compile $arch: only $(left) s left"; continue; fi
+    stamp "PyTorch peer $arch torch.compile at batch ${COMPILE_BATCHES:-1,256} (limit $lim s)"
+    timeout $lim python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
+      --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
+      --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
+  done
+}
+[ "$MODE" = compile ] && compile_phase
 
 if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # In order of what the targets need: dgate-rt's table, the PyTorch peers (eager, CUDA
@@ -121,16 +143,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
       --device cuda --batch 1,64,256 --modes eager32,eager16,graph,exit32,exit16 --runs 30 \
       --check-with "$BIN" --data "$DGATE_DATA/cifar10/test_batch.bin" 2>&1 | tee "$OUT/peer-$arch.log"
   done
-  if [ "${COMPILE:-1}" = 1 ]; then
-    for arch in resnet101 densenet201; do
-      lim=$(cap ${COMPILE_S:-150} 45)
-      if [ "$lim" = 0 ]; then stamp "skipping torch.compile $arch: only $(left) s left"; continue; fi
-      stamp "PyTorch peer $arch torch.compile (limit $lim s)"
-      timeout $lim python3 scripts/torch_peer.py --weights /tmp/$arch.safetensors --name $arch \
-        --device cuda --batch ${COMPILE_BATCHES:-1,256} --compile-batches ${COMPILE_BATCHES:-1,256} --modes compile \
-        --runs 30 2>&1 | tee "$OUT/compile-$arch.log"
-    done
-  fi
+  [ "${COMPILE:-1}" = 1 ] && compile_phase
   if [ "${POLICIES:-1}" = 1 ]; then
     # Whole f16 passes at batch 1 and 64 under one kernel family each (the same binary,
     # tuned within the family): which kernels win or lose inside the network, where
@@ -215,7 +228,8 @@ fi
 # Both sides in one table, from this call's logs only (also saved as side-by-side.md).
 stamp "dgate-rt and PyTorch side by side"
 logs=$(ls "$OUT"/bench-*.md "$OUT"/pdl-bench-*.md "$OUT"/peer-*.log "$OUT"/compile-*.log 2>/dev/null)
-[ -n "$logs" ] && python3 scripts/side_by_side.py $logs | tee "$OUT/side-by-side.md"
+# (Only where this call has dgate-rt's rows: a `compile` call's logs join the bench call's later.)
+if ls "$OUT"/bench-*.md >/dev/null 2>&1; then python3 scripts/side_by_side.py $logs | tee "$OUT/side-by-side.md"; fi
 # The device tool brings back at most 8 files: the per-phase logs (also in device-run.log)
 # travel as one archive beside device-run.log and side-by-side.md.
 phase_logs=$(cd "$OUT" && ls | grep -vxE 'device-run\.log|side-by-side\.md|phases\.tar\.gz')

@@ -38,6 +38,18 @@ fn table_with(logs: &[&str], wants: &[&str]) -> Option<String> {
     Some(text)
 }
 
+/// The recorded side-by-side file `path` is `text` after its opening comment (how it
+/// was made).
+fn assert_recorded(path: &str, text: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let recorded = std::fs::read_to_string(root.join(path)).expect("recorded side-by-side table");
+    let body = recorded
+        .split_once("-->\n\n")
+        .map(|(_, b)| b)
+        .expect("the recorded table starts with a comment saying how it was made");
+    assert_eq!(body, text, "{path}");
+}
+
 #[test]
 fn the_recorded_h200_call_gives_the_documented_ratios_and_verdicts() {
     table_with(
@@ -82,16 +94,34 @@ fn the_second_h200_run_gives_the_recorded_table() {
     ) else {
         return;
     };
-    // The recorded file is this output after its comment (how it was made).
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let recorded =
-        std::fs::read_to_string(root.join("docs/device/side-by-side-h200-2026-11-27-run2.md"))
-            .expect("recorded side-by-side table");
-    let body = recorded
-        .split_once("-->\n\n")
-        .map(|(_, b)| b)
-        .expect("the recorded table starts with a comment saying how it was made");
-    assert_eq!(body, text);
+    assert_recorded("docs/device/side-by-side-h200-2026-11-27-run2.md", &text);
+}
+
+/// The H200 run of 2026-11-28 (its benches without wgmma kernels, after gpu-check's
+/// timeout): its call's log and the second call's torch.compile at batch 1 and 64 give the
+/// recorded side-by-side file exactly, and the figures and verdicts the docs quote.
+#[test]
+fn the_2026_11_28_h200_run_gives_the_recorded_table() {
+    let Some(text) = table_with(
+        &[
+            "docs/device/device-run-h200-2026-11-28.log",
+            "docs/device/compile-b1-b64-h200-2026-11-28.log",
+        ],
+        &[
+            "| 1 | f16 | 0.925 | 16.882 | 1.754 | 1.088 | 0.85 (vs torch.compile) |",
+            "| 64 | f16 | 2.794 | 19.106 |  | 3.713 | 0.75 (vs torch.compile) |",
+            "| 256 | f16 | 8.461 | 19.526 |  | 7.955 | 1.06 (vs torch.compile) |",
+            "| 256 | f16 | 7.313 | 27.568 |  | 8.672 | 0.84 (vs torch.compile) |",
+            "| ResNet-101 | f16 | 256 | 50%/30% | 8.461 | 4.036 | 2.10x | 3.20x | 21.029 | 19.526 |",
+            "| DenseNet-201 | f32 | 256 | 50%/30% | 29.092 | 15.914 | 1.83x | 2.09x | 30.215 | 45.879 |",
+            "| DenseNet-201 f16 batch 1: at most torch.compile's time | not measured | 1.745 ms | |",
+            "| ResNet-101 f16 batch 256: at most torch.compile's time | no | 8.461 ms | 7.955 ms |",
+            "| ResNet-101 f16 early exit at batch 256: at least 90% of the FLOP ideal (2.88x) | no | 2.10x | 2.88x needed |",
+        ],
+    ) else {
+        return;
+    };
+    assert_recorded("docs/device/side-by-side-h200-2026-11-28.md", &text);
 }
 
 #[test]
