@@ -171,26 +171,28 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
     # Hardware counters (Nsight Compute; it reads them on the Firecracker machines) for
     # the layers the profile shows far from both ceilings: ResNet-101's stage-1 layers
     # (the first 14 convolutions: memory-bound 1x1 at 1.6 TB/s) and DenseNet-201's first
-    # 8x8 layers (3x3 128->32 at 29 TFLOP/s). DGATE_AUTOTUNE=0 keeps tuning's launches out,
-    # so the n-th convolution launched is the n-th of the pass (cost-model kernels).
+    # 8x8 layers (3x3 128->32 at 29 TFLOP/s), and the same four at batch 1, where on
+    # 2026-11-28 every layer took 9-15 us whatever its work (a floor, not a ceiling).
+    # DGATE_AUTOTUNE=0 keeps tuning's launches out, so the n-th convolution launched is the
+    # n-th of the pass (cost-model kernels).
     NCU_BIN=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     if [ -z "$NCU_BIN" ]; then
       stamp "skipping ncu: not found"
     else
-      for spec in "resnet101 0 14" "densenet201 39 4"; do
+      for spec in "resnet101 0 14 256" "densenet201 39 4 256" "densenet201 39 4 1"; do
         set -- $spec
         lim=$(cap ${NCU_S:-60} 30)
-        if [ "$lim" = 0 ]; then stamp "skipping ncu $1: only $(left) s left"; continue; fi
-        stamp "ncu $1: convolutions $2.. ($3 of them), f16 batch 256 (limit $lim s)"
+        if [ "$lim" = 0 ]; then stamp "skipping ncu $1 batch $4: only $(left) s left"; continue; fi
+        stamp "ncu $1: convolutions $2.. ($3 of them), f16 batch $4 (limit $lim s)"
         DGATE_AUTOTUNE=0 timeout $lim "$NCU_BIN" --clock-control none -k regex:conv_ --launch-skip $2 --launch-count $3 \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section WarpStateStats \
           --section LaunchStats --csv --page details \
-          "$BIN" bench --random $1 --backend cuda --batch 256 --precision f16 --exits "" --warmup 0 --runs 1 \
-          > "$OUT/ncu-$1.csv" 2> "$OUT/ncu-$1.err"
-        echo "ncu exit status: $? ($(wc -l < "$OUT/ncu-$1.csv") lines)"
+          "$BIN" bench --random $1 --backend cuda --batch $4 --precision f16 --exits "" --warmup 0 --runs 1 \
+          > "$OUT/ncu-$1-b$4.csv" 2> "$OUT/ncu-$1-b$4.err"
+        echo "ncu exit status: $? ($(wc -l < "$OUT/ncu-$1-b$4.csv") lines)"
         # The headline figures, one line per kernel launch.
         grep -E '"(Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Achieved Occupancy|Registers Per Thread)"' \
-          "$OUT/ncu-$1.csv" | awk -F'","' '{print $5 " | " $(NF-2) " = " $NF}' | sed 's/"$//' | head -120
+          "$OUT/ncu-$1-b$4.csv" | awk -F'","' '{print $5 " | " $(NF-2) " = " $NF}' | sed 's/"$//' | head -120
       done
     fi
   fi
