@@ -206,25 +206,8 @@ fn run_op_case(
     rng: &mut Rng,
     exact: bool,
 ) -> Result<f64> {
-    run_op_case_with(be, plan, n, rng, exact, false)
-}
-
-/// [`run_op_case`]; `unsplit` leaves split-K no workspace, so that every block walks
-/// the whole reduction (at these small batches split-K would otherwise cut each
-/// block's share to a few k-tiles, too few to wrap a deep copy ring).
-fn run_op_case_with(
-    be: &mut CudaBackend,
-    plan: &Plan,
-    n: usize,
-    rng: &mut Rng,
-    exact: bool,
-    unsplit: bool,
-) -> Result<f64> {
     let p = be.precision();
     be.op_test_prepare(plan, n)?;
-    if unsplit {
-        be.op_test_small_workspace(0, 16)?;
-    }
     let mut bufs = ref_alloc(plan, n);
     for (i, b) in bufs.iter_mut().enumerate().skip(1) {
         *b = if exact {
@@ -274,23 +257,90 @@ fn io_err(e: std::io::Error) -> Error {
 /// One convolution case of [`CONV_CASES`] under policy `var` (storage `tag`): `n`
 /// samples, small integers if `exact` (error 0 demanded), split-K off if `unsplit`.
 /// Writes its line and returns the kernel that ran.
+/// A conv case's plan, inputs and reference output, made once and then run by every
+/// kernel: each kernel faces the same data, and the CPU reference, which was about half
+/// of `gpu-check`'s op-check time (1.8 s per kernel's case table on two cores; 184 s in
+/// all on the 2026-11-28 H200 run), is computed once per case instead of once per kernel.
+struct CaseData {
+    plan: Plan,
+    /// The reference's buffers before the op (inputs rounded to the precision).
+    inputs: super::reference::RefBufs,
+    /// The output buffer after the reference op, rounded to the precision.
+    want: Vec<f32>,
+}
+
+/// [`CaseData`] by (case, batch, exact), made from the cache's own random stream.
+struct CaseCache {
+    rng: Rng,
+    cases: std::collections::HashMap<(&'static str, usize, bool), CaseData>,
+}
+
+impl CaseCache {
+    fn new(seed: u64) -> Self {
+        CaseCache {
+            rng: Rng::new(seed),
+            cases: Default::default(),
+        }
+    }
+
+    fn get(&mut self, p: Precision, cc: &ConvCase, n: usize, exact: bool) -> &CaseData {
+        let rng = &mut self.rng;
+        self.cases.entry((cc.name, n, exact)).or_insert_with(|| {
+            let plan = conv_case_plan(cc, rng, exact);
+            let mut inputs = ref_alloc(&plan, n);
+            for b in inputs.iter_mut().skip(1) {
+                *b = if exact {
+                    rng.ints(b.len(), -1, 1)
+                } else {
+                    rng.vec(b.len(), 1.0)
+                };
+                round_to(p, b);
+            }
+            let mut bufs = inputs.clone();
+            ref_op(&plan, &plan.stages[0].ops[0], &mut bufs, n);
+            let mut want = std::mem::take(&mut bufs[1]);
+            round_to(p, &mut want);
+            CaseData { plan, inputs, want }
+        })
+    }
+}
+
+/// Runs a cached conv case on the device; the error against its reference output.
+/// `unsplit` leaves split-K no workspace, so that every block walks the whole reduction
+/// (at these small batches split-K would otherwise cut each block's share to a few
+/// k-tiles, too few to wrap a deep copy ring).
+fn run_conv_case(be: &mut CudaBackend, data: &CaseData, n: usize, unsplit: bool) -> Result<f64> {
+    let plan = &data.plan;
+    be.op_test_prepare(plan, n)?;
+    if unsplit {
+        be.op_test_small_workspace(0, 16)?;
+    }
+    for (i, b) in data.inputs.iter().enumerate().skip(1) {
+        be.op_test_write(plan, i, b, n)?;
+    }
+    be.op_test_run_stage(plan, 0, n)?;
+    let got = be.op_test_read(plan, 1, n)?;
+    Ok(norm_max_err(&got, &data.want))
+}
+
 fn conv_case_line(
     be: &mut CudaBackend,
     out: &mut dyn Write,
     tally: &mut Tally,
-    rng: &mut Rng,
+    cases: &mut CaseCache,
     (var, tag): (&str, &str),
     cc: &ConvCase,
     (n, exact, unsplit): (usize, bool, bool),
 ) -> Result<String> {
-    let plan = conv_case_plan(cc, rng, exact);
+    let data = cases.get(be.precision(), cc, n, exact);
+    let plan = &data.plan;
     // A kernel that faults ends the check: say which one, and on what.
-    let err = run_op_case_with(be, &plan, n, rng, exact, unsplit).map_err(|e| match e {
+    let err = run_conv_case(be, data, n, unsplit).map_err(|e| match e {
         Error::Cuda(msg) => Error::Cuda(format!("{var} on {} n={n}: {msg}", cc.name)),
         other => other,
     })?;
     let used = match &plan.stages[0].ops[0] {
-        Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, &plan, c),
+        Op::Conv(c) => super::convsel::choose_conv_kernel(var, tag, plan, c),
         _ => var.to_string(),
     };
     let what = format!(
@@ -367,6 +417,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     let default = be.conv_kernel().to_string();
     let mut ran = std::collections::BTreeSet::new();
     let mut rng = Rng::new(7);
+    let mut cases = CaseCache::new(7);
     let mut skipped = Vec::new();
     for &var in variants {
         if !be.has_conv_kernel(var) {
@@ -388,7 +439,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                         be,
                         out,
                         tally,
-                        &mut rng,
+                        &mut cases,
                         (var, tag),
                         cc,
                         (n, exact, false),
@@ -403,7 +454,15 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
             writeln!(out, "-- {var} again on {sms} SMs (split-K)").map_err(io_err)?;
             for cc in CONV_CASES {
                 for exact in [false, true] {
-                    conv_case_line(be, out, tally, &mut rng, (var, tag), cc, (3, exact, false))?;
+                    conv_case_line(
+                        be,
+                        out,
+                        tally,
+                        &mut cases,
+                        (var, tag),
+                        cc,
+                        (3, exact, false),
+                    )?;
                 }
             }
         }
@@ -415,7 +474,7 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         let sms = chain_sms(be, var);
         for cc in CONV_CASES.iter().filter(|cc| LONG_CASES.contains(&cc.name)) {
             for exact in [false, true] {
-                conv_case_line(be, out, tally, &mut rng, (var, tag), cc, (3, exact, true))?;
+                conv_case_line(be, out, tally, &mut cases, (var, tag), cc, (3, exact, true))?;
             }
         }
         be.op_test_sms(sms);
