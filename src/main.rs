@@ -618,6 +618,22 @@ fn parse_list<T: std::str::FromStr>(s: &str, flag: &str) -> Result<Vec<T>> {
         .collect()
 }
 
+/// Runs one `gpu-check` part; an error or a panic in it is reported as a failure
+/// (`false`), so that the later parts still run.
+fn guarded_part(what: &str, f: impl FnOnce() -> dgate_rt::Result<bool>) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            println!("FAIL {what} stopped: {e}");
+            false
+        }
+        Err(_) => {
+            println!("FAIL {what} panicked (see above)");
+            false
+        }
+    }
+}
+
 fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     let parts = parse_list::<String>(&a.parts, "parts")?;
     if let Some(bad) = parts
@@ -633,21 +649,9 @@ fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     let mut ok = true;
     if has("ops") {
         println!("== ops and synthetic networks against the reference");
-        // A panic in one part is reported as a failure and the later parts still run.
-        let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ok &= guarded_part("op self-check", || {
             dgate_rt::backend::cuda::selfcheck::gpu_check(&mut std::io::stdout())
-        }));
-        ok &= match part {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => {
-                println!("FAIL op self-check stopped: {e}");
-                false
-            }
-            Err(_) => {
-                println!("FAIL op self-check panicked (see above)");
-                false
-            }
-        };
+        });
     }
     if has("nets") {
         println!("== whole networks against the CPU backend");
@@ -662,20 +666,9 @@ fn gpu_check(a: &GpuCheckArgs) -> Result<()> {
     }
     if has("timing") {
         println!("== latency and per-layer tables (timing only)");
-        let part = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ok &= guarded_part("timing", || {
             dgate_rt::backend::cuda::selfcheck::gpu_timing(&mut std::io::stdout())
-        }));
-        ok &= match part {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => {
-                println!("FAIL timing stopped: {e}");
-                false
-            }
-            Err(_) => {
-                println!("FAIL timing panicked (see above)");
-                false
-            }
-        };
+        });
     }
     if !ok {
         bail!("gpu-check: some checks FAILED (see above)");
