@@ -25,18 +25,105 @@ fn emulator(name: &str) -> Option<PathBuf> {
     }
 }
 
+/// Set in the processes that [`emulated_kernels_match_the_reference`] starts: the
+/// claim directory of the shared check, and the emulator library to load.
+const SHARE_DIR: &str = "DGATE_EMU_SHARE_DIR";
+const SHARE_LIB: &str = "DGATE_EMU_SHARE_LIB";
+
+/// How many processes share the check: `DGATE_EMU_PROCESSES`, else one per core (at
+/// most 8). The emulator runs on one thread, so each core takes a process.
+fn processes() -> usize {
+    match std::env::var("DGATE_EMU_PROCESSES") {
+        Ok(v) => v
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| panic!("DGATE_EMU_PROCESSES={v}: expected a whole number >= 1")),
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+    }
+}
+
+/// The self-check's share of this process on `lib`, its report on stdout; whether
+/// every check it ran passed.
+fn run_share(lib: &std::path::Path, share: &selfcheck::Share) -> bool {
+    let mut out = std::io::stdout();
+    let mut make = |p| CudaBackend::new_emulated(p, lib);
+    selfcheck::selfcheck_with(&mut out, &mut make, true, share).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn emulated_kernels_match_the_reference() {
     let _one = EMULATOR.lock().unwrap_or_else(|p| p.into_inner());
+    if let Ok(dir) = std::env::var(SHARE_DIR) {
+        // Started by the test below: the units it claims first, on the parent's library.
+        let lib =
+            std::env::var(SHARE_LIB).unwrap_or_else(|_| panic!("{SHARE_DIR} without {SHARE_LIB}"));
+        assert!(
+            run_share(std::path::Path::new(&lib), &selfcheck::Share::claims(dir)),
+            "emulated selfcheck reported failures (see above)"
+        );
+        return;
+    }
     let Some(lib) = emulator("dgate-emu") else {
         return;
     };
-    let mut out = std::io::stdout();
-    let mut make = |p| CudaBackend::new_emulated(p, &lib);
-    match selfcheck::selfcheck_with(&mut out, &mut make, true) {
-        Ok(ok) => assert!(ok, "emulated selfcheck reported failures (see above)"),
-        Err(e) => panic!("{e}"),
+    let procs = processes();
+    if procs == 1 {
+        assert!(
+            run_share(&lib, &selfcheck::Share::all()),
+            "emulated selfcheck reported failures (see above)"
+        );
+        return;
     }
+    // The check shared among `procs` processes: this one and `procs - 1` started here,
+    // each running this test with the claim directory set. Their reports go to files
+    // (a full pipe would stall a process nobody reads yet), printed when they end.
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("emu-share-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let claims = dir.join("claims");
+    std::fs::create_dir_all(&claims).unwrap_or_else(|e| panic!("{}: {e}", claims.display()));
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("this test's executable: {e}"));
+    let children: Vec<_> = (1..procs)
+        .map(|i| {
+            let log = dir.join(format!("process-{i}.log"));
+            let file =
+                std::fs::File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            let err = file
+                .try_clone()
+                .unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+            let child = std::process::Command::new(&exe)
+                .args([
+                    "emulated_kernels_match_the_reference",
+                    "--exact",
+                    "--nocapture",
+                ])
+                .env(SHARE_DIR, &claims)
+                .env(SHARE_LIB, &lib)
+                .stdout(file)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", exe.display()));
+            (log, child)
+        })
+        .collect();
+    println!("== the check shared among {procs} processes: process 0 ==");
+    let mine = run_share(&lib, &selfcheck::Share::claims(&claims));
+    let mut all_ok = mine;
+    for (i, (log, mut child)) in children.into_iter().enumerate() {
+        let status = child
+            .wait()
+            .unwrap_or_else(|e| panic!("waiting for process {}: {e}", i + 1));
+        let text =
+            std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        println!("== process {} ({status}) ==\n{text}", i + 1);
+        all_ok &= status.success();
+    }
+    let units = std::fs::read_dir(&claims).map_or(0, |d| d.count());
+    println!("{units} units of the check claimed among {procs} processes");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(units > 0, "no unit of the check was claimed");
+    assert!(all_ok, "emulated selfcheck reported failures (see above)");
 }
 
 #[test]

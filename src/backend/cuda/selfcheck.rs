@@ -28,6 +28,14 @@ use crate::backend::{Backend, Precision};
 use crate::plan::{Conv, Op, Plan, PreAct, SampleResult};
 use crate::{Error, Result};
 
+/// `f32` or `f16`: the storage precision in check labels.
+fn precision_tag(p: Precision) -> &'static str {
+    match p {
+        Precision::F32 => "f32",
+        Precision::F16 => "f16",
+    }
+}
+
 fn tolerance(p: Precision) -> f64 {
     match p {
         Precision::F32 => 1e-4,
@@ -250,13 +258,65 @@ impl Tally {
     }
 }
 
+/// FNV-1a over `bytes`, starting from `seed`: a seed for one keyed random stream.
+fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Which units of the self-check (one kernel's op table, one pass case, ...) this
+/// process runs. [`Share::all`] runs every unit. [`Share::claims`] shares one check
+/// among processes that each hold the same directory: a process runs a unit only if it
+/// creates the unit's claim file first, so the units go to whichever process is free
+/// (the CPU emulator runs on one thread; two processes use two cores). Together the
+/// processes run every unit exactly once; each checks every unit it runs in full.
+#[derive(Debug, Clone, Default)]
+pub struct Share {
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Share {
+    /// Every unit, in this process.
+    pub fn all() -> Self {
+        Share { dir: None }
+    }
+
+    /// The units whose claim file this process creates first in `dir` (which must
+    /// exist, empty, before the first process starts).
+    pub fn claims(dir: impl Into<std::path::PathBuf>) -> Self {
+        Share {
+            dir: Some(dir.into()),
+        }
+    }
+
+    /// Whether this process runs `unit` (a label unique within one check).
+    fn mine(&self, unit: &str) -> Result<bool> {
+        let Some(dir) = &self.dir else {
+            return Ok(true);
+        };
+        let name: String = unit
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        // The sanitised label plus a hash of the label itself: distinct labels stay distinct.
+        let path = dir.join(format!("{name}-{:016x}", fnv1a(0, unit.as_bytes())));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+}
+
 fn io_err(e: std::io::Error) -> Error {
     Error::io("selfcheck report", e)
 }
 
-/// One convolution case of [`CONV_CASES`] under policy `var` (storage `tag`): `n`
-/// samples, small integers if `exact` (error 0 demanded), split-K off if `unsplit`.
-/// Writes its line and returns the kernel that ran.
 /// A conv case's plan, inputs and reference output, made once and then run by every
 /// kernel: each kernel faces the same data, and the CPU reference, which was about half
 /// of `gpu-check`'s op-check time (1.8 s per kernel's case table on two cores; 184 s in
@@ -269,23 +329,26 @@ struct CaseData {
     want: Vec<f32>,
 }
 
-/// [`CaseData`] by (case, batch, exact), made from the cache's own random stream.
+/// [`CaseData`] by (case, batch, exact). Each entry's data comes from its own random
+/// stream, seeded by the key: the same whichever kernels (or which process of a shared
+/// check, [`Share`]) asked first.
 struct CaseCache {
-    rng: Rng,
+    seed: u64,
     cases: std::collections::HashMap<(&'static str, usize, bool), CaseData>,
 }
 
 impl CaseCache {
     fn new(seed: u64) -> Self {
         CaseCache {
-            rng: Rng::new(seed),
+            seed,
             cases: Default::default(),
         }
     }
 
     fn get(&mut self, p: Precision, cc: &ConvCase, n: usize, exact: bool) -> &CaseData {
-        let rng = &mut self.rng;
+        let seed = fnv1a(self.seed, format!("{} {n} {exact}", cc.name).as_bytes());
         self.cases.entry((cc.name, n, exact)).or_insert_with(|| {
+            let rng = &mut Rng::new(seed);
             let plan = conv_case_plan(cc, rng, exact);
             let mut inputs = ref_alloc(&plan, n);
             for b in inputs.iter_mut().skip(1) {
@@ -323,6 +386,9 @@ fn run_conv_case(be: &mut CudaBackend, data: &CaseData, n: usize, unsplit: bool)
     Ok(norm_max_err(&got, &data.want))
 }
 
+/// One convolution case of [`CONV_CASES`] under policy `var` (storage `tag`): `n`
+/// samples, small integers if `exact` (error 0 demanded), split-K off if `unsplit`.
+/// Writes its line and returns the kernel that ran.
 fn conv_case_line(
     be: &mut CudaBackend,
     out: &mut dyn Write,
@@ -371,12 +437,14 @@ fn conv_case_line(
     Ok(used)
 }
 
-fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Result<()> {
+fn check_ops(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    share: &Share,
+) -> Result<()> {
     let p = be.precision();
-    let tag = match p {
-        Precision::F32 => "f32",
-        Precision::F16 => "f16",
-    };
+    let tag = precision_tag(p);
     let variants: &[&str] = match p {
         Precision::F32 => &[
             "conv_sgemm128x128_f32",
@@ -416,10 +484,13 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     };
     let default = be.conv_kernel().to_string();
     let mut ran = std::collections::BTreeSet::new();
-    let mut rng = Rng::new(7);
     let mut cases = CaseCache::new(7);
-    let mut skipped = Vec::new();
+    // The kernels whose case table this process ran (all of them, unless shared).
+    let mut mine = Vec::new();
     for &var in variants {
+        if !share.mine(&format!("{tag} ops {var}"))? {
+            continue;
+        }
         if !be.has_conv_kernel(var) {
             // Not a check that passed: said so, and left out of the tally.
             writeln!(
@@ -427,9 +498,9 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
                 "skip {var}: not on this device (wgmma tiles need sm_90; or its shared memory was refused)"
             )
             .map_err(io_err)?;
-            skipped.push(var);
             continue;
         }
+        mine.push(var);
         be.set_conv_kernel(var)?;
         let sms = chain_sms(be, var);
         for cc in CONV_CASES {
@@ -469,7 +540,10 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
     }
     // Long reductions in one block (16 to 39 k-tiles): the pipelined kernels' rings wrap
     // several times, so a stage refilled too early (or read too late) shows.
-    for &var in variants.iter().filter(|v| !skipped.contains(v)) {
+    for &var in variants {
+        if !be.has_conv_kernel(var) || !share.mine(&format!("{tag} long {var}"))? {
+            continue;
+        }
         be.set_conv_kernel(var)?;
         let sms = chain_sms(be, var);
         for cc in CONV_CASES.iter().filter(|cc| LONG_CASES.contains(&cc.name)) {
@@ -480,8 +554,9 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         be.op_test_sms(sms);
     }
     be.set_conv_kernel(&default)?;
-    if !ran.iter().all(|k| variants.contains(&k.as_str()))
-        || ran.len() + skipped.len() != variants.len()
+    // Each case table ran only the kernels under check, its own among them (another
+    // table's kernel may stand in for a case its kernel does not take).
+    if !ran.iter().all(|k| variants.contains(&k.as_str())) || !mine.iter().all(|k| ran.contains(*k))
     {
         tally.fail += 1;
         writeln!(
@@ -491,6 +566,22 @@ fn check_ops(be: &mut CudaBackend, out: &mut dyn Write, tally: &mut Tally) -> Re
         .map_err(io_err)?;
     }
 
+    if share.mine(&format!("{tag} ops shortcut and pool"))? {
+        check_shortcut_and_pool(be, out, tally, tag)?;
+    }
+    Ok(())
+}
+
+/// Option-A shortcuts and 2×2 average pools (pre-activated or not) over awkward
+/// shapes and channel windows.
+fn check_shortcut_and_pool(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    tag: &str,
+) -> Result<()> {
+    let p = be.precision();
+    let mut rng = Rng::new(7);
     // (channels, hw, stride, pad_before, out channels, in window, out window)
     let shortcut_cases = [
         (
@@ -702,8 +793,10 @@ fn check_passes(
     quick: bool,
     extra: bool,
     cache: &mut RefCache,
+    share: &Share,
 ) -> Result<()> {
     let conv = be.conv_kernel().to_string();
+    let tag = precision_tag(be.precision());
     let graph_modes: &[bool] = if be.is_emulated() {
         &[false]
     } else {
@@ -739,7 +832,11 @@ fn check_passes(
     }
     for &graphs in graph_modes {
         be.set_graphs(graphs);
-        for (plan, n) in &cases {
+        for (i, (plan, n)) in cases.iter().enumerate() {
+            let unit = format!("{tag} pass {conv} {graphs} {i} {} n={n}", plan.arch);
+            if !share.mine(&unit)? {
+                continue;
+            }
             let fractions: &[[f32; 2]] = if quick {
                 &[[0.5, 0.4]]
             } else {
@@ -775,7 +872,11 @@ fn check_split_guard(
     out: &mut dyn Write,
     tally: &mut Tally,
     cache: &mut RefCache,
+    share: &Share,
 ) -> Result<()> {
+    if !share.mine(&format!("{} split guard", precision_tag(be.precision())))? {
+        return Ok(());
+    }
     let plan = tiny_resnet(12, 10);
     let mut resident = plan.clone();
     let n = 6;
@@ -834,12 +935,17 @@ fn check_tuned_passes(
     out: &mut dyn Write,
     tally: &mut Tally,
     cache: &mut RefCache,
+    share: &Share,
 ) -> Result<()> {
+    let tag = precision_tag(be.precision());
     let autotune = be.autotune();
     be.set_autotune(true);
     // Channels multiples of 8, so that f16 tunes among conv_tc's tiles (pre-activation
     // included for DenseNet) and checks them against conv_mmavec_f16.
     for (plan, n) in [(tiny_resnet(12, 10), 6), (tiny_densenet(14, 100, 8), 3)] {
+        if !share.mine(&format!("{tag} tuned {} n={n}", plan.arch))? {
+            continue;
+        }
         let mut resident = plan.clone();
         let (ok, desc) =
             compare_pass_as(be, &plan, n, 21, &[0.5, 0.4], cache, Some(&mut resident))?;
@@ -892,7 +998,7 @@ fn check_tuned_passes(
 /// Checks every op and whole passes of small networks against the CPU reference,
 /// in f32 and f16, one line per case. `Ok(true)` when everything passed.
 pub fn selfcheck(report: &mut dyn Write) -> Result<bool> {
-    selfcheck_with(report, &mut CudaBackend::new, false)
+    selfcheck_with(report, &mut CudaBackend::new, false, &Share::all())
 }
 
 /// [`selfcheck`] with backends from `make` (e.g. [`CudaBackend::new_emulated`]);
@@ -901,16 +1007,17 @@ pub fn selfcheck_with(
     report: &mut dyn Write,
     make: &mut dyn FnMut(Precision) -> Result<CudaBackend>,
     quick: bool,
+    share: &Share,
 ) -> Result<bool> {
     let mut tally = Tally { pass: 0, fail: 0 };
     let mut cache = RefCache::new();
     for p in [Precision::F32, Precision::F16] {
         let mut be = make(p)?;
         writeln!(report, "== {} ==", be.name()).map_err(io_err)?;
-        check_ops(&mut be, report, &mut tally)?;
-        check_passes(&mut be, report, &mut tally, quick, false, &mut cache)?;
-        check_split_guard(&mut be, report, &mut tally, &mut cache)?;
-        check_tuned_passes(&mut be, report, &mut tally, &mut cache)?;
+        check_ops(&mut be, report, &mut tally, share)?;
+        check_passes(&mut be, report, &mut tally, quick, false, &mut cache, share)?;
+        check_split_guard(&mut be, report, &mut tally, &mut cache, share)?;
+        check_tuned_passes(&mut be, report, &mut tally, &mut cache, share)?;
         let extra: &[&str] = match p {
             Precision::F32 => &["conv_simt_f32"],
             Precision::F16 => &[
@@ -923,7 +1030,7 @@ pub fn selfcheck_with(
         };
         for k in extra {
             be.set_conv_kernel(k)?;
-            check_passes(&mut be, report, &mut tally, quick, true, &mut cache)?;
+            check_passes(&mut be, report, &mut tally, quick, true, &mut cache, share)?;
         }
         be.set_conv_kernel("auto")?;
     }
@@ -1026,6 +1133,43 @@ pub fn gpu_timing(report: &mut dyn Write) -> Result<bool> {
 mod tests {
     use super::*;
     use crate::backend::cuda::synthetic::stage_conv_flops;
+
+    #[test]
+    fn a_shared_check_runs_each_unit_in_one_process() {
+        let dir = std::env::temp_dir().join(format!("dgate-share-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (Share::claims(&dir), Share::claims(&dir));
+        // Labels that sanitise to the same file name stay distinct units.
+        let units = [
+            "f16 ops conv_tc128x128_f16",
+            "f16 ops conv_tc128x128/f16",
+            "f32 tuned x",
+        ];
+        let first: Vec<bool> = units.iter().map(|u| a.mine(u).unwrap()).collect();
+        let second: Vec<bool> = units.iter().map(|u| b.mine(u).unwrap()).collect();
+        assert_eq!(first, [true; 3]);
+        assert_eq!(second, [false; 3]);
+        assert!(
+            !a.mine(units[0]).unwrap(),
+            "a unit is claimed once, even by its owner"
+        );
+        assert!(Share::all().mine(units[0]).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A claim directory that is not there is an error naming it, not a silent skip.
+        let err = a.mine("f32 split guard").unwrap_err().to_string();
+        assert!(err.contains("dgate-share-test"), "{err}");
+    }
+
+    #[test]
+    fn conv_case_data_does_not_depend_on_the_order_it_is_asked_for() {
+        let (x, y) = (&CONV_CASES[0], &CONV_CASES[1]);
+        let mut one = CaseCache::new(7);
+        let mut two = CaseCache::new(7);
+        let want = one.get(Precision::F32, y, 3, false).want.clone();
+        two.get(Precision::F32, x, 1, true);
+        assert_eq!(two.get(Precision::F32, y, 3, false).want, want);
+    }
 
     #[test]
     fn synthetic_plans_are_valid() {
