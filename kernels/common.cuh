@@ -28,12 +28,21 @@
 // touching global memory. Launched without the attribute (the default; DGATE_PDL=1 on
 // the host turns it on) both are no-ops. Hides the launch gap between the hundred-odd
 // small kernels of a batch-1 pass.
-__device__ __forceinline__ void dgate_pdl_enter() {
+__device__ __forceinline__ void dgate_pdl_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void dgate_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
 #endif
 }
+// What a kernel does before that wait: only reads of memory no earlier kernel of the
+// pass writes. Nothing, unless an overload for its parameter struct says otherwise
+// (ConvParams: its weights into L2, below).
+template <class P>
+__device__ __forceinline__ void dgate_before_wait(const P&) {}
 // Nanoseconds of the GPU's global timer (coarse: it may tick once a microsecond).
 __device__ __forceinline__ unsigned long long dgate_now_ns() {
     unsigned long long t;
@@ -45,7 +54,9 @@ __device__ __forceinline__ unsigned long long dgate_now_ns() {
 #define DGATE_KERNEL(name, Params, threads)                                           \
     __device__ __forceinline__ void name##_body(const Params& p);                     \
     extern "C" __global__ void __launch_bounds__(threads) name(const Params p) {      \
-        dgate_pdl_enter();                                                            \
+        dgate_pdl_launch();                                                           \
+        dgate_before_wait(p);                                                         \
+        dgate_pdl_wait();                                                             \
         name##_body(p);                                                               \
     }                                                                                 \
     __device__ __forceinline__ void name##_body(const Params& p)
@@ -54,7 +65,9 @@ __device__ __forceinline__ unsigned long long dgate_now_ns() {
 #define DGATE_KERNEL_OCC(name, Params, threads, min_blocks)                                 \
     __device__ __forceinline__ void name##_body(const Params& p);                           \
     extern "C" __global__ void __launch_bounds__(threads, min_blocks) name(const Params p) { \
-        dgate_pdl_enter();                                                                  \
+        dgate_pdl_launch();                                                                 \
+        dgate_before_wait(p);                                                               \
+        dgate_pdl_wait();                                                                   \
         name##_body(p);                                                                     \
     }                                                                                       \
     __device__ __forceinline__ void name##_body(const Params& p)
@@ -80,7 +93,26 @@ struct ConvParams {
     int pre_relu, relu, ldw;
     int ws_cap;             // floats of `workspace` split-K may use
     int n_tickets;          // output tiles `tickets` can count
+    int weight_lines;       // 128-byte lines of `weight` to prefetch into L2 first; 0: none
 };
+
+#ifndef DGATE_HOST_EMU
+// A convolution's weights, which no kernel of a pass writes, asked into L2 before the
+// wait for the previous kernel (DGATE_PREFETCH=1 on the host sets weight_lines): the
+// grid's threads share the lines, each issuing its own at once, so the reads of a small
+// batch, whose k-loop would otherwise fetch the weights from DRAM one k-tile after
+// another, find them in L2. Under DGATE_PDL=1 the fetch also overlaps the previous
+// kernel's tail. Prefetches are hints: they neither fault nor change a result.
+__device__ __forceinline__ void dgate_before_wait(const ConvParams& p) {
+    const long long threads = (long long)blockDim.x * blockDim.y * blockDim.z;
+    const long long block = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+    const long long all = threads * gridDim.x * gridDim.y * gridDim.z;
+    const long long t = threadIdx.x + (long long)blockDim.x * (threadIdx.y + (long long)blockDim.y * threadIdx.z);
+    const char* w = static_cast<const char*>(p.weight);
+    for (long long line = block * threads + t; line < p.weight_lines; line += all)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + line * 128));
+}
+#endif
 
 struct ShortcutParams {
     const void* in;

@@ -8,6 +8,7 @@ bench-*.md, pdl-bench-*.md, peer-*.log and compile-*.log) and prints, as Markdow
     PyTorch mode measured in the same call, and the ratio to the best of them;
   - early exit: dgate-rt's speed-up over its own full network against the FLOP ideal,
     next to PyTorch's boolean-index early exit;
+  - where a bench ran with --weight-prefetch ab, its A/B rows;
   - issue 5's targets, each met or not, with the figures that decide it.
 
 Only figures from the given logs are used, so nothing is compared across calls.
@@ -25,6 +26,11 @@ ROW = re.compile(
     r"^\| (?P<arch>.+?) (?P<prec>f32|f16) (?P<kind>full|exits [^|]+?) \| (?P<batch>\d+) \| (?P<gflops>[\d.]+) \| "
     r"(?P<exits>[^|]*?) \| (?P<wall>[\d.]+) \| [\d.]+ \| (?P<device>[\d.]+) \| [\d.]+ \|$"
 )
+# A row of `dgate-rt bench --weight-prefetch ab`'s table (read only under its heading).
+AB_ROW = re.compile(
+    r"^\| (?P<config>[^|]+?) \| (?P<batch>\d+) \| (?P<off>[\d.]+) \| (?P<on>[^|]+?) \| (?P<off2>[^|]+?) \| "
+    r"(?P<ratio>[^|]+?) \| (?P<err>[^|]+?) \| (?P<check>ok|FAIL) \|$"
+)
 # Names in dgate-rt's tables and the peer's --name.
 MODELS = {"ResNet-101": "resnet101", "DenseNet-BC-201": "densenet201"}
 TITLES = {"resnet101": "ResNet-101", "densenet201": "DenseNet-201"}
@@ -39,15 +45,26 @@ PEER_MODES = {
 
 
 def parse(paths):
-    """dgate-rt rows {(model, prec, kind, batch, pdl): row}, peer {(model, mode, batch): ms}, checks, cards."""
-    ours, peer, checks, cards = {}, {}, [], set()
+    """dgate-rt rows {(model, prec, kind, batch, pdl): row}, peer {(model, mode, batch): ms}, checks, cards,
+    and the weight-prefetch A/B rows [(config, batch, off, on, off again, on/off, logit err, check)]."""
+    ours, peer, checks, cards, ab = {}, {}, [], set(), []
     for path in paths:
         pdl = os.path.basename(path).startswith("pdl-")
+        in_ab = False
         with open(path, errors="replace") as f:
             for line in f:
                 line = line.rstrip("\n")
                 if line.startswith("== ["):
                     pdl = "DGATE_PDL=1" in line
+                    in_ab = False
+                    continue
+                if line.startswith("#"):
+                    in_ab = line.startswith("### weight prefetch A/B")
+                    continue
+                if in_ab:
+                    m = AB_ROW.match(line)
+                    if m:
+                        ab.append(m.groups())
                     continue
                 m = re.match(r"^backend: cuda \(([^,]+),", line)
                 if m:
@@ -78,7 +95,7 @@ def parse(paths):
                         if mode == "early exit":
                             mode += " " + r["mode"].split()[2]  # fp32 / fp16
                         peer[(r["model"], mode, int(r["batch"]))] = float(r["ms"])
-    return ours, peer, checks, cards
+    return ours, peer, checks, cards, ab
 
 
 def order(model):
@@ -96,7 +113,7 @@ def main():
     for p in paths:
         if not os.path.isfile(p):
             sys.exit(f"side_by_side: {p}: no such file")
-    ours, peer, checks, cards = parse(paths)
+    ours, peer, checks, cards, ab = parse(paths)
     if not ours:
         sys.exit("side_by_side: no dgate-rt bench rows in " + ", ".join(paths))
     print(f"Card: {', '.join(sorted(cards)) or 'unknown'}. dgate-rt: device ms (CUDA events around the replayed graph);")
@@ -156,6 +173,12 @@ def main():
         if batch == 256:
             targets.append((f"{TITLES.get(model, model)} {prec} early exit at batch 256: at least 90% of the FLOP "
                             f"ideal ({0.9 * ideal:.2f}x)", 0.9 * ideal, speed))
+    if ab:
+        print("\n## Weight prefetch A/B (DGATE_PREFETCH=1; same process, same kernels)\n")
+        print("| config | batch | off ms | on ms | off again ms | on / off | logits max err | check |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for row in ab:
+            print("| " + " | ".join(row) + " |")
     print("\n## Issue 5's targets\n")
     print("| target | met? | dgate-rt | reference |")
     print("| --- | --- | ---: | ---: |")

@@ -176,6 +176,99 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
+/// One configuration's device time with the weight prefetch
+/// ([`crate::backend::Backend::set_weight_prefetch`]) off, on, and off again: one
+/// process, one set of tuned kernels, so the prefetch is the only difference.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrefetchAb {
+    pub config: String,
+    pub batch: usize,
+    pub off_ms: f64,
+    /// `None` when the check failed (not timed).
+    pub on_ms: Option<f64>,
+    pub off_again_ms: f64,
+    /// Largest normalised logit difference between the passes with and without it.
+    pub max_err: f64,
+    /// `max_err` within the tolerance.
+    pub ok: bool,
+}
+
+/// Times `x` (`n` images) with the weight prefetch off, on and off again (medians of
+/// `runs` device timings each). First checks that the pass with it gives the logits of
+/// the pass without, within `tol` (normalised max error: split-K sums with atomics, so
+/// two passes may differ in the last bits); if not, the row says so (`ok` false) and the
+/// prefetch is not timed. `None` where the backend has no prefetch or no device timer.
+/// The prefetch is left off.
+pub fn prefetch_ab(
+    engine: &mut Engine,
+    config: &str,
+    (x, n): (&[f32], usize),
+    runs: usize,
+    tol: f64,
+) -> Result<Option<PrefetchAb>> {
+    if !engine.set_weight_prefetch(false) {
+        return Ok(None);
+    }
+    let without = engine.run(x, n)?;
+    let Some(off_ms) = engine.device_time_ms(x, n, runs)? else {
+        return Ok(None);
+    };
+    engine.set_weight_prefetch(true);
+    let timed = engine.run(x, n).and_then(|with| {
+        let max_err = without
+            .iter()
+            .zip(&with)
+            .map(|(a, b)| crate::backend::cuda::reference::norm_max_err(&b.logits, &a.logits))
+            .fold(0.0f64, f64::max);
+        let on_ms = if max_err <= tol {
+            engine.device_time_ms(x, n, runs)?
+        } else {
+            None
+        };
+        Ok((on_ms, max_err))
+    });
+    // Off again whatever happened, so the rows after this one run as before.
+    engine.set_weight_prefetch(false);
+    let (on_ms, max_err) = timed?;
+    let off_again_ms = engine.device_time_ms(x, n, runs)?.unwrap_or(f64::NAN);
+    Ok(Some(PrefetchAb {
+        config: config.into(),
+        batch: n,
+        off_ms,
+        on_ms,
+        off_again_ms,
+        max_err,
+        ok: max_err <= tol,
+    }))
+}
+
+/// The A/B rows as a markdown table: on over the mean of the two off timings, and the
+/// logit check (`FAIL`: the prefetch changed the results; not timed).
+pub fn prefetch_table(rows: &[PrefetchAb]) -> String {
+    let mut s = String::from(
+        "| config | batch | off ms | on ms | off again ms | on / off | logits max err | check |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n",
+    );
+    for r in rows {
+        let (on, ratio) = match r.on_ms {
+            Some(on) => (
+                format!("{on:.3}"),
+                format!("{:.3}", on / (0.5 * (r.off_ms + r.off_again_ms))),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        s += &format!(
+            "| {} | {} | {:.3} | {on} | {:.3} | {ratio} | {:.1e} | {} |\n",
+            r.config,
+            r.batch,
+            r.off_ms,
+            r.off_again_ms,
+            r.max_err,
+            if r.ok { "ok" } else { "FAIL" }
+        );
+    }
+    s
+}
+
 /// A profiled pass summed by step shape and kernel, slowest first: how many steps,
 /// total and per-step µs, share of the pass, TFLOP/s (compute) and GB/s (traffic), and
 /// the samples they ran on (fewer after a gate). A markdown table.
@@ -262,7 +355,31 @@ pub fn profile_table(profile: &crate::backend::Profile) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::split_threshold;
+    use super::{prefetch_table, split_threshold, PrefetchAb};
+
+    #[test]
+    fn the_prefetch_table_divides_by_the_mean_of_both_off_timings_and_marks_a_failed_check() {
+        let row = |batch, on_ms, ok| PrefetchAb {
+            config: "ResNet-101 f16 full".into(),
+            batch,
+            off_ms: 1.0,
+            on_ms,
+            off_again_ms: 1.5,
+            max_err: if ok { 2e-3 } else { 0.5 },
+            ok,
+        };
+        let t = prefetch_table(&[row(1, Some(1.0), true), row(64, None, false)]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4, "{t}");
+        assert_eq!(
+            lines[2],
+            "| ResNet-101 f16 full | 1 | 1.000 | 1.000 | 1.500 | 0.800 | 2.0e-3 | ok |"
+        );
+        assert_eq!(
+            lines[3],
+            "| ResNet-101 f16 full | 64 | 1.000 | - | 1.500 | - | 5.0e-1 | FAIL |"
+        );
+    }
 
     #[test]
     fn a_threshold_falls_between_two_confidences_never_on_one() {

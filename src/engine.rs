@@ -167,6 +167,11 @@ impl Engine {
 
     /// One pass over `images` timed step by step (every op, gate and the head, with
     /// FLOPs and bytes), where the backend can (CUDA); `None` on the CPU.
+    /// See [`Backend::set_weight_prefetch`]: `false` where the backend has none.
+    pub fn set_weight_prefetch(&mut self, on: bool) -> bool {
+        self.backend.set_weight_prefetch(on)
+    }
+
     pub fn profile(&mut self, images: &[f32], n: usize) -> Result<Option<crate::backend::Profile>> {
         crate::backend::check_batch(images, n)?;
         self.backend.profile(&self.model.plan, images, n)

@@ -18,6 +18,7 @@ const BENCH_HELP: &str = "Examples:
   dgate-rt bench --random resnet101 --backend cuda --precision f32,f16
   dgate-rt bench --random densenet201 --backend cuda --precision f16 --batch 256 --profile
   dgate-rt bench --random resnet101 --backend cuda --precision f16 --batch 1,256 --profile 1,256
+  dgate-rt bench --random densenet201 --backend cuda --precision f16 --batch 1,64 --exits \"\" --weight-prefetch ab
   dgate-rt bench --weights resnet56.safetensors --backend cpu --batch 1,64 --json
 
 CUDA settings (environment; see the README):
@@ -28,6 +29,7 @@ CUDA settings (environment; see the README):
   DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
   DGATE_TMA=0           on H100/H200, leave out the TMA tiles (conv_tma*) alone
   DGATE_PDL=1           programmatic dependent launch (sm_90+)
+  DGATE_PREFETCH=1      convolutions ask their weights into L2 before waiting for the previous kernel
   DGATE_CARVEOUT=max    every kernel asks for the same shared-memory share of L1 (or 0-100 percent)
   DGATE_CUDA_GRAPHS=0   launch kernel by kernel instead of replaying a CUDA graph
   DGATE_DEBUG=1         print NVRTC compile and tuning times, and tuning's whole-pass check";
@@ -107,6 +109,13 @@ struct BenchArgs {
     /// batch sizes (each one of --batch), e.g. `--profile 1,256`.
     #[arg(long, value_name = "N,..", num_args = 0..=1, default_missing_value = "largest")]
     profile: Option<String>,
+    /// The convolutions' weight prefetch into L2 before each waits for the previous
+    /// kernel (CUDA): on, off, or ab: each full-network row at batch 64 or less is timed
+    /// again with it on, then off, in the same process with the same kernels, after a
+    /// check that it changes no logit beyond rounding; their table follows the main one.
+    /// Unset: as DGATE_PREFETCH says (on if 1).
+    #[arg(long, value_parser = ["on", "off", "ab"], value_name = "on|off|ab")]
+    weight_prefetch: Option<String>,
 }
 
 #[derive(Args)]
@@ -729,6 +738,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
         .collect();
     let mut backend_name = String::new();
     let mut profiles = Vec::new();
+    // The weight-prefetch A/B rows, and whether the backend has no prefetch.
+    let mut ab = Vec::new();
+    let mut prefetch_none = false;
     for p in a.precision.split(',') {
         let precision = Precision::parse(p.trim())
             .with_context(|| format!("--precision: `{p}` is not f32 or f16"))?;
@@ -738,6 +750,17 @@ fn bench(a: &BenchArgs) -> Result<()> {
             eprintln!("notice: {n}");
         }
         backend_name = engine.backend_name();
+        if let Some(w) = a.weight_prefetch.as_deref() {
+            if !engine.set_weight_prefetch(w == "on") {
+                if !prefetch_none {
+                    eprintln!(
+                        "notice: --weight-prefetch {w}: {} has no weight prefetch (CUDA only)",
+                        engine.backend_name()
+                    );
+                }
+                prefetch_none = true;
+            }
+        }
         let name = engine
             .model
             .plan
@@ -764,7 +787,23 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 }
                 Ok(())
             };
-            measure(&mut engine, cfg)?;
+            measure(&mut engine, cfg.clone())?;
+            if a.weight_prefetch.as_deref() == Some("ab") && n <= 64 {
+                let tol = match precision {
+                    Precision::F32 => 1e-3,
+                    Precision::F16 => 5e-2,
+                };
+                if !a.model.json {
+                    eprintln!("timing {cfg}, batch {n} with the weight prefetch off, on, off");
+                }
+                ab.extend(dgate_rt::bench::prefetch_ab(
+                    &mut engine,
+                    &cfg,
+                    (xb, n),
+                    a.runs,
+                    tol,
+                )?);
+            }
             if !exits.is_empty() && gates > 0 {
                 let t = dgate_rt::bench::thresholds_for_fractions(&mut engine, xb, n, &exits)?;
                 let pct: Vec<String> = exits.iter().map(|f| format!("{:.0}", 100.0 * f)).collect();
@@ -782,6 +821,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "backend": backend_name,
                 "rows": rows,
+                "weight_prefetch_ab": ab,
                 "profiles": profiles
                     .iter()
                     .map(|(c, n, p)| match p {
@@ -797,6 +837,14 @@ fn bench(a: &BenchArgs) -> Result<()> {
     } else {
         println!("backend: {backend_name}\n");
         print!("{}", dgate_rt::bench::table(&rows));
+        if a.weight_prefetch.as_deref() == Some("ab") {
+            println!("\n### weight prefetch A/B (same process, same kernels; device ms)\n");
+            if prefetch_none {
+                println!("(this backend has no weight prefetch; CUDA only)");
+            } else {
+                print!("{}", dgate_rt::bench::prefetch_table(&ab));
+            }
+        }
         for (cfg, n, p) in &profiles {
             println!("\n### profile: {cfg}, batch {n}\n");
             match p {
@@ -804,6 +852,15 @@ fn bench(a: &BenchArgs) -> Result<()> {
                 None => println!("(this backend cannot profile step by step; CUDA only)"),
             }
         }
+    }
+    if let Some(bad) = ab.iter().find(|r| !r.ok) {
+        bail!(
+            "the weight prefetch changed the results: {}, batch {}: logits differ by {:.2e} \
+             (normalised) from the pass without it (see the A/B table)",
+            bad.config,
+            bad.batch,
+            bad.max_err
+        );
     }
     Ok(())
 }

@@ -263,6 +263,26 @@ fn bench_profile_is_reported_per_configuration_and_gpu_check_parts_are_checked()
         "{out}"
     );
 
+    // The weight-prefetch A/B is CUDA's: on the CPU the table says so, and a notice too.
+    let (code, out, err) = bench("1", "", &["--weight-prefetch", "ab"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("### weight prefetch A/B")
+            && out.contains("(this backend has no weight prefetch; CUDA only)"),
+        "{out}"
+    );
+    assert!(err.contains("notice: --weight-prefetch ab: cpu"), "{err}");
+    let (code, out, err) = bench("1", "", &["--weight-prefetch", "ab", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["weight_prefetch_ab"], serde_json::json!([]), "{out}");
+    let (code, _, err) = bench("1", "", &["--weight-prefetch", "maybe"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("'maybe'") && err.contains("[possible values: on, off, ab]"),
+        "{err}"
+    );
+
     let (code, _, err) = run(&["gpu-check", "--parts", "ops,bogus"]);
     assert_eq!(code, 1);
     assert!(err.contains("unknown part \"bogus\""), "{err}");
@@ -278,6 +298,7 @@ fn bench_help_names_every_cuda_setting() {
         "DGATE_WGMMA",
         "DGATE_TMA",
         "DGATE_PDL",
+        "DGATE_PREFETCH",
         "DGATE_CARVEOUT",
         "DGATE_CUDA_GRAPHS",
         "DGATE_DEBUG",

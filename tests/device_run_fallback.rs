@@ -103,15 +103,21 @@ fn bench_phase(fake: &str) -> (String, String, Vec<String>, usize) {
     let dir = std::env::temp_dir().join(format!("dgate-bench-retry-{}-{call}", std::process::id()));
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    // ok: succeeds; tma: fails unless DGATE_TMA=0; always: fails; slow: its time limit.
+    // ok: succeeds; tma: fails unless DGATE_TMA=0; always: fails; slow: its time limit;
+    // prefetch: fails after its tables, its weight-prefetch A/B check having failed.
     let bin = dir.join("dgate-rt");
     std::fs::write(
         &bin,
         format!(
-            "#!/usr/bin/env bash\necho run >> {runs}\necho \"table of $3 TMA=${{DGATE_TMA:-on}}\"\n\
+            "#!/usr/bin/env bash\necho run >> {runs}\necho \"table of $3 TMA=${{DGATE_TMA:-on}}{note}\"\n\
              case {fake} in ok) exit 0;; tma) [ \"${{DGATE_TMA:-on}}\" = 0 ] && exit 0; exit 101;; \
              slow) exit 124;; *) exit 1;; esac\n",
-            runs = dir.join("runs").display()
+            runs = dir.join("runs").display(),
+            note = if fake == "prefetch" {
+                " error: the weight prefetch changed the results: ..."
+            } else {
+                ""
+            }
         ),
     )
     .unwrap();
@@ -177,6 +183,12 @@ fn a_bench_that_succeeds_or_runs_out_of_time_is_not_run_again() {
     let both = ["bench-densenet201.md", "bench-resnet101.md"];
     assert_bench_phase("ok", ("on", "on"), &both, 2);
     assert_bench_phase("slow", ("on", "on"), &both, 2);
+}
+
+#[test]
+fn a_failed_weight_prefetch_check_keeps_the_tables_and_every_kernel() {
+    let both = ["bench-densenet201.md", "bench-resnet101.md"];
+    assert_bench_phase("prefetch", ("on", "on"), &both, 2);
 }
 
 #[test]

@@ -124,6 +124,42 @@ fn the_2026_11_28_h200_run_gives_the_recorded_table() {
     assert_recorded("docs/device/side-by-side-h200-2026-11-28.md", &text);
 }
 
+/// A bench log with the weight-prefetch A/B table (`--weight-prefetch ab`): its rows
+/// come out in their own section and are not taken for bench rows (the main table's
+/// batch-1 row is the one in the dgate-rt column).
+#[test]
+fn weight_prefetch_ab_rows_get_their_own_section() {
+    let dir = std::env::temp_dir().join(format!("dgate-sbs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("bench-resnet101.md");
+    std::fs::write(
+        &log,
+        "backend: cuda (NVIDIA H200, sm_90a, f16)\n\n\
+         | config | batch | GFLOPs/sample | exits | ms/batch | ms/sample | device ms/batch | TFLOP/s |\n\
+         | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n\
+         | ResNet-101 f16 full | 1 | 5.105 | - | 1.100 | 1.1000 | 0.925 | 5.52 |\n\
+         \n### weight prefetch A/B (same process, same kernels; device ms)\n\n\
+         | config | batch | off ms | on ms | off again ms | on / off | logits max err | check |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n\
+         | ResNet-101 f16 full | 1 | 0.930 | 0.811 | 0.926 | 0.874 | 3.1e-3 | ok |\n\
+         | ResNet-101 f16 full | 64 | 2.790 | - | 2.801 | - | 2.0e0 | FAIL |\n",
+    )
+    .unwrap();
+    let text = table_with(
+        &[log.to_str().unwrap()],
+        &[
+            "## Weight prefetch A/B (DGATE_PREFETCH=1; same process, same kernels)",
+            "| ResNet-101 f16 full | 1 | 0.930 | 0.811 | 0.926 | 0.874 | 3.1e-3 | ok |",
+            "| ResNet-101 f16 full | 64 | 2.790 | - | 2.801 | - | 2.0e0 | FAIL |",
+            "| 1 | f16 | 0.925 |",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(text) = text {
+        assert!(!text.contains("| 1 | f16 | 0.930"), "{text}");
+    }
+}
+
 #[test]
 fn a_log_without_bench_rows_is_an_error_that_names_it() {
     let Some(out) = side_by_side(&["README.md"]) else {

@@ -74,6 +74,13 @@ pub trait Backend: Send {
         Ok(None)
     }
 
+    /// Convolutions ask their weights into the GPU's L2 cache before they wait for the
+    /// previous kernel (`DGATE_PREFETCH=1` sets it at start). A hint that changes no
+    /// result. `false` for a backend without one (nothing changed).
+    fn set_weight_prefetch(&mut self, _on: bool) -> bool {
+        false
+    }
+
     /// One pass over `images` timed step by step (each op, gate and the head), for
     /// backends that can: `None` elsewhere.
     fn profile(&mut self, _plan: &Plan, _images: &[f32], _n: usize) -> Result<Option<Profile>> {

@@ -160,7 +160,7 @@ pub const RESNET101_CONVS: &[ConvShape] = &[
 /// per precision at `batch`, under the `auto` policy and the previous default kernel
 /// (conv_simt_f32, conv_mmaasync_f16) for comparison: the kernel (and k-splits) used,
 /// median time of `iters` launches (each behind a hold of the stream, see
-/// [`super::device::Device::hold`]), TFLOP/s.
+/// `Device::hold` in device.rs), TFLOP/s.
 pub fn layer_table(
     report: &mut dyn Write,
     precisions: &[Precision],

@@ -81,6 +81,9 @@ pub(crate) struct Device {
     /// Launch with programmatic stream serialization (sm_90+, `DGATE_PDL=1`): each
     /// kernel may be scheduled while its predecessor finishes (see common.cuh).
     pub pdl: bool,
+    /// Convolutions ask their weights into L2 before they wait for the previous kernel
+    /// (`DGATE_PREFETCH=1`; `dgate_before_wait` in common.cuh).
+    pub prefetch: bool,
 }
 
 /// `DGATE_CARVEOUT`: the share of each SM's L1/shared memory every kernel asks to have
@@ -194,6 +197,7 @@ impl Device {
             (plain.clone(), load_kernels(&ctx, &plain, carveout)?)
         };
         let pdl = major >= 9 && std::env::var("DGATE_PDL").as_deref() == Ok("1");
+        let prefetch = std::env::var("DGATE_PREFETCH").as_deref() == Ok("1");
         Ok(Device {
             engine: Engine::Cuda {
                 ctx,
@@ -205,6 +209,7 @@ impl Device {
             arch,
             precision,
             pdl,
+            prefetch,
         })
     }
 
@@ -230,6 +235,7 @@ impl Device {
             arch: "host".into(),
             precision,
             pdl: false,
+            prefetch: false,
         })
     }
 

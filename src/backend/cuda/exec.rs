@@ -57,6 +57,12 @@ struct DevLinear {
     pre: Option<DevPre>,
 }
 
+/// The 128-byte lines a convolution's kernel prefetches of a weight buffer of `bytes`:
+/// every line that starts inside it, so no prefetch leaves the buffer.
+fn weight_lines(bytes: usize) -> i32 {
+    bytes.div_ceil(128).min(i32::MAX as usize) as i32
+}
+
 /// A captured forward pass.
 pub(crate) struct Graph(pub CudaGraph);
 
@@ -1588,6 +1594,11 @@ impl Prepared {
             ldw: if kernel.k_major { kd as i32 } else { k as i32 },
             ws_cap: self.ws_cap.min(i32::MAX as usize) as i32,
             n_tickets: self.n_tickets.min(i32::MAX as usize) as i32,
+            weight_lines: if dev.prefetch {
+                weight_lines(weight.bytes)
+            } else {
+                0
+            },
         };
         // Splits were chosen for the samples assumed live; should more arrive than the
         // workspace holds, the kernel undoes the split itself (conv_k_range).
@@ -2089,5 +2100,21 @@ mod sample_grids {
         // Past 65535 samples the kernels stride over the rest; an empty pass still launches.
         assert_eq!(sample_grid(100_000, 10).1, 65535);
         assert_eq!(sample_grid(0, 0), (1, 1));
+    }
+}
+
+#[cfg(test)]
+mod prefetch_lines {
+    use super::weight_lines;
+
+    #[test]
+    fn every_line_that_starts_inside_the_weights_and_none_past_them() {
+        assert_eq!(weight_lines(0), 0);
+        assert_eq!(weight_lines(1), 1);
+        assert_eq!(weight_lines(128), 1);
+        assert_eq!(weight_lines(129), 2);
+        // ResNet-101's 3x3 512->512 in f16: 4.5 MiB, 36864 lines.
+        assert_eq!(weight_lines(9 * 512 * 512 * 2), 36864);
+        assert_eq!(weight_lines(usize::MAX), i32::MAX);
     }
 }

@@ -25,7 +25,9 @@
 //! (no graphs), `DGATE_CONV=<policy>` (see [`CudaBackend::set_conv_kernel`]),
 //! `DGATE_AUTOTUNE=0` (choose convolution tiles by the cost model instead of measuring
 //! them), `DGATE_PDL=1` (programmatic dependent launch on sm_90+: each kernel may be
-//! scheduled while its predecessor finishes; off until measured), `DGATE_WGMMA=0` (on
+//! scheduled while its predecessor finishes; off until measured), `DGATE_PREFETCH=1`
+//! (convolutions ask their weights into L2 before waiting for the previous kernel; off
+//! until measured, see [`Backend::set_weight_prefetch`]), `DGATE_WGMMA=0` (on
 //! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CARVEOUT=<0-100|max>`
 //! (one shared-memory share of L1 for every kernel; off until measured), `DGATE_DEBUG` (print
 //! NVRTC compile times, tuning and its whole-pass check), `DGATE_PTXAS_VERBOSE` (print
@@ -289,6 +291,12 @@ impl CudaBackend {
         if let Some(p) = self.prepared.as_mut() {
             p.forget_choices();
         }
+    }
+
+    /// Whether convolutions ask their weights into L2 before waiting for the previous
+    /// kernel (see [`Backend::set_weight_prefetch`]).
+    pub fn weight_prefetch(&self) -> bool {
+        self.dev.prefetch
     }
 
     /// Turns CUDA-graph capture and replay on or off (on by default).
@@ -702,6 +710,17 @@ impl CudaBackend {
 }
 
 impl Backend for CudaBackend {
+    fn set_weight_prefetch(&mut self, on: bool) -> bool {
+        if self.dev.prefetch != on {
+            self.dev.prefetch = on;
+            // Captured graphs hold the launch parameters; the kernels chosen stay.
+            if let Some(p) = self.prepared.as_mut() {
+                p.graphs.clear();
+            }
+        }
+        true
+    }
+
     fn name(&self) -> String {
         format!(
             "cuda ({}, {}, {})",

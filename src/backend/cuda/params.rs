@@ -45,6 +45,9 @@ pub struct ConvParams {
     pub ws_cap: i32,
     /// Output tiles `tickets` can count; more undo the split on the device.
     pub n_tickets: i32,
+    /// 128-byte lines of `weight` the kernel asks into L2 before it waits for the
+    /// previous kernel (`DGATE_PREFETCH=1`); 0: none.
+    pub weight_lines: i32,
 }
 
 #[repr(C)]
