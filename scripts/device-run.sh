@@ -218,7 +218,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
           if [ "$lim" = 0 ]; then stamp "skipping DGATE_PDL=1 bench $arch: only $(left) s left"; continue; fi
           stamp "DGATE_PDL=1 dgate-rt bench $arch (limit $lim s)"
           DGATE_PDL=1 timeout $lim "$BIN" bench --random $arch --backend cuda --batch 1,64 --precision f32,f16 \
-            --exits "" --warmup 5 --runs 30 2>&1 | tee "$OUT/pdl-bench-$arch.md"
+            --exits "" --warmup 5 --runs 30 --weight-prefetch ${WEIGHT_PREFETCH:-ab} 2>&1 | tee "$OUT/pdl-bench-$arch.md"
         done
       fi
     fi

@@ -64,7 +64,10 @@ def parse(paths):
                 if in_ab:
                     m = AB_ROW.match(line)
                     if m:
-                        ab.append(m.groups())
+                        row = list(m.groups())
+                        if pdl:
+                            row[0] += " (DGATE_PDL=1)"
+                        ab.append(row)
                     continue
                 m = re.match(r"^backend: cuda \(([^,]+),", line)
                 if m:
