@@ -97,20 +97,40 @@ struct ConvParams {
 };
 
 #ifndef DGATE_HOST_EMU
-// A convolution's weights, which no kernel of a pass writes, asked into L2 before the
+// A convolution's constants, which no kernel of a pass writes, asked into L2 before the
 // wait for the previous kernel (DGATE_PREFETCH=1 on the host sets weight_lines): the
-// grid's threads share the lines, each issuing its own at once, so the reads of a small
-// batch, whose k-loop would otherwise fetch the weights from DRAM one k-tile after
-// another, find them in L2. Under DGATE_PDL=1 the fetch also overlaps the previous
-// kernel's tail. Prefetches are hints: they neither fault nor change a result.
+// weights, then the bias [K] and the pre-activation's scale and shift [C]. The grid's
+// threads share the 128-byte lines, each issuing its own at once, so the reads of a
+// small batch, whose k-loop would otherwise fetch the weights from DRAM one k-tile after
+// another (and the pre-activation's per channel with them), find them in L2. Under
+// DGATE_PDL=1 the fetch also overlaps the previous kernel's tail. Prefetches are hints:
+// they neither fault nor change a result; every line starts inside its array.
 __device__ __forceinline__ void dgate_before_wait(const ConvParams& p) {
+    if (p.weight_lines <= 0) return;
     const long long threads = (long long)blockDim.x * blockDim.y * blockDim.z;
     const long long block = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
     const long long all = threads * gridDim.x * gridDim.y * gridDim.z;
     const long long t = threadIdx.x + (long long)blockDim.x * (threadIdx.y + (long long)blockDim.y * threadIdx.z);
-    const char* w = static_cast<const char*>(p.weight);
-    for (long long line = block * threads + t; line < p.weight_lines; line += all)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(w + line * 128));
+    const long long bias_lines = p.bias ? ((long long)p.K * 4 + 127) / 128 : 0;
+    const long long pre_lines = p.pre_scale && p.pre_shift ? ((long long)p.C * 4 + 127) / 128 : 0;
+    const long long total = p.weight_lines + bias_lines + 2 * pre_lines;
+    for (long long i = block * threads + t; i < total; i += all) {
+        long long line = i;
+        const char* base = static_cast<const char*>(p.weight);
+        if (line >= p.weight_lines) {
+            line -= p.weight_lines;
+            base = reinterpret_cast<const char*>(p.bias);
+            if (line >= bias_lines) {
+                line -= bias_lines;
+                base = reinterpret_cast<const char*>(p.pre_scale);
+                if (line >= pre_lines) {
+                    line -= pre_lines;
+                    base = reinterpret_cast<const char*>(p.pre_shift);
+                }
+            }
+        }
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + line * 128));
+    }
 }
 #endif
 

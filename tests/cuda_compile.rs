@@ -63,3 +63,44 @@ fn a_compile_error_carries_the_nvrtc_log() {
         other => panic!("expected a compile error, got {:?}", other.map(|b| b.len())),
     }
 }
+
+/// Every convolution kernel (sm_90's PTX) asks its constants into L2 (when the host sets
+/// `weight_lines`, DGATE_PREFETCH=1) after letting the next kernel launch and before
+/// waiting for the previous one: `dgate_before_wait` between the two griddepcontrol
+/// instructions. The other kernels have neither a prefetch nor anything between them.
+#[test]
+fn conv_kernels_prefetch_between_launching_dependents_and_waiting() {
+    if !kernels::nvrtc_present() || kernels::include_dir().is_none() {
+        println!("skipped: NVRTC or the CUDA headers not found; run scripts/nvrtc-setup.sh");
+        return;
+    }
+    for file in [kernels::KernelFile::Conv, kernels::KernelFile::Gate] {
+        let ptx = kernels::compile_ptx(file, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        let mut entries = 0;
+        for chunk in ptx.split(".entry ").skip(1) {
+            let name = chunk.split('(').next().unwrap_or_default().trim();
+            let at = |what: &str| chunk.find(what);
+            let (launch, prefetch, wait) = (
+                at("griddepcontrol.launch_dependents"),
+                at("prefetch.global.L2"),
+                at("griddepcontrol.wait"),
+            );
+            assert!(
+                launch.is_some() && launch < wait,
+                "{name}: {launch:?} {wait:?}"
+            );
+            if name.starts_with("conv_") {
+                entries += 1;
+                assert!(
+                    launch < prefetch && prefetch < wait,
+                    "{name}: {launch:?} {prefetch:?} {wait:?}"
+                );
+            } else {
+                assert!(prefetch.is_none(), "{name} prefetches");
+            }
+        }
+        if file == kernels::KernelFile::Conv {
+            assert!(entries >= 10, "{entries} conv entries in the PTX");
+        }
+    }
+}

@@ -125,6 +125,23 @@ fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
 /// Compiles one kernel file for `arch` (e.g. `sm_90`) and returns the cubin.
 /// A compile error carries NVRTC's log.
 pub fn compile(file: KernelFile, arch: &str) -> Result<Vec<u8>> {
+    compile_to(file, arch, get_cubin)
+}
+
+/// The PTX of one kernel file for the virtual architecture of `arch` (`sm_90` gives
+/// `compute_90`): what the tests read to check the code a kernel was compiled to.
+pub fn compile_ptx(file: KernelFile, arch: &str) -> Result<String> {
+    let virt = arch.replacen("sm_", "compute_", 1);
+    compile_to(file, &virt, get_ptx).map(|b| {
+        String::from_utf8_lossy(b.split(|&c| c == 0).next().unwrap_or_default()).into_owned()
+    })
+}
+
+fn compile_to(
+    file: KernelFile,
+    arch: &str,
+    output: fn(nvrtc_sys::nvrtcProgram) -> std::result::Result<Vec<u8>, String>,
+) -> Result<Vec<u8>> {
     if !nvrtc_present() {
         return Err(Error::CudaUnavailable(
             "NVRTC (libnvrtc.so) not found; see scripts/nvrtc-setup.sh".into(),
@@ -167,9 +184,9 @@ pub fn compile(file: KernelFile, arch: &str) -> Result<Vec<u8>> {
                     eprintln!("dgate: ptxas for {kernel}:\n{}", c_chars_to_string(&log));
                 }
             }
-            get_cubin(prog).map_err(|e| Error::Compile {
+            output(prog).map_err(|e| Error::Compile {
                 kernel: kernel.clone(),
-                log: format!("nvrtcGetCUBIN: {e}"),
+                log: format!("reading the compiled program: {e}"),
             })
         }
     };
@@ -184,18 +201,45 @@ pub fn compile(file: KernelFile, arch: &str) -> Result<Vec<u8>> {
     result
 }
 
+fn get_ptx(prog: nvrtc_sys::nvrtcProgram) -> std::result::Result<Vec<u8>, String> {
+    read_program(
+        prog,
+        nvrtc_sys::nvrtcGetPTXSize,
+        nvrtc_sys::nvrtcGetPTX,
+        "PTX",
+    )
+}
+
 fn get_cubin(prog: nvrtc_sys::nvrtcProgram) -> std::result::Result<Vec<u8>, String> {
+    read_program(
+        prog,
+        nvrtc_sys::nvrtcGetCUBINSize,
+        nvrtc_sys::nvrtcGetCUBIN,
+        "CUBIN",
+    )
+}
+
+type SizeFn = unsafe fn(nvrtc_sys::nvrtcProgram, *mut usize) -> nvrtc_sys::nvrtcResult;
+type ReadFn = unsafe fn(nvrtc_sys::nvrtcProgram, *mut std::ffi::c_char) -> nvrtc_sys::nvrtcResult;
+
+/// One output of a compiled program (`nvrtcGet{what}Size`, then `nvrtcGet{what}`).
+fn read_program(
+    prog: nvrtc_sys::nvrtcProgram,
+    size_of: SizeFn,
+    read: ReadFn,
+    what: &str,
+) -> std::result::Result<Vec<u8>, String> {
     let mut size = 0usize;
     // SAFETY: `prog` was compiled successfully; the buffer has the size NVRTC reports.
     unsafe {
-        let r = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size);
+        let r = size_of(prog, &mut size);
         if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("{r:?}"));
+            return Err(format!("nvrtcGet{what}Size: {r:?}"));
         }
         let mut buf = vec![0u8; size];
-        let r = nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char);
+        let r = read(prog, buf.as_mut_ptr() as *mut std::ffi::c_char);
         if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-            return Err(format!("{r:?}"));
+            return Err(format!("nvrtcGet{what}: {r:?}"));
         }
         Ok(buf)
     }
