@@ -107,7 +107,9 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # did not all cover, and a kernel fault ends the process: should the bench end with an
   # error (not its time limit), it runs once more without the newest kernels, the TMA
   # tiles (or, with those already off, every wgmma kernel), and so does the rest of the
-  # call. The failed log is kept as bench-$1-failed.log.
+  # call. The failed log is kept as bench-$1-failed.log. The weight-prefetch A/B's own
+  # failures are told apart: a changed result (its tables printed) is not run again; a
+  # fault with the prefetch on runs again without the A/B, every kernel kept.
   bench_arch() {
     local arch=$1 lim rc try
     for try in first retry; do
@@ -125,6 +127,13 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         return
       fi
       mv "$OUT/bench-$arch.md" "$OUT/bench-$arch-failed.log"
+      # A failure with the prefetch on (before any table was printed): again without the
+      # A/B, every kernel kept.
+      if grep -q 'with the weight prefetch on' "$OUT/bench-$arch-failed.log"; then
+        WEIGHT_PREFETCH=off
+        stamp "dgate-rt bench $arch ended with status $rc with the weight prefetch on: again, and the rest of this call, without the A/B"
+        continue
+      fi
       if [ "${DGATE_TMA:-1}" != 0 ]; then
         export DGATE_TMA=0
       elif [ "${DGATE_WGMMA:-1}" != 0 ]; then

@@ -214,19 +214,28 @@ pub fn prefetch_ab(
         return Ok(None);
     };
     engine.set_weight_prefetch(true);
-    let timed = engine.run(x, n).and_then(|with| {
-        let max_err = without
-            .iter()
-            .zip(&with)
-            .map(|(a, b)| crate::backend::cuda::reference::norm_max_err(&b.logits, &a.logits))
-            .fold(0.0f64, f64::max);
-        let on_ms = if max_err <= tol {
-            engine.device_time_ms(x, n, runs)?
-        } else {
-            None
-        };
-        Ok((on_ms, max_err))
-    });
+    let timed = engine
+        .run(x, n)
+        .and_then(|with| {
+            let max_err = without
+                .iter()
+                .zip(&with)
+                .map(|(a, b)| crate::backend::cuda::reference::norm_max_err(&b.logits, &a.logits))
+                .fold(0.0f64, f64::max);
+            let on_ms = if max_err <= tol {
+                engine.device_time_ms(x, n, runs)?
+            } else {
+                None
+            };
+            Ok((on_ms, max_err))
+        })
+        // A failure while it is on is its own (a script told this apart from a kernel
+        // fault of the tables before it).
+        .map_err(|e| {
+            crate::Error::Cuda(format!(
+                "{config}, batch {n}, with the weight prefetch on: {e}"
+            ))
+        });
     // Off again whatever happened, so the rows after this one run as before.
     engine.set_weight_prefetch(false);
     let (on_ms, max_err) = timed?;

@@ -104,19 +104,22 @@ fn bench_phase(fake: &str) -> (String, String, Vec<String>, usize) {
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
     // ok: succeeds; tma: fails unless DGATE_TMA=0; always: fails; slow: its time limit;
-    // prefetch: fails after its tables, its weight-prefetch A/B check having failed.
+    // prefetch: fails after its tables, its weight-prefetch A/B check having failed;
+    // prefetchfault: fails with the prefetch on, unless run with `--weight-prefetch off`.
     let bin = dir.join("dgate-rt");
     std::fs::write(
         &bin,
         format!(
             "#!/usr/bin/env bash\necho run >> {runs}\necho \"table of $3 TMA=${{DGATE_TMA:-on}}{note}\"\n\
              case {fake} in ok) exit 0;; tma) [ \"${{DGATE_TMA:-on}}\" = 0 ] && exit 0; exit 101;; \
-             slow) exit 124;; *) exit 1;; esac\n",
+             slow) exit 124;; \
+             prefetchfault) case \"$*\" in *'--weight-prefetch off'*) exit 0;; esac; exit 1;; \
+             *) exit 1;; esac\n",
             runs = dir.join("runs").display(),
-            note = if fake == "prefetch" {
-                " error: the weight prefetch changed the results: ..."
-            } else {
-                ""
+            note = match fake {
+                "prefetch" => " error: the weight prefetch changed the results: ...",
+                "prefetchfault" => " error: ResNet-101 f16 full, batch 1, with the weight prefetch on: CUDA ...",
+                _ => "",
             }
         ),
     )
@@ -186,9 +189,16 @@ fn a_bench_that_succeeds_or_runs_out_of_time_is_not_run_again() {
 }
 
 #[test]
-fn a_failed_weight_prefetch_check_keeps_the_tables_and_every_kernel() {
+fn a_failed_weight_prefetch_check_keeps_the_tables_and_a_fault_with_it_on_drops_only_the_ab() {
     let both = ["bench-densenet201.md", "bench-resnet101.md"];
     assert_bench_phase("prefetch", ("on", "on"), &both, 2);
+    // A fault with it on: again without the A/B, and the second network without it at once.
+    let first = [
+        "bench-densenet201.md",
+        "bench-resnet101-failed.log",
+        "bench-resnet101.md",
+    ];
+    assert_bench_phase("prefetchfault", ("on", "on"), &first, 3);
 }
 
 #[test]
