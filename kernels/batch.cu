@@ -9,6 +9,9 @@
 //       each thread owns a contiguous chunk (serial sum), chunk sums are scanned in
 //       shared memory (Hillis-Steele), then each thread writes its chunk. Batches
 //       are at most a few thousand, so one block is enough and keeps it one launch.
+//   gate_closed_i32: in place of a closed gate (threshold +inf, which no sample
+//       leaves) and its compaction: the next level's count and sample indices are
+//       this level's (*count_out = *count_in, idx_out = idx_in). One block.
 //   compact_gather_{f32,f16}: scratch[new] = view[src_of[new]] for new < *count_out.
 //   compact_copy_{f32,f16}: view[new] = scratch[new]. Gathering through a scratch
 //       buffer avoids the read/write race of an in-place gather.
@@ -75,6 +78,12 @@ DGATE_KERNEL(compact_scan_i32, CompactParams, SCAN_THREADS) {
         }
     }
     if (t == SCAN_THREADS - 1) *p.count_out = sums[t];
+}
+
+DGATE_KERNEL(gate_closed_i32, CompactParams, SCAN_THREADS) {
+    const int n = *p.count_in;
+    for (int i = threadIdx.x; i < n; i += SCAN_THREADS) p.idx_out[i] = p.idx_in[i];
+    if (threadIdx.x == 0) *p.count_out = n;
 }
 
 // Copies one unit of VEC elements (16 bytes, or one element).

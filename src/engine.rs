@@ -165,13 +165,14 @@ impl Engine {
             .device_time_ms(&self.model.plan, images, n, iters)
     }
 
-    /// One pass over `images` timed step by step (every op, gate and the head, with
-    /// FLOPs and bytes), where the backend can (CUDA); `None` on the CPU.
-    /// See [`Backend::set_weight_prefetch`]: `false` where the backend has none.
+    /// Turns the convolutions' weight prefetch into L2 on or off (see
+    /// [`Backend::set_weight_prefetch`]): `false` where the backend has none.
     pub fn set_weight_prefetch(&mut self, on: bool) -> bool {
         self.backend.set_weight_prefetch(on)
     }
 
+    /// One pass over `images` timed step by step (every op, gate and the head, with
+    /// FLOPs and bytes), where the backend can (CUDA); `None` on the CPU.
     pub fn profile(&mut self, images: &[f32], n: usize) -> Result<Option<crate::backend::Profile>> {
         crate::backend::check_batch(images, n)?;
         self.backend.profile(&self.model.plan, images, n)

@@ -259,7 +259,7 @@ struct ModelArgs {
     /// Per-channel std on the 0..1 scale, overriding the file's `normalize_std`.
     #[arg(long, value_name = "R,G,B")]
     std: Option<String>,
-    /// Gate thresholds, one per gate, overriding the file's `thresholds` (`inf`: never exit, `-inf`: always).
+    /// Gate thresholds, one per gate, overriding the file's `thresholds` (`inf`: never exit, the gate not computed; `-inf`: always).
     #[arg(long, value_name = "T1,T2,..", allow_hyphen_values = true)]
     thresholds: Option<String>,
     /// Print one JSON document instead of text.

@@ -187,7 +187,8 @@ pub struct Gate {
     pub weight: Vec<f32>,
     /// `[classes]`.
     pub bias: Vec<f32>,
-    /// Exit when the confidence is at least this (`inf`: never, `-inf`: always).
+    /// Exit when the confidence is at least this (`inf`: never, the gate closed and not
+    /// computed; `-inf`: always).
     pub threshold: f32,
     /// How scores become a confidence.
     pub rule: ExitRule,
@@ -197,6 +198,19 @@ impl Gate {
     /// FLOPs of scoring one sample (the linear layer; pooling is not counted).
     pub fn flops(&self) -> u64 {
         2 * self.weight.len() as u64
+    }
+
+    /// A threshold of `+inf`: no sample leaves here, so backends do not score the
+    /// batch at all (the full network runs without its gates' cost).
+    pub fn closed(&self) -> bool {
+        self.threshold == f32::INFINITY
+    }
+
+    /// Whether a sample of confidence `conf` leaves here. Never at a closed gate, even
+    /// with an infinite confidence (overflowing scores), so that skipping the gate
+    /// changes no result.
+    pub fn lets_out(&self, conf: f32) -> bool {
+        !self.closed() && conf >= self.threshold
     }
 }
 

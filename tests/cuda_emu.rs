@@ -232,6 +232,13 @@ fn emulated_profile_times_every_step_of_a_gated_pass() {
             && steps.last().is_some_and(|s| s.op.starts_with("head"))
     );
     assert!(steps.iter().all(|s| s.ms >= 0.0 && s.bytes > 0.0));
+    // Gate 1 is closed (threshold +inf): one launch carrying the level over, no scoring.
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.op == "gate 1 closed" && s.kernel == "gate_closed" && s.flops == 0.0),
+        "{steps:?}"
+    );
     let convs: Vec<_> = steps.iter().filter(|s| s.op.starts_with("conv")).collect();
     assert!(!convs.is_empty() && convs.iter().all(|s| s.flops > 0.0 && !s.kernel.is_empty()));
     // After gate 0 the convolutions ran on the survivors only.

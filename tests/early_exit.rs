@@ -45,7 +45,7 @@ fn reference(plan: &Plan, x: &[f32], n: usize) -> Vec<(Option<usize>, usize, Vec
                 let feat = &f.features[k][i * c..(i + 1) * c];
                 let scores = dgate_rt::backend::cpu::linear(feat, 1, c, &g.weight, &g.bias);
                 let (class, conf) = decide(&scores, g.rule);
-                if conf >= g.threshold {
+                if g.lets_out(conf) {
                     return (Some(k), class, scores);
                 }
             }
@@ -130,6 +130,30 @@ fn infinite_thresholds_reproduce_backbone_and_minus_inf_exits_all_at_gate_1() {
         .unwrap();
     let all = CpuBackend::new().run(&m.plan, &x, n).unwrap();
     assert!(all.iter().all(|r| r.exit == Some(0)));
+}
+
+#[test]
+fn a_closed_gate_lets_no_sample_out_even_at_an_infinite_confidence() {
+    let mut m = gated("resnet20", 2, "hinge", 7);
+    let n = 5;
+    let x = images(n, 9);
+    // Gate 0 scores class 3 at +inf for every sample: a hinge confidence of +inf.
+    m.plan.gates[0].bias[3] = f32::INFINITY;
+    let mut plain = m.plan.clone();
+    plain.gates.clear();
+    let full = CpuBackend::new().run(&plain, &x, n).unwrap();
+    m.plan
+        .set_thresholds(&[f32::INFINITY, f32::INFINITY])
+        .unwrap();
+    assert!(m.plan.gates[0].closed());
+    assert_eq!(CpuBackend::new().run(&m.plan, &x, n).unwrap(), full);
+    // The largest finite threshold is open: every sample leaves there, class 3.
+    m.plan.set_thresholds(&[f32::MAX, f32::INFINITY]).unwrap();
+    let open = CpuBackend::new().run(&m.plan, &x, n).unwrap();
+    assert!(
+        open.iter().all(|r| r.exit == Some(0) && r.class == 3),
+        "{open:?}"
+    );
 }
 
 #[test]

@@ -90,7 +90,10 @@ impl CpuBackend {
                 let (v, hw) = (stage.output, stage.out_h * stage.out_w);
                 features[k] = pool(&self.acts[v.buf], v, n, hw, None);
             }
-            let Some(g) = plan.gate_after(si).filter(|_| gates) else {
+            let Some(g) = plan
+                .gate_after(si)
+                .filter(|&g| gates && !plan.gates[g].closed())
+            else {
                 continue;
             };
             let gate = &plan.gates[g];
@@ -107,7 +110,7 @@ impl CpuBackend {
             for s in 0..n {
                 let sc = &scores[s * classes..(s + 1) * classes];
                 let (class, conf) = decide(sc, gate.rule);
-                if conf >= gate.threshold {
+                if gate.lets_out(conf) {
                     results[index[s]] = Some(SampleResult {
                         class,
                         exit: Some(g),

@@ -695,6 +695,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "pack_input_f32",
             "pack_input_f16",
             "compact_scan_i32",
+            "gate_closed_i32",
             "compact_gather_f32",
             "compact_gather_f16",
             "compact_copy_f32",

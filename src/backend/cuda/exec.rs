@@ -719,6 +719,17 @@ impl Prepared {
                 let kept = at(plan.level_of(gate.after_stage) + 1);
                 let out = &plan.stages[gate.after_stage].output;
                 let hwc = gate.h * gate.w * out.channels;
+                if gate.closed() {
+                    // The level's count and sample indices carried over: read and written.
+                    return crate::backend::OpTime {
+                        op: format!("gate {g} closed"),
+                        kernel: "gate_closed".into(),
+                        samples: l,
+                        ms: 0.0,
+                        flops: 0.0,
+                        bytes: (2 * (l + 1) * 4) as f64,
+                    };
+                }
                 (
                     format!("gate {g} {} {}x{}", out.channels, gate.h, gate.w),
                     "gate_fused+compact".to_string(),
@@ -1786,6 +1797,9 @@ impl Prepared {
         (p, smem as u32)
     }
 
+    /// Gate `g` on the samples live at `level`: scores them, writes the results of
+    /// those that leave, and compacts the survivors into level `level + 1`. A closed
+    /// gate (threshold `+inf`) is one small launch that carries the level over.
     fn enqueue_gate(
         &self,
         dev: &Device,
@@ -1796,6 +1810,27 @@ impl Prepared {
     ) -> Result<()> {
         let dt = dev.dtype();
         let gate = &plan.gates[g];
+        let out = &plan.stages[gate.after_stage].output;
+        let ob = &plan.buffers[out.buf];
+        let cp = CompactParams {
+            keep: self.keep.ptr,
+            count_in: self.count_ptr(level),
+            count_out: self.count_ptr(level + 1),
+            idx_in: self.idx[level].ptr,
+            idx_out: self.idx[level + 1].ptr,
+            src_of: self.src_of.ptr,
+            buf: self.view_ptr(out),
+            scratch: self.scratch.ptr,
+            stride: ob.channels as i32,
+            off: out.offset as i32,
+            c: out.channels as i32,
+            hw: (ob.h * ob.w) as i32,
+            n_max: n as i32,
+            vec: vec_channels(dev.elem_bytes(), ob.channels, out.offset, out.channels) as i32,
+        };
+        if gate.closed() {
+            return dev.launch("gate_closed_i32", (1, 1), SCAN_THREADS, 0, &cp);
+        }
         let (mut p, smem) = self.gap_params(
             dev,
             plan,
@@ -1818,25 +1853,6 @@ impl Prepared {
             smem,
             &p,
         )?;
-
-        let out = &plan.stages[gate.after_stage].output;
-        let ob = &plan.buffers[out.buf];
-        let cp = CompactParams {
-            keep: self.keep.ptr,
-            count_in: self.count_ptr(level),
-            count_out: self.count_ptr(level + 1),
-            idx_in: self.idx[level].ptr,
-            idx_out: self.idx[level + 1].ptr,
-            src_of: self.src_of.ptr,
-            buf: self.view_ptr(out),
-            scratch: self.scratch.ptr,
-            stride: ob.channels as i32,
-            off: out.offset as i32,
-            c: out.channels as i32,
-            hw: (ob.h * ob.w) as i32,
-            n_max: n as i32,
-            vec: vec_channels(dev.elem_bytes(), ob.channels, out.offset, out.channels) as i32,
-        };
         dev.launch("compact_scan_i32", (1, 1), SCAN_THREADS, 0, &cp)?;
         let grid = compact_grid(n, ob.h * ob.w * out.channels / cp.vec as usize);
         dev.launch(

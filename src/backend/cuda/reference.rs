@@ -215,7 +215,8 @@ pub(crate) fn ref_gap_linear(
 
 /// Reference pass. With `calibrate = Some(fractions)`, gate `g`'s threshold is placed
 /// in the widest gap between the confidences of the samples reaching it, near the
-/// `fractions[g]` quantile from the top; the chosen thresholds are written to `plan`.
+/// `fractions[g]` quantile from the top (a negative fraction closes the gate:
+/// threshold `+inf`); the chosen thresholds are written to `plan`.
 /// Returns the results and, per gate, the distance from the threshold to the nearest
 /// confidence (the margin a GPU decision may err by without flipping).
 pub fn ref_run(
@@ -258,7 +259,7 @@ pub fn ref_run(
         if let Some(fr) = calibrate {
             let mut confs: Vec<f32> = decided.iter().map(|d| d.2).collect();
             confs.sort_by(|a, b| b.total_cmp(a));
-            let t = if confs.len() < 2 {
+            let t = if fr.get(g).is_some_and(|&f| f < 0.0) || confs.len() < 2 {
                 f32::INFINITY
             } else {
                 let want = ((fr.get(g).copied().unwrap_or(0.5)) * confs.len() as f32) as usize;
@@ -275,10 +276,10 @@ pub fn ref_run(
             };
             plan.gates[g].threshold = t;
         }
-        let t = plan.gates[g].threshold;
+        let gate = &plan.gates[g];
         for (s, class, conf, scores) in decided {
-            margins[g] = margins[g].min((conf - t).abs());
-            if conf >= t {
+            margins[g] = margins[g].min((conf - gate.threshold).abs());
+            if gate.lets_out(conf) {
                 results[s] = Some(SampleResult {
                     class,
                     exit: Some(g),

@@ -927,6 +927,28 @@ fn check_split_guard(
     )
 }
 
+/// Passes with a closed gate (threshold `+inf`), which runs as one launch carrying the
+/// level's count and sample indices over: first gate 0 closed (gate 1 compacts from
+/// the carried indices), then gate 1 closed after gate 0 compacted. No sample may
+/// leave at the closed gate (the reference lets none), and every result must match.
+fn check_closed_gates(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    cache: &mut RefCache,
+    share: &Share,
+) -> Result<()> {
+    if !share.mine(&format!("{} closed gates", precision_tag(be.precision())))? {
+        return Ok(());
+    }
+    let plan = tiny_resnet(12, 10);
+    for fractions in [[-1.0, 0.4], [0.5, -1.0]] {
+        let (ok, desc) = compare_pass(be, &plan, 7, 31, &fractions, cache)?;
+        tally.verdict(out, ok, &format!("closed gate {fractions:?}: {desc}"))?;
+    }
+    Ok(())
+}
+
 /// Whole passes with every convolution's kernel measured first (`tune`): on a GPU as
 /// by default; in the emulator this is the only run of the tuning path, whose forced
 /// choices (every tile, with and without split-K) must all compute the same result.
@@ -1017,6 +1039,7 @@ pub fn selfcheck_with(
         check_ops(&mut be, report, &mut tally, share)?;
         check_passes(&mut be, report, &mut tally, quick, false, &mut cache, share)?;
         check_split_guard(&mut be, report, &mut tally, &mut cache, share)?;
+        check_closed_gates(&mut be, report, &mut tally, &mut cache, share)?;
         check_tuned_passes(&mut be, report, &mut tally, &mut cache, share)?;
         let extra: &[&str] = match p {
             Precision::F32 => &["conv_simt_f32"],
