@@ -112,14 +112,19 @@ fn compaction_matches_per_sample_reference_densenet() {
     check("densenet121", "hinge", 9, &[0.5, 0.4], 5);
 }
 
+/// `plan` without its gates, run on the CPU: every sample through the head.
+fn backbone(plan: &Plan, x: &[f32], n: usize) -> Vec<dgate_rt::plan::SampleResult> {
+    let mut plain = plan.clone();
+    plain.gates.clear();
+    CpuBackend::new().run(&plain, x, n).unwrap()
+}
+
 #[test]
 fn infinite_thresholds_reproduce_backbone_and_minus_inf_exits_all_at_gate_1() {
     let mut m = gated("resnet20", 2, "hinge", 7);
     let n = 13;
     let x = images(n, 8);
-    let mut plain = m.plan.clone();
-    plain.gates.clear();
-    let full = CpuBackend::new().run(&plain, &x, n).unwrap();
+    let full = backbone(&m.plan, &x, n);
     m.plan
         .set_thresholds(&[f32::INFINITY, f32::INFINITY])
         .unwrap();
@@ -139,9 +144,7 @@ fn a_closed_gate_lets_no_sample_out_even_at_an_infinite_confidence() {
     let x = images(n, 9);
     // Gate 0 scores class 3 at +inf for every sample: a hinge confidence of +inf.
     m.plan.gates[0].bias[3] = f32::INFINITY;
-    let mut plain = m.plan.clone();
-    plain.gates.clear();
-    let full = CpuBackend::new().run(&plain, &x, n).unwrap();
+    let full = backbone(&m.plan, &x, n);
     m.plan
         .set_thresholds(&[f32::INFINITY, f32::INFINITY])
         .unwrap();
