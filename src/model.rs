@@ -108,6 +108,9 @@ impl Model {
             });
         };
         plan.buffers = b.buffers.clone();
+        // The same network with one launch and one pass over a stage-1 sized tensor
+        // fewer per stride-1 projection (ResNet-50/101/152's first block).
+        plan.fuse_projection_shortcuts();
         let params = b.params;
         attach_gates(w, &mut plan)?;
         let (normalize, normalize_source) = read_normalize(w, raw_input)?;

@@ -350,6 +350,184 @@ impl Plan {
         true
     }
 
+    /// Folds each stride-1 projection shortcut into its block's last convolution:
+    /// `relu(W3·h + b3 + (Wp·x + bp))` is one 1×1 convolution over the channels of `x`
+    /// and `h` side by side, `relu([Wp | W3]·[x ; h] + (bp + b3))`. The two producers
+    /// write `x` and `h` into one new buffer (`x` at channel 0, `h` after it), the
+    /// readers of `x` read it there, and the projection's own pass over the output
+    /// (its write, then the residual read) and its launch are gone: in a CIFAR
+    /// ResNet-50/101/152 this is the first block of `layer1` (64→256 channels at 32×32,
+    /// about 134 MB written and read again at batch 256 in f16). The same network: the
+    /// FLOPs are the same (each stage keeps its count), only the sum's order changes.
+    ///
+    /// A block qualifies when both convolutions are 1×1 with stride 1 and no
+    /// pre-activation, the projection has no ReLU and no residual, and every value
+    /// involved is produced and consumed inside one stage, whole buffers at a time,
+    /// with the projection's output read by the last convolution only. Strided
+    /// projections (the first block of later stages) stay as they are: their input is
+    /// the previous stage's output, at another resolution. Returns how many were folded.
+    pub fn fuse_projection_shortcuts(&mut self) -> usize {
+        let mut fused = 0;
+        for s in 0..self.stages.len() {
+            while let Some(f) = self.find_projection(s) {
+                self.fold_projection(s, f);
+                fused += 1;
+            }
+        }
+        fused
+    }
+
+    /// The first foldable projection of stage `s` (see
+    /// [`Plan::fuse_projection_shortcuts`]).
+    fn find_projection(&self, s: usize) -> Option<Fold> {
+        let ops = &self.stages[s].ops;
+        let plain_1x1 = |c: &Conv| {
+            c.kernel == 1 && c.stride == 1 && c.pad == 0 && c.pre.is_none() && {
+                let (i, o) = (&self.buffers[c.input.buf], &self.buffers[c.output.buf]);
+                (i.h, i.w) == (o.h, o.w)
+            }
+        };
+        for (j, op) in ops.iter().enumerate() {
+            let Op::Conv(last) = op else { continue };
+            let Some(r) = last.residual else { continue };
+            if !plain_1x1(last) {
+                continue;
+            }
+            let Some((p, r_uses)) = self.value_at(s, j, r) else {
+                continue;
+            };
+            let Op::Conv(proj) = &ops[p] else { continue };
+            let (x, h) = (proj.input, last.input);
+            let ok = plain_1x1(proj)
+                && proj.residual.is_none()
+                && !proj.relu
+                && r_uses == [j]
+                && x.buf != h.buf
+                && x.buf != r.buf
+                && h.buf != r.buf
+                && self.buffers[x.buf].h == self.buffers[h.buf].h
+                && self.buffers[x.buf].w == self.buffers[h.buf].w;
+            if !ok {
+                continue;
+            }
+            let (Some((x_def, x_uses)), Some((h_def, h_uses))) =
+                (self.value_at(s, p, x), self.value_at(s, j, h))
+            else {
+                continue;
+            };
+            return Some(Fold {
+                proj: p,
+                last: j,
+                x_def,
+                x_uses,
+                h_def,
+                h_uses,
+            });
+        }
+        None
+    }
+
+    /// The value of the whole-buffer view `v` that op `at` of stage `s` reads: the op
+    /// that wrote it (in stage `s`, all of `v` at once) and every op reading it before
+    /// its buffer is written again, each reading exactly `v`. `None` where that does
+    /// not hold, or where the value may be read past the stage (its output, a gate,
+    /// the head, or a later stage reading the buffer before writing it).
+    fn value_at(&self, s: usize, at: usize, v: View) -> Option<(usize, Vec<usize>)> {
+        let b = v.buf;
+        if v.offset != 0 || v.channels != self.buffers[b].channels {
+            return None;
+        }
+        let ops = &self.stages[s].ops;
+        let def = (0..at).rev().find(|&i| op_output(&ops[i]).buf == b)?;
+        if *op_output(&ops[def]) != v || op_reads(&ops[def]).any(|r| r.buf == b) {
+            return None;
+        }
+        let mut uses = Vec::new();
+        let mut overwritten = false;
+        for (i, op) in ops.iter().enumerate().skip(def + 1) {
+            let mut reads = op_reads(op).filter(|r| r.buf == b).peekable();
+            if reads.peek().is_some() {
+                if !reads.all(|r| *r == v) {
+                    return None;
+                }
+                uses.push(i);
+            }
+            if op_output(op).buf == b {
+                overwritten = true;
+                break;
+            }
+        }
+        if !overwritten {
+            let later_read = self.stages[s + 1..].iter().any(|st| {
+                st.ops
+                    .iter()
+                    .find(|op| op_output(op).buf == b || op_reads(op).any(|r| r.buf == b))
+                    .is_some_and(|op| op_reads(op).any(|r| r.buf == b))
+            });
+            if self.stages[s].output.buf == b
+                || later_read
+                || self.gates.iter().any(|g| g.input.buf == b)
+                || self.head.input.buf == b
+            {
+                return None;
+            }
+        }
+        uses.contains(&at).then_some((def, uses))
+    }
+
+    fn fold_projection(&mut self, s: usize, f: Fold) {
+        let ops = &self.stages[s].ops;
+        let (Op::Conv(proj), Op::Conv(last)) = (&ops[f.proj], &ops[f.last]) else {
+            return;
+        };
+        let (x, h) = (proj.input, last.input);
+        let (cx, ch, cout) = (x.channels, h.channels, last.output.channels);
+        let mut weight = Vec::with_capacity(cout * (cx + ch));
+        for o in 0..cout {
+            weight.extend_from_slice(&proj.weight[o * cx..(o + 1) * cx]);
+            weight.extend_from_slice(&last.weight[o * ch..(o + 1) * ch]);
+        }
+        let bias: Vec<f32> = proj
+            .bias
+            .iter()
+            .zip(&last.bias)
+            .map(|(a, b)| a + b)
+            .collect();
+        let shape = &self.buffers[x.buf];
+        self.buffers.push(Buffer {
+            channels: cx + ch,
+            h: shape.h,
+            w: shape.w,
+        });
+        let both = self.buffers.len() - 1;
+        let at = |offset, channels| View {
+            buf: both,
+            offset,
+            channels,
+        };
+        let ops = &mut self.stages[s].ops;
+        for (def, uses, from, to) in [
+            (f.x_def, &f.x_uses, x, at(0, cx)),
+            (f.h_def, &f.h_uses, h, at(cx, ch)),
+        ] {
+            *op_output_mut(&mut ops[def]) = to;
+            for &u in uses {
+                for r in op_reads_mut(&mut ops[u]) {
+                    if *r == from {
+                        *r = to;
+                    }
+                }
+            }
+        }
+        if let Op::Conv(last) = &mut ops[f.last] {
+            last.input = at(0, cx + ch);
+            last.weight = weight;
+            last.bias = bias;
+            last.residual = None;
+        }
+        ops.remove(f.proj);
+    }
+
     /// Sets one threshold per gate; a wrong count or a NaN is [`crate::Error::Config`].
     pub fn set_thresholds(&mut self, t: &[f32]) -> crate::Result<()> {
         if t.len() != self.gates.len() {
@@ -366,6 +544,53 @@ impl Plan {
             g.threshold = v;
         }
         Ok(())
+    }
+}
+
+/// A projection shortcut [`Plan::fuse_projection_shortcuts`] folds: op indices in
+/// its stage.
+struct Fold {
+    /// The projection.
+    proj: usize,
+    /// The block's last convolution, which reads the projection as its residual.
+    last: usize,
+    /// The producer of the projection's input `x`, and every reader of that value.
+    x_def: usize,
+    x_uses: Vec<usize>,
+    /// The producer of the last convolution's input `h`, and every reader of it.
+    h_def: usize,
+    h_uses: Vec<usize>,
+}
+
+/// The views an op reads.
+fn op_reads(op: &Op) -> impl Iterator<Item = &View> {
+    let (input, residual) = match op {
+        Op::Conv(c) => (&c.input, c.residual.as_ref()),
+        Op::ShortcutA { input, .. } | Op::AvgPool2 { input, .. } => (input, None),
+    };
+    std::iter::once(input).chain(residual)
+}
+
+fn op_reads_mut(op: &mut Op) -> impl Iterator<Item = &mut View> {
+    let (input, residual) = match op {
+        Op::Conv(c) => (&mut c.input, c.residual.as_mut()),
+        Op::ShortcutA { input, .. } | Op::AvgPool2 { input, .. } => (input, None),
+    };
+    std::iter::once(input).chain(residual)
+}
+
+/// The view an op writes.
+fn op_output(op: &Op) -> &View {
+    match op {
+        Op::Conv(c) => &c.output,
+        Op::ShortcutA { output, .. } | Op::AvgPool2 { output, .. } => output,
+    }
+}
+
+fn op_output_mut(op: &mut Op) -> &mut View {
+    match op {
+        Op::Conv(c) => &mut c.output,
+        Op::ShortcutA { output, .. } | Op::AvgPool2 { output, .. } => output,
     }
 }
 
@@ -453,6 +678,100 @@ mod tests {
         }
     }
 
+    /// Logits of `a` and `b` on the CPU backend agree within f32 rounding.
+    fn same_outputs(a: &Plan, b: &Plan, n: usize, seed: u64) {
+        let images = Rng::new(seed).vec(n * 3 * 32 * 32, 1.5);
+        let want = CpuBackend::new().run(a, &images, n).unwrap();
+        let got = CpuBackend::new().run(b, &images, n).unwrap();
+        assert_eq!(got.len(), n);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.class, g.exit), (w.class, w.exit), "{}", a.arch);
+            for (x, y) in g.logits.iter().zip(&w.logits) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{}: {x} vs {y}",
+                    a.arch
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn folding_the_stride_1_projection_keeps_the_network() {
+        for (blocks, gated) in [([1, 1, 1, 1], false), ([3, 2, 2, 1], true)] {
+            let mut plan = bottleneck_plan(blocks, 8, 10, 21);
+            if gated {
+                plan.gates[0].threshold = 0.0;
+                plan.gates[1].threshold = 0.5;
+            }
+            let mut fused = plan.clone();
+            assert_eq!(fused.fuse_projection_shortcuts(), 1, "{}", plan.arch);
+            // Only layer1's projection: the strided ones of later stages stay.
+            let count = |p: &Plan, s: usize| p.stages[s].ops.len();
+            assert_eq!(count(&fused, 0) + 1, count(&plan, 0));
+            for s in 1..4 {
+                assert_eq!(count(&fused, s), count(&plan, s));
+            }
+            let Some(Op::Conv(last)) = fused.stages[0]
+                .ops
+                .iter()
+                .find(|op| matches!(op, Op::Conv(c) if c.input.channels == 8 + 8 && c.kernel == 1))
+            else {
+                panic!("no folded convolution over x and h side by side")
+            };
+            assert_eq!(last.residual, None);
+            assert_eq!(fused.buffers[last.input.buf].channels, 16);
+            assert_eq!(last.weight.len(), 32 * 16);
+            assert_eq!(
+                fused.stages.iter().map(|s| s.flops).collect::<Vec<_>>(),
+                plan.stages.iter().map(|s| s.flops).collect::<Vec<_>>()
+            );
+            assert_eq!(
+                crate::backend::cuda::synthetic::stage_conv_flops(&fused),
+                crate::backend::cuda::synthetic::stage_conv_flops(&plan),
+                "the folded convolution does both convolutions' work"
+            );
+            // Folding again finds nothing more.
+            assert_eq!(fused.clone().fuse_projection_shortcuts(), 0);
+            same_outputs(&plan, &fused, 5, 31);
+        }
+    }
+
+    #[test]
+    fn a_projection_read_elsewhere_is_not_folded() {
+        // The projection's output also feeds the next block's input: folding it would
+        // lose a value still needed.
+        let mut plan = bottleneck_plan([2, 1, 1, 1], 8, 10, 21);
+        let ops = &mut plan.stages[0].ops;
+        let sc = ops
+            .iter()
+            .find_map(|op| match op {
+                Op::Conv(c) if c.kernel == 1 && !c.relu && c.residual.is_none() => Some(c.output),
+                _ => None,
+            })
+            .unwrap();
+        let second_block_first = ops
+            .iter()
+            .rposition(|op| matches!(op, Op::Conv(c) if c.kernel == 1 && c.input.channels == 32 && c.residual.is_none()))
+            .unwrap();
+        if let Op::Conv(c) = &mut ops[second_block_first] {
+            c.input = sc;
+        }
+        let before = plan.clone();
+        assert_eq!(plan.fuse_projection_shortcuts(), 0);
+        assert_eq!(plan, before);
+        // A projection with a ReLU is not a shortcut that can be summed in.
+        let mut plan = bottleneck_plan([1, 1, 1, 1], 8, 10, 21);
+        for op in &mut plan.stages[0].ops {
+            if let Op::Conv(c) = op {
+                if c.kernel == 1 && !c.relu && c.residual.is_none() {
+                    c.relu = true;
+                }
+            }
+        }
+        assert_eq!(plan.fuse_projection_shortcuts(), 0);
+    }
+
     #[test]
     fn padding_refuses_a_shared_image_buffer() {
         // The stem writes back into the image's buffer: padding would leave the
@@ -490,6 +809,37 @@ mod zoo_padding {
             let mut plan = Model::from_weights(&w).unwrap().plan;
             assert!(plan.pad_input_channels(8), "{arch}");
             assert_eq!(plan.buffers[plan.input.buf].channels, 8, "{arch}");
+        }
+    }
+
+    /// The loader folds ResNet-101's stride-1 projection (layer1's first block): the
+    /// stage runs one convolution fewer, and its first block ends in a 1×1 convolution
+    /// over the stem's 64 channels and the block's 64 side by side. Architectures
+    /// without one are left alone.
+    #[test]
+    fn the_loader_folds_resnet101s_first_projection() {
+        use crate::plan::Op;
+        let model = Model::from_weights(&crate::zoo::random("resnet101", 1).unwrap()).unwrap();
+        let convs = |s: usize| model.plan.stages[s].ops.len();
+        // Stem + 3 blocks of 3 convolutions; the projection folded away.
+        assert_eq!(convs(0), 1 + 3 * 3);
+        // 4 blocks of 3 and a strided projection.
+        assert_eq!(convs(1), 4 * 3 + 1);
+        let folded: Vec<_> = model.plan.stages[0]
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Conv(c) if c.input.channels == 128 && c.output.channels == 256 => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(folded.len(), 1);
+        assert!(folded[0].residual.is_none() && folded[0].relu);
+        for arch in ["resnet20", "resnet18", "densenet121"] {
+            let mut plan = Model::from_weights(&crate::zoo::random(arch, 1).unwrap())
+                .unwrap()
+                .plan;
+            assert_eq!(plan.fuse_projection_shortcuts(), 0, "{arch}");
         }
     }
 }

@@ -134,6 +134,8 @@ pub const RESNET101_CONVS: &[ConvShape] = &[
     ("l1 1x1 in", 64, 64, 32, 1, 1),
     ("l1 3x3", 64, 64, 32, 3, 1),
     ("l1 1x1 out", 64, 256, 32, 1, 1),
+    // The first block's, with its projection folded in (Plan::fuse_projection_shortcuts).
+    ("l1 1x1 out + shortcut", 128, 256, 32, 1, 1),
     ("l1 1x1 in'", 256, 64, 32, 1, 1),
     ("l2 1x1 in (s2 block)", 256, 128, 32, 1, 1),
     ("l2 3x3 s2", 128, 128, 32, 3, 2),

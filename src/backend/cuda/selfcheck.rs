@@ -21,7 +21,7 @@ use std::io::Write;
 
 use super::reference::{norm_max_err, ref_alloc, ref_op, ref_run, Rng};
 use super::synthetic::{
-    buf, resnet_bottleneck_plan, single_op_plan, tiny_densenet, tiny_resnet, view,
+    bottleneck_plan, buf, resnet_bottleneck_plan, single_op_plan, tiny_densenet, tiny_resnet, view,
 };
 use super::CudaBackend;
 use crate::backend::{Backend, Precision};
@@ -290,8 +290,13 @@ impl Share {
         }
     }
 
-    /// Whether this process runs `unit` (a label unique within one check).
+    /// Whether this process runs `unit` (a label unique within one check). With
+    /// `DGATE_SELFCHECK_ONLY` set, only the units whose label contains it (for running
+    /// one unit while working on it).
     fn mine(&self, unit: &str) -> Result<bool> {
+        if std::env::var("DGATE_SELFCHECK_ONLY").is_ok_and(|only| !unit.contains(&only)) {
+            return Ok(false);
+        }
         let Some(dir) = &self.dir else {
             return Ok(true);
         };
@@ -826,6 +831,18 @@ fn check_passes(
             plan.arch = format!("padded-input {}", plan.arch);
             cases.push((plan, n));
         }
+    }
+    // Layer 1's projection folded into its block's last convolution, as the loader
+    // runs ResNet-50/101/152 (`Plan::fuse_projection_shortcuts`): the stem and the
+    // 3x3 write side by side into one buffer, the block's first 1x1 reads half of it.
+    let mut folded = if quick {
+        bottleneck_plan([2, 1, 1, 1], 8, 10, 18)
+    } else {
+        resnet_bottleneck_plan([2, 1, 1, 1], 10, 18)
+    };
+    if folded.fuse_projection_shortcuts() == 1 {
+        folded.arch = format!("folded-shortcut {}", folded.arch);
+        cases.push((folded, 3));
     }
     if extra {
         cases.retain(|(p, _)| p.arch.starts_with("tiny"));
