@@ -1428,6 +1428,48 @@ static_assert(DGATE_HALO_MAXP128 == halo_maxp<128>() && DGATE_HALO_MAXP64 == hal
               "the host checks conv_halo's patches against different sizes (convsel.rs)");
 #endif
 
+// The input patch of a conv_halo block whose first output pixel is m0: IMGS images
+// of ROWS rows from row y0 of image img0, each with a one-pixel border, PW = W + 2
+// pixels a row, PI pixels an image, NP in all.
+struct HaloPatch {
+    int rows, PW, PI, np, img0, y0;
+};
+
+template <int BM>
+__device__ __forceinline__ HaloPatch halo_patch(const ConvParams& p, int m0) {
+    const int HW = p.H * p.W;
+    HaloPatch h;
+    const int imgs = BM > HW ? BM / HW : 1;
+    h.rows = BM > HW ? p.H : BM / p.W;
+    h.PW = p.W + 2;
+    h.PI = (h.rows + 2) * h.PW;
+    h.np = imgs * h.PI;
+    h.img0 = m0 / HW;
+    h.y0 = (m0 - h.img0 * HW) / p.W;
+    return h;
+}
+
+// The input pixel (sample-major over the whole map) that patch pixel `pix` holds, or
+// -1 for the padding, past the patch, and samples past `count` (all zero-filled).
+__device__ __forceinline__ int halo_src(const ConvParams& p, const HaloPatch& h, int pix, int count) {
+    if (pix >= h.np) return -1;
+    const int im = pix / h.PI;
+    const int rem = pix - im * h.PI;
+    const int py = rem / h.PW;
+    const int y = h.y0 + py - 1;
+    const int x = rem - py * h.PW - 1;
+    const int n = h.img0 + im;
+    return n < count && (unsigned)y < (unsigned)p.H && (unsigned)x < (unsigned)p.W ? (n * p.H + y) * p.W + x : -1;
+}
+
+// The patch pixel under tile pixel `lm` (0 .. BM-1) at tap (0, 0).
+__device__ __forceinline__ int halo_pos(const ConvParams& p, const HaloPatch& h, int lm) {
+    const int im = lm / (h.rows * p.W);
+    const int rem = lm - im * h.rows * p.W;
+    const int ly = rem / p.W;
+    return im * h.PI + ly * h.PW + (rem - ly * p.W);
+}
+
 template <int BM>
 __device__ __forceinline__ void conv_halo_tile(const ConvParams& p, int m0, int M) {
     constexpr int THREADS = 128;
@@ -1448,15 +1490,10 @@ __device__ __forceinline__ void conv_halo_tile(const ConvParams& p, int m0, int 
     const int g = lane / 4;
     const int t = lane % 4;
     const int n0 = blockIdx.y * 32;
-    const int HW = p.H * p.W;
-    // The block's pixels m0 .. m0 + BM - 1: IMGS images of ROWS rows from row y0.
-    const int imgs = BM > HW ? BM / HW : 1;
-    const int rows = BM > HW ? p.H : BM / p.W;
-    const int PW = p.W + 2;
-    const int PI = (rows + 2) * PW;  // patch pixels per image
-    const int np = imgs * PI;
-    const int img0 = m0 / HW;
-    const int y0 = (m0 - img0 * HW) / p.W;
+    // The block's pixels m0 .. m0 + BM - 1 and their patch.
+    const HaloPatch hp = halo_patch<BM>(p, m0);
+    const int PW = hp.PW;
+    const int np = hp.np;
     const int count = *p.count;
 
     // This thread's patch chunks (16 bytes: 8 channels of a pixel), the same for every
@@ -1464,30 +1501,11 @@ __device__ __forceinline__ void conv_halo_tile(const ConvParams& p, int m0, int 
     // for padding and samples past the count (zero-filled).
     int src[P_ITERS];
 #pragma unroll
-    for (int i = 0; i < P_ITERS; ++i) {
-        const int e = tid + i * THREADS;
-        const int pix = e / 4;
-        src[i] = -1;
-        if (pix < np) {
-            const int im = pix / PI;
-            const int rem = pix - im * PI;
-            const int py = rem / PW;
-            const int y = y0 + py - 1;
-            const int x = rem - py * PW - 1;
-            const int n = img0 + im;
-            if (n < count && (unsigned)y < (unsigned)p.H && (unsigned)x < (unsigned)p.W) src[i] = (n * p.H + y) * p.W + x;
-        }
-    }
+    for (int i = 0; i < P_ITERS; ++i) src[i] = halo_src(p, hp, (tid + i * THREADS) / 4, count);
     // Patch row of this lane's ldmatrix row in each m16 tile, for tap (0, 0).
     int prow[MT];
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        const int lm = warp * (BM / 4) + mt * 16 + (lane & 15);
-        const int im = lm / (rows * p.W);
-        const int rem = lm - im * rows * p.W;
-        const int ly = rem / p.W;
-        prow[mt] = im * PI + ly * PW + (rem - ly * p.W);
-    }
+    for (int mt = 0; mt < MT; ++mt) prow[mt] = halo_pos(p, hp, warp * (BM / 4) + mt * 16 + (lane & 15));
 
     const __half* in = (const __half*)p.in;
     const __half* w = (const __half*)p.weight;
@@ -2130,6 +2148,184 @@ __device__ __forceinline__ void conv_sgemm(const ConvParams& p) {
     }
 }
 
+// conv_halo128_f32: conv_halo's shared input patch in f32, on SIMT FMAs, for 3x3 layers
+// of stride 1 and padding 1 on maps whose width is a multiple of 4. Written for
+// DenseNet's 3x3 128->32 layers: at 32x32 they were 31% of DenseNet-201's f32 exit
+// pass at batch 256 on the H200 (2026-11-28), at 22.6 TFLOP/s in conv_sgemm64x32_f32,
+// whose every k-tile gathers its A columns from global memory, decoding each tap.
+// Here a block has 128 output pixels and 32 output channels (blockIdx.y), and walks
+// the reduction 8 input channels a stage: the patch (the tile's image rows and a
+// one-pixel border, [pixel][8 channels]) and the nine taps' weights ([tap][channel][32])
+// come in by cp.async, two stages in a ring, and every tap reads the patch where it
+// lies. 128 threads as 16 x 8: thread (ty, tx) has output channels tx*4 .. tx*4+3 and
+// two groups of four consecutive pixels (g*64 + ty*4 ..), each group within one image
+// row. For each kernel row, a group's six patch pixels (a float4 of 4 channels each)
+// serve its four pixels at all three taps: 12 loads of 16 bytes per 384 FMAs a
+// thread. The eight threads of a quarter warp read one patch address (a broadcast) and
+// eight consecutive weight float4s. Same weight packing as conv_sgemm ([(r, s, c)][K]);
+// bias, residual and ReLU as conv_sgemm's epilogue; split-K over the 8-channel stages
+// (for the few samples left after a gate), as conv_sgemm's.
+#define HALO32_CB 8  // input channels a stage
+template <int BM>
+__device__ __forceinline__ void conv_halo_f32_tile(const ConvParams& p, int m0, int M) {
+    constexpr int THREADS = 128;
+    constexpr int MAXP = halo_maxp<BM>();
+    constexpr int P_FLOATS = MAXP * HALO32_CB;
+    constexpr int W_FLOATS = 9 * HALO32_CB * 32;
+    constexpr int STAGE = P_FLOATS + W_FLOATS;
+    constexpr int P_ITERS = (MAXP * 2 + THREADS - 1) / THREADS;  // 16-byte chunks, 2 a pixel
+    constexpr int W_CHUNKS = W_FLOATS / 4;
+    constexpr int W_ITERS = (W_CHUNKS + THREADS - 1) / THREADS;
+    constexpr int G = BM / 64;  // pixel groups a thread
+    static_assert(BM % 64 == 0, "16 x 4 pixels a group row");
+    DGATE_DYNAMIC_SHARED(uint4, halo32_smem);
+    float* smem = reinterpret_cast<float*>(halo32_smem);
+
+    const int tid = threadIdx.x;
+    const int ty = tid / 8;
+    const int tx = tid % 8;
+    const int n0 = blockIdx.y * 32;
+    const HaloPatch hp = halo_patch<BM>(p, m0);
+    const int PW = hp.PW;
+    const int np = hp.np;
+    const int count = *p.count;
+    // Split-K over the stages of 8 channels (blockIdx.z), as conv_sgemm's.
+    const int chunks = p.C / HALO32_CB;
+    const int tiles = (M + BM - 1) / BM * (int)gridDim.y;
+    const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
+    int cc0, cc1, parts;
+    bool split;
+    if (!conv_k_range(p, M, chunks, tiles, &cc0, &cc1, &split, &parts)) return;
+
+    // This thread's patch chunks (4 channels of a pixel): the input pixel, or -1 for the
+    // padding and samples past the count (zero-filled).
+    int src[P_ITERS];
+#pragma unroll
+    for (int i = 0; i < P_ITERS; ++i) src[i] = halo_src(p, hp, (tid + i * THREADS) / 2, count);
+    // Patch pixel of each group's first pixel at tap (0, 0).
+    int prow[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) prow[g] = halo_pos(p, hp, g * 64 + ty * 4);
+
+    const float* in = (const float*)p.in;
+    const float* w = (const float*)p.weight;
+    auto issue = [&](int cc, int slot) {
+        float* Ps = smem + slot * STAGE;
+        float* Ws = Ps + P_FLOATS;
+        const int c0 = cc * HALO32_CB;
+#pragma unroll
+        for (int i = 0; i < P_ITERS; ++i) {
+            const int e = tid + i * THREADS;
+            if (e >= np * 2) break;
+            const bool ok = src[i] >= 0;
+            float* dst = &Ps[(e / 2) * HALO32_CB + (e % 2) * 4];
+#ifdef DGATE_HOST_EMU
+            emu_check_dynamic_smem(dst, 16);
+#endif
+            cp_async16(dst, ok ? in + (size_t)src[i] * p.in_stride + p.in_off + c0 + (e % 2) * 4 : in, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < W_ITERS; ++i) {
+            const int e = tid + i * THREADS;
+            if (e >= W_CHUNKS) break;
+            const int row = e / 8;  // tap * 8 + channel
+            const int col = (e % 8) * 4;
+            float* dst = &Ws[row * 32 + col];
+#ifdef DGATE_HOST_EMU
+            emu_check_dynamic_smem(dst, 16);
+#endif
+            cp_async16(dst, w + (size_t)((row / HALO32_CB) * p.C + c0 + row % HALO32_CB) * p.ldw + n0 + col, true);
+        }
+        cp_async_commit();
+    };
+
+    float acc[G * 4][4];
+#pragma unroll
+    for (int i = 0; i < G * 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    issue(cc0, 0);
+    for (int cc = cc0; cc < cc1; ++cc) {
+        if (cc + 1 < cc1) {
+            issue(cc + 1, (cc + 1 - cc0) % 2);
+        } else {
+            cp_async_commit();  // an empty group keeps the wait count uniform
+        }
+        cp_async_wait<1>();  // chunk cc has landed (this thread's copies)
+        __syncthreads();     // everyone's
+        const float* Ps = smem + ((cc - cc0) % 2) * STAGE;
+        const float* Ws = Ps + P_FLOATS;
+#pragma unroll
+        for (int r = 0; r < 3; ++r) {
+#pragma unroll
+            for (int c4 = 0; c4 < HALO32_CB; c4 += 4) {
+                float4 a[G][6];
+#pragma unroll
+                for (int g = 0; g < G; ++g)
+#pragma unroll
+                    for (int q = 0; q < 6; ++q) a[g][q] = *(const float4*)&Ps[(prow[g] + r * PW + q) * HALO32_CB + c4];
+#pragma unroll
+                for (int s = 0; s < 3; ++s)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const float4 b = *(const float4*)&Ws[((r * 3 + s) * HALO32_CB + c4 + c) * 32 + tx * 4];
+#pragma unroll
+                        for (int g = 0; g < G; ++g)
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) {
+                                const float4 v = a[g][i + s];
+                                const float x = c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
+                                float* o = acc[g * 4 + i];
+                                o[0] = fmaf(x, b.x, o[0]);
+                                o[1] = fmaf(x, b.y, o[1]);
+                                o[2] = fmaf(x, b.z, o[2]);
+                                o[3] = fmaf(x, b.w, o[3]);
+                            }
+                    }
+            }
+        }
+        __syncthreads();  // the slot is free for chunk cc + 2
+    }
+    cp_async_wait<0>();
+
+    const bool vec_out = p.out_stride % 4 == 0 && p.out_off % 4 == 0 &&
+                         (p.residual == nullptr || (p.res_stride % 4 == 0 && p.res_off % 4 == 0));
+    const int k0 = n0 + tx * 4;  // K % 32 == 0: all four channels or none
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = m0 + g * 64 + ty * 4 + i;
+            if (m >= M || k0 >= p.K) continue;
+            const float* v = acc[g * 4 + i];
+            if (split) {  // a part: its sums into the workspace (splitk_finish writes the output)
+                float* ws = p.workspace + (size_t)m * p.K + k0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+                atomicAdd((float4*)ws, make_float4(v[0], v[1], v[2], v[3]));
+#else
+#pragma unroll
+                for (int j = 0; j < 4; ++j) atomicAdd(ws + j, v[j]);
+#endif
+            } else if (vec_out) {
+                sgemm_store4(p, m, k0, acc[g * 4 + i]);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) conv_store<float>(p, m, k0 + j, v[j]);
+            }
+        }
+    if (split) splitk_finish<float, BM, 32>(p, M, m0, n0, parts, tile);
+}
+
+template <int BM>
+__device__ __forceinline__ void conv_halo_f32(const ConvParams& p) {
+    const int M = *p.count * p.P * p.Q;
+    for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
+        conv_halo_f32_tile<BM>(p, m0, M);
+        __syncthreads();  // the next tile reuses the shared memory
+    }
+}
+
 DGATE_KERNEL(conv_simt_f32, ConvParams, SIMT_THREADS) { conv_simt<float>(p); }
 DGATE_KERNEL(conv_simt_f16, ConvParams, SIMT_THREADS) { conv_simt<__half>(p); }
 DGATE_KERNEL(conv_mma_f16, ConvParams, MMA_THREADS) { conv_mma(p); }
@@ -2190,3 +2386,5 @@ DGATE_KERNEL(conv_sgemm64x64_f32, ConvParams, SG_THREADS) { conv_sgemm<64, 64, S
 // 32 output channels (DenseNet's 3x3 layers): 8x4 outputs a thread, 16 x 8 or 8 x 8 threads.
 DGATE_KERNEL(conv_sgemm128x32_f32, ConvParams, 128) { conv_sgemm<128, 32, 128>(p); }
 DGATE_KERNEL(conv_sgemm64x32_f32, ConvParams, 64) { conv_sgemm<64, 32, 64>(p); }
+// 3x3 layers from a shared input patch in f32 (see conv_halo_f32). Not yet run on a GPU.
+DGATE_KERNEL(conv_halo128_f32, ConvParams, 128) { conv_halo_f32<128>(p); }

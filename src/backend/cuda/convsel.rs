@@ -192,6 +192,20 @@ const fn halo(name: &'static str, bm: usize, efficiency: f64) -> ConvKernel {
     }
 }
 
+/// conv_halo128_f32: 128 output pixels by 32 output channels, 128 threads, two stages of
+/// the input patch and the nine taps' weights for 8 input channels (f32: a stage is 72
+/// reduction columns); split-K over the stages; conv_sgemm's weight packing. Maps whose
+/// width is a multiple of 4 only (see `applies`).
+const fn halo_f32(name: &'static str, efficiency: f64) -> ConvKernel {
+    let mut k = halo(name, 128, efficiency);
+    k.dtype = "f32";
+    k.tile = (128, 32, 72);
+    k.smem = (2 * (HALO_MAXP128 + 9 * 32) * 8 * 4) as u32;
+    k.k_major = false;
+    k.split = true;
+    k
+}
+
 /// conv_tma: a 128 x `bn` tile, one producer and two consumer warpgroups, `stages`
 /// k-tiles of 64 in a TMA ring, `resident` blocks an SM looping over the output tiles;
 /// split-K; the weights as conv_tc packs them.
@@ -322,6 +336,9 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     // threads. Not yet measured on a GPU.
     sgemm("conv_sgemm128x32_f32", 128, 32, 128, 0.75),
     sgemm("conv_sgemm64x32_f32", 64, 32, 64, 0.6),
+    // 3x3 layers from a shared input patch, f32 (DenseNet's 3x3 128->32). Not yet run on
+    // a GPU.
+    halo_f32("conv_halo128_f32", 0.8),
     plain(
         "conv_simt_f16",
         "f16",
@@ -436,6 +453,8 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
                 && c.output.channels.is_multiple_of(32)
                 && c.pre.is_none()
                 && halo_fits(k.tile.0, c.in_h, c.in_w)
+                // The f32 kernel's thread owns four consecutive pixels of one row.
+                && (k.dtype != "f32" || c.in_w.is_multiple_of(4))
         }
         Needs::Tma => {
             let same = (c.out_h, c.out_w) == (c.in_h, c.in_w) && c.stride == 1;
@@ -473,7 +492,7 @@ pub(crate) fn conv_candidates(
     c: &Conv,
 ) -> Vec<&'static ConvKernel> {
     let families: &[&str] = match policy {
-        "auto" if dtype == "f32" => &["conv_sgemm"],
+        "auto" if dtype == "f32" => &["conv_sgemm", "conv_halo"],
         "auto" => &["conv_tc", "conv_wg", "conv_halo", "conv_tma"],
         "conv_tc_f16" => &["conv_tc"],
         "conv_wg_f16" => &["conv_wg"],
@@ -759,6 +778,13 @@ mod kernel_choice {
         // count off 32 is not.
         let dense = names("auto", "f16", &plan(128, 32, 8, false, (160, 32)));
         assert!(dense.contains(&"conv_halo128_f16") && dense.contains(&"conv_halo64_f16"));
+        // In f32 too, on maps whose width is a multiple of 4 (a thread's four pixels).
+        assert!(
+            names("auto", "f32", &plan(128, 32, 8, false, (160, 32))).contains(&"conv_halo128_f32")
+        );
+        assert!(
+            names("auto", "f32", &plan(128, 32, 4, false, (160, 32))).contains(&"conv_halo128_f32")
+        );
         let pre = names("auto", "f16", &plan(128, 32, 8, true, (160, 32)));
         assert!(!pre.iter().any(|n| n.starts_with("conv_halo")));
         let odd = names("auto", "f16", &plan(72, 32, 8, false, (72, 0)));
@@ -837,8 +863,8 @@ mod kernel_choice {
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
-        assert!(f32s[..5].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 6);
-        assert_eq!(f32s[5], "conv_simt_f32");
+        assert!(f32s[..5].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 7);
+        assert_eq!(f32s[5..], ["conv_halo128_f32", "conv_simt_f32"]);
         // A family by name has no reference in it (conv_tc's includes the chained tiles).
         assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 7);
         let wg = names("conv_wg_f16", "f16", &aligned);
@@ -896,7 +922,7 @@ mod kernel_choice {
         }
         let tiles: Vec<_> = CONV_KERNELS
             .iter()
-            .filter(|k| k.smem > 0 && k.needs != Needs::Tma)
+            .filter(|k| k.smem > 0 && k.needs != Needs::Tma && k.dtype == "f16")
             .collect();
         assert_eq!(tiles.len(), 17);
         for k in tiles {
@@ -923,6 +949,9 @@ mod kernel_choice {
         // conv_halo: two stages of the largest patch and nine taps' weights, 80-byte rows.
         let halo = conv_kernel_info("conv_halo128_f16").unwrap();
         assert_eq!(halo.smem as usize, 2 * (HALO_MAXP128 + 288) * 80);
+        // conv_halo128_f32: two stages of the patch and the taps' weights, 8 channels of f32.
+        let halo32 = conv_kernel_info("conv_halo128_f32").unwrap();
+        assert_eq!(halo32.smem as usize, 2 * (HALO_MAXP128 + 9 * 32) * 8 * 4);
     }
 
     #[test]
@@ -931,6 +960,13 @@ mod kernel_choice {
         // DenseNet-201's 3x3 128->32 at 8x8, batch 256: 128 tiles of 128x32, 36 k-tiles.
         let dense = (256 * 64, 32, 9 * 128);
         assert_eq!(split_tries((128, 32, 32), dense, 132, ws), [2, 4, 8]);
+        // conv_halo128_f32 there on the 52 samples left after the gates: 26 tiles, 16
+        // stages of 8 channels (72 reduction columns), each part keeping four.
+        let halo = conv_kernel_info("conv_halo128_f32").unwrap();
+        assert_eq!(
+            split_tries(halo.tile, (52 * 64, 32, 9 * 128), 132, ws),
+            [4, 2]
+        );
         // Its 1x1 layers at 8x8 (128 outputs, 1728 input channels) on 128x128 tiles, with
         // the workspace Prepared allots on an H200 (2 x 132 of the largest tile).
         let h200_ws = 2 * 132 * 128 * 256;

@@ -678,6 +678,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_sgemm64x64_f32",
             "conv_sgemm128x32_f32",
             "conv_sgemm64x32_f32",
+            "conv_halo128_f32",
         ],
         KernelFile::Pool => &[
             "shortcut_a_f32",

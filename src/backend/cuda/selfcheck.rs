@@ -102,6 +102,9 @@ const CONV_CASES: &[ConvCase] = &[
     cc("128->32 3x3 8x8, windows", (128, 32, 8, 3, 1), (136, 8), (72, 40), (false, false, true)),
     cc("64->64 3x3 4x4 +res", (64, 64, 4, 3, 1), (64, 0), (64, 0), (false, true, true)),
     cc("64->32 3x3 16x16 +res, windows", (64, 32, 16, 3, 1), (72, 8), (40, 8), (false, true, true)),
+    // The 32x32 map of DenseNet's first block (conv_halo: tiles of 4 or 2 rows, a patch
+    // 34 pixels wide).
+    cc("32->32 3x3 32x32, windows", (32, 32, 32, 3, 1), (40, 8), (48, 16), (false, false, true)),
     // A 1x1 layer (conv_tma) whose channels end inside a k-tile of 64, read from a window
     // with other channels past it, and whose outputs end inside a tile of 128.
     cc("72->200 1x1 9x9 +res, windows", (72, 200, 9, 1, 1), (88, 8), (208, 8), (false, true, true)),
@@ -457,6 +460,7 @@ fn check_ops(
             "conv_sgemm64x64_f32",
             "conv_sgemm128x32_f32",
             "conv_sgemm64x32_f32",
+            "conv_halo128_f32",
             "conv_simt_f32",
         ],
         Precision::F16 => &[
