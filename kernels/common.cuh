@@ -50,27 +50,25 @@ __device__ __forceinline__ unsigned long long dgate_now_ns() {
     return t;
 }
 // A kernel takes its parameter struct by value; the host emulator defines these
-// differently (see host_emu.cuh).
-#define DGATE_KERNEL(name, Params, threads)                                           \
-    __device__ __forceinline__ void name##_body(const Params& p);                     \
-    extern "C" __global__ void __launch_bounds__(threads) name(const Params p) {      \
-        dgate_pdl_launch();                                                           \
-        dgate_before_wait(p);                                                         \
-        dgate_pdl_wait();                                                             \
-        name##_body(p);                                                               \
-    }                                                                                 \
+// differently (see host_emu.cuh). `attrs`: the kernel's launch attributes.
+#define DGATE_KERNEL_WITH(name, Params, attrs)                      \
+    __device__ __forceinline__ void name##_body(const Params& p);   \
+    extern "C" __global__ void attrs name(const Params p) {         \
+        dgate_pdl_launch();                                         \
+        dgate_before_wait(p);                                       \
+        dgate_pdl_wait();                                           \
+        name##_body(p);                                             \
+    }                                                               \
     __device__ __forceinline__ void name##_body(const Params& p)
+#define DGATE_KERNEL(name, Params, threads) DGATE_KERNEL_WITH(name, Params, __launch_bounds__(threads))
 // The same, asking the compiler for at most 65536 / (threads * min_blocks) registers per
 // thread, so that `min_blocks` blocks fit an SM (for tiles whose shared memory allows two).
-#define DGATE_KERNEL_OCC(name, Params, threads, min_blocks)                                 \
-    __device__ __forceinline__ void name##_body(const Params& p);                           \
-    extern "C" __global__ void __launch_bounds__(threads, min_blocks) name(const Params p) { \
-        dgate_pdl_launch();                                                                 \
-        dgate_before_wait(p);                                                               \
-        dgate_pdl_wait();                                                                   \
-        name##_body(p);                                                                     \
-    }                                                                                       \
-    __device__ __forceinline__ void name##_body(const Params& p)
+#define DGATE_KERNEL_OCC(name, Params, threads, min_blocks) \
+    DGATE_KERNEL_WITH(name, Params, __launch_bounds__(threads, min_blocks))
+// The same for a kernel launched as clusters of 1 x 1 x `cz` blocks (sm_90; fixed here,
+// so the host launches it as any other, with gridDim.z a multiple of `cz`).
+#define DGATE_KERNEL_CLUSTER(name, Params, threads, cz) \
+    DGATE_KERNEL_WITH(name, Params, __cluster_dims__(1, 1, cz) __launch_bounds__(threads))
 #define DGATE_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #endif
 

@@ -40,6 +40,9 @@
 //       conv_mmaasync for every aligned layer, pre-activation included: a 4-deep
 //       cp.async ring in dynamic shared memory, ldmatrix fragment loads, one barrier per
 //       k-tile; tile sizes for wide and narrow layers and small batches (see below).
+//   conv_tc<BM>x<BN>cl<CL>_f16 (64x64 cl4/cl8, 128x32 cl8, 128x128 cl4; sm_90): conv_tc
+//       split CL ways over a thread-block cluster, the parts summed through distributed
+//       shared memory instead of the workspace (see cluster_reduce_store).
 //   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64, 128x32, 64x32): register-blocked
 //       f32 (8x8, 8x4 or 4x4 outputs per thread), double-buffered shared memory, no
 //       division in the inner loop (see below).
@@ -1134,6 +1137,89 @@ __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* s
     }
 }
 
+// Thread-block clusters (sm_90): split-K without the workspace. The CL blocks of a
+// cluster (1 x 1 x CL, fixed at compile time by __cluster_dims__) compute the same output
+// tile over CL ranges of the reduction and stage their partial tiles, as f32, in their
+// own shared memory. After a cluster barrier, block z sums rows [z BM / CL, (z + 1) BM /
+// CL) of the tile over all CL blocks, reading its peers' shared memory (distributed
+// shared memory: mapa + ld.shared::cluster), in rank order, and writes them with the
+// epilogue; a second barrier keeps every block's shared memory alive until its peers
+// have read it. The workspace split (conv_k_range, splitk_finish) instead adds every
+// part into global memory by atomics, then the last part to take a ticket reads the sum
+// back, writes the output and zeroes the workspace: three dependent round trips to L2
+// after the reduction, which at batch 1 are a large share of a layer's 8-12 us (the
+// 2026-11-28 profiles). Here the sum is also the same bits on every run (a fixed order).
+#if defined(DGATE_HOST_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900)
+#define DGATE_HAS_CLUSTER 1
+#endif
+#ifdef DGATE_HAS_CLUSTER
+__device__ __forceinline__ void cluster_sync() {
+#ifdef DGATE_HOST_EMU
+    emu_cluster_sync();
+#else
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// The four floats at `local` (16-byte aligned, dynamic shared memory) in the shared
+// memory of block `rank` of this cluster.
+__device__ __forceinline__ float4 cluster_ld4(const float* local, unsigned rank) {
+#ifdef DGATE_HOST_EMU
+    return emu_cluster_ld4(local, rank);
+#else
+    unsigned remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(smem_u32(local)), "r"(rank));
+    float4 v;
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(remote)
+                 : "memory");
+    return v;
+#endif
+}
+
+// The staged partial tile `st` (BM x (BN + TC_EPI_PAD) f32, this block's part) summed over
+// the cluster and written out: this block's BM / CL rows (see above).
+template <int BM, int BN, int THREADS, int CL>
+__device__ __forceinline__ void cluster_reduce_store(const ConvParams& p, float* st, int m0, int n0, int M) {
+    static_assert(BM % CL == 0 && BN % 4 == 0, "a cluster's blocks share the tile's rows");
+    constexpr int LD = BN + TC_EPI_PAD;
+    constexpr int ROWS = BM / CL;
+    const unsigned z = blockIdx.z;
+    float* mine = st + z * ROWS * LD;
+    cluster_sync();  // every block's part staged
+    for (int e = (int)threadIdx.x; e < ROWS * (BN / 4); e += THREADS) {
+        float* q = mine + (e / (BN / 4)) * LD + (e % (BN / 4)) * 4;
+        float4 sum = cluster_ld4(q, 0);
+#pragma unroll
+        for (unsigned r = 1; r < CL; ++r) {
+            const float4 v = cluster_ld4(q, r);
+            sum.x += v.x;
+            sum.y += v.y;
+            sum.z += v.z;
+            sum.w += v.w;
+        }
+        // Only this block reads (and writes) its own rows' sums from here on; its peers
+        // read the other rows.
+        *(float4*)q = sum;
+    }
+    __syncthreads();
+    if (tc_epi_aligned(p)) {
+        tc_epi_store<ROWS, BN, THREADS>(p, mine, m0 + z * ROWS, n0, M, false);
+    } else {
+        for (int e = (int)threadIdx.x; e < ROWS * BN; e += THREADS) {
+            const int m = m0 + z * ROWS + e / BN;
+            const int k = n0 + e % BN;
+            if (m < M && k < p.K) conv_store<__half>(p, m, k, mine[(e / BN) * LD + e % BN]);
+        }
+    }
+    cluster_sync();  // the peers are done reading this block's shared memory
+}
+#else
+// Declared for conv_tc_tile's CL > 1 branch, which no kernel instantiates before sm_90.
+template <int BM, int BN, int THREADS, int CL>
+__device__ void cluster_reduce_store(const ConvParams& p, float* st, int m0, int n0, int M);
+#endif
+
 // CHAIN (mma.sync, unsplit): the caller loops over this block's tiles, and each tile
 // starts the next one's copies (its row table, in the other half of `rows`, and its
 // first PF k-tiles into ring slots 0..PF-1) before its own epilogue, whose stores then
@@ -1141,7 +1227,11 @@ __device__ __forceinline__ void tc_epi_store(const ConvParams& p, const float* s
 // a short reduction (2-8 k-tiles: ResNet's 1x1 layers) spends each tile waiting on its
 // first copies, then on its stores, with at most two tiles an SM in flight. The
 // epilogue writes from registers (the ring is busy with the next tile by then).
-template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false>
+//
+// CL > 1 (a cluster of CL blocks along z, sm_90; see conv_tc_cluster): block z of the
+// cluster takes the z-th of CL contiguous ranges of k-tiles, and the parts are summed
+// through distributed shared memory instead of the workspace.
+template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false, int CL = 1>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_next = 0, int rb = 0,
                                              bool prefetched = false) {
     constexpr int THREADS = WM * WN * 32;
@@ -1186,7 +1276,16 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
     const int tile = m0 / BM * (int)gridDim.y + (int)blockIdx.y;
     int kt0, kt1, parts;
     bool split;
-    if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) return;
+    if constexpr (CL > 1) {
+        // Every block of the cluster goes on to the cluster barriers, an empty range too.
+        const int per = (ktiles + CL - 1) / CL;
+        kt0 = min(ktiles, (int)blockIdx.z * per);
+        kt1 = min(ktiles, kt0 + per);
+        split = false;
+        parts = CL;
+    } else if (!conv_k_range(p, M, ktiles, tiles, &kt0, &kt1, &split, &parts)) {
+        return;
+    }
     // Chained kernels are never split (gridDim.z == 1: convsel.rs gives them no split-K).
 
     const int tid = threadIdx.x;
@@ -1371,6 +1470,13 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
         return;
     }
 
+    if constexpr (CL > 1) {
+        float* st = reinterpret_cast<float*>(conv_tc_smem);
+        __syncthreads();  // every warp done with the ring (its ldmatrix reads)
+        tc_epi_stage<MT, NT, BN>(st, acc, wm, wn, g, t);
+        cluster_reduce_store<BM, BN, THREADS, CL>(p, st, m0, n0, M);
+        return;
+    }
     if ((split ? p.K % 8 == 0 : tc_epi_aligned(p)) && dynamic_smem_bytes() >= (unsigned)tc_epi_bytes<BM, BN>()) {
         float* st = reinterpret_cast<float*>(conv_tc_smem);
         __syncthreads();  // every warp done with the ring (its ldmatrix reads, or its MMAs waited for)
@@ -1403,6 +1509,19 @@ __device__ __forceinline__ void conv_tc(const ConvParams& p) {
         __syncthreads();  // the next tile reuses the shared memory
     }
 }
+
+#ifdef DGATE_HAS_CLUSTER
+// One output tile a cluster (no loop over m: the emulator replays a cluster's blocks up
+// to their first cluster barrier, see host_emu.cuh), every block of it past the batch's
+// live samples returning together.
+template <int BM, int BN, int WM, int WN, int CL>
+__device__ __forceinline__ void conv_tc_cluster(const ConvParams& p) {
+    const int M = *p.count * p.P * p.Q;
+    const int m0 = (int)blockIdx.x * BM;
+    if (m0 >= M) return;
+    conv_tc_tile<BM, BN, WM, WN, false, TC_BK, false, CL>(p, m0);
+}
+#endif
 
 // ---------------------------------------------------------------------------------
 // conv_halo<BM>_f16: 3x3 convolutions of stride 1 and padding 1 whose C and K are
@@ -2343,6 +2462,14 @@ DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
 // short reductions. Not yet run on a GPU.
 DGATE_KERNEL_OCC(conv_tcc128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4, false, TC_BK, true>(p); }
 DGATE_KERNEL(conv_tcc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2, false, TC_BK, true>(p); }
+// Split-K over a thread-block cluster of 2-8 blocks (sm_90; see cluster_reduce_store).
+// Not yet run on a GPU.
+#ifdef DGATE_HAS_CLUSTER
+DGATE_KERNEL_CLUSTER(conv_tc64x64cl4_f16, ConvParams, 128, 4) { conv_tc_cluster<64, 64, 2, 2, 4>(p); }
+DGATE_KERNEL_CLUSTER(conv_tc64x64cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<64, 64, 2, 2, 8>(p); }
+DGATE_KERNEL_CLUSTER(conv_tc128x32cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<128, 32, 4, 1, 8>(p); }
+DGATE_KERNEL_CLUSTER(conv_tc128x128cl4_f16, ConvParams, 256, 4) { conv_tc_cluster<128, 128, 2, 4, 4>(p); }
+#endif
 // 3x3 layers from a shared input patch (see conv_halo). Not yet run on a GPU.
 DGATE_KERNEL(conv_halo128_f16, ConvParams, 128) { conv_halo<128>(p); }
 DGATE_KERNEL(conv_halo64_f16, ConvParams, 128) { conv_halo<64>(p); }

@@ -152,7 +152,7 @@ inline unsigned atomicMax(unsigned* p, unsigned v) {
 }
 
 namespace emu {
-enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, WAIT_SPIN, WAIT_NAMED, DONE };
+enum State { RUNNABLE, WAIT_BLOCK, WAIT_WARP, WAIT_SPIN, WAIT_NAMED, WAIT_CLUSTER, DONE };
 constexpr size_t STACK_BYTES = 64 * 1024;
 struct Fiber {
     ucontext_t ctx;
@@ -247,6 +247,24 @@ inline std::vector<TmaCopy> tma_pending;
 inline unsigned long long idle_spins = 0;
 constexpr unsigned long long MAX_IDLE_SPINS = 100000;
 
+// Thread-block clusters (1 x 1 x cluster_z, __cluster_dims__; conv_tc_cluster). A
+// cluster's blocks exchange shared memory between two cluster barriers, which blocks
+// run one after another cannot do; so each block of a cluster runs twice. The first
+// run (CLUSTER_COLLECT) stops at its first cluster barrier and keeps its dynamic shared
+// memory as it was there. The second (CLUSTER_FINISH) runs the block again from the
+// start, and its reads of a peer's shared memory (emu_cluster_ld4) see that peer's
+// kept copy. This is exact for kernels that write no global memory before the first
+// barrier (the replay recomputes the same partial tile) and read their peers only
+// between the first and the second barrier, which the reads check: a read outside that
+// window aborts, as does a third barrier or a peer that never reached the first.
+enum ClusterPhase { CLUSTER_NONE, CLUSTER_COLLECT, CLUSTER_FINISH };
+inline ClusterPhase cluster_phase = CLUSTER_NONE;
+inline unsigned cluster_z = 1;
+inline unsigned cluster_barriers = 0;  // passed by the running block
+inline bool block_collected = false;
+inline std::vector<std::vector<unsigned char>> cluster_smem;  // per rank, when kept
+inline std::vector<bool> cluster_kept;
+
 inline void trampoline() {
     kernel(params);
     wgmmas[current] = Groups<Wgmma>{};
@@ -308,6 +326,35 @@ inline void run_block(unsigned threads) {
                 released = true;
             }
         }
+        unsigned at_cluster = 0;
+        for (unsigned i = 0; i < threads; ++i) at_cluster += fibers[i].state == WAIT_CLUSTER;
+        if (!released && at_cluster == live) {
+            if (cluster_phase == CLUSTER_NONE) {
+                std::fprintf(stderr, "host_emu: cluster barrier in a launch without a cluster\n");
+                std::abort();
+            }
+            if (cluster_phase == CLUSTER_COLLECT) {
+                // Kept as at the first barrier; the block is replayed (see above).
+                const unsigned rank = blockIdx.z % cluster_z;
+                cluster_smem[rank] = dynamic_smem;
+                cluster_kept[rank] = true;
+                block_collected = true;
+                for (unsigned i = 0; i < threads; ++i) {
+                    copies[i] = Groups<Copy>{};
+                    wgmmas[i] = Groups<Wgmma>{};
+                    fibers[i].state = DONE;
+                }
+                return;
+            }
+            if (++cluster_barriers > 2) {
+                std::fprintf(stderr, "host_emu: more than two cluster barriers in block (%u, %u, %u)\n", blockIdx.x,
+                             blockIdx.y, blockIdx.z);
+                std::abort();
+            }
+            for (unsigned i = 0; i < threads; ++i)
+                if (fibers[i].state == WAIT_CLUSTER) fibers[i].state = RUNNABLE;
+            released = true;
+        }
         if (!released && at_block == live) {
             for (unsigned i = 0; i < threads; ++i)
                 if (fibers[i].state == WAIT_BLOCK) fibers[i].state = RUNNABLE;
@@ -333,6 +380,49 @@ inline void run_block(unsigned threads) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::wait(emu::WAIT_BLOCK); }
+// barrier.cluster.arrive + wait (all threads of every block of the cluster).
+inline void emu_cluster_sync() { emu::wait(emu::WAIT_CLUSTER); }
+// A cluster kernel (DGATE_KERNEL_CLUSTER) checks the launch's cluster size against its own.
+inline void emu_cluster_check(unsigned cz) {
+    if (emu::cluster_z != cz || gridDim.z % cz != 0) {
+        std::fprintf(stderr, "host_emu: a kernel of cluster size %u launched with cluster size %u, grid z %u\n", cz,
+                     emu::cluster_z, gridDim.z);
+        std::abort();
+    }
+}
+// ld.shared::cluster.v4.f32 of the 16 bytes at `local` (dynamic shared memory) in block
+// `rank` of the cluster: between the first and the second cluster barrier only.
+inline float4 emu_cluster_ld4(const float* local, unsigned rank) {
+    const unsigned me = blockIdx.z % emu::cluster_z;
+    const unsigned char* b = emu::dynamic_smem.data();
+    const unsigned char* q = reinterpret_cast<const unsigned char*>(local);
+    emu_check_align(local, 16);
+    if (rank >= emu::cluster_z || q < b || q + 16 > b + emu::dynamic_smem.size()) {
+        std::fprintf(stderr, "host_emu: cluster read of rank %u (cluster size %u) at %p\n", rank, emu::cluster_z,
+                     (const void*)local);
+        std::abort();
+    }
+    if (emu::cluster_phase == emu::CLUSTER_COLLECT) {
+        std::fprintf(stderr, "host_emu: a peer's shared memory read before the first cluster barrier\n");
+        std::abort();
+    }
+    if (emu::cluster_barriers != 1) {
+        std::fprintf(stderr, "host_emu: a peer's shared memory read %s\n",
+                     emu::cluster_barriers == 0 ? "before the first cluster barrier" : "after the second cluster barrier");
+        std::abort();
+    }
+    float4 v;
+    if (rank == me) {
+        std::memcpy(&v, q, 16);
+    } else {
+        if (!emu::cluster_kept[rank]) {
+            std::fprintf(stderr, "host_emu: cluster rank %u never reached its first cluster barrier\n", rank);
+            std::abort();
+        }
+        std::memcpy(&v, emu::cluster_smem[rank].data() + (q - b), 16);
+    }
+    return v;
+}
 inline void emu_named_barrier(int id, int threads) {
     if (id < 1 || id > 15 || threads <= 0 || threads % 32 != 0) {
         std::fprintf(stderr, "host_emu: bar.sync %d, %d: ids 1-15, a multiple of 32 threads\n", id, threads);
@@ -640,6 +730,14 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
 
 #define DGATE_KERNEL_OCC(name, Params, threads, min_blocks) DGATE_KERNEL(name, Params, threads)
 
+#define DGATE_KERNEL_CLUSTER(name, Params, threads, cz)                  \
+    inline void name##_body(const Params& p);                            \
+    extern "C" void name(const void* raw) {                              \
+        emu_cluster_check(cz);                                           \
+        name##_body(*static_cast<const Params*>(raw));                   \
+    }                                                                    \
+    inline void name##_body(const Params& p)
+
 #define DGATE_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem.data())
 
 // Runs `k` over a grid of (gx, gy) blocks of `threads` threads. Only one copy of this
@@ -648,9 +746,12 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
 #ifdef DGATE_EMU_DEFINE_LAUNCH
 // The bounds of the `__shared__` section, defined by the linker.
 extern "C" unsigned char __start_dgate_emu_shared[], __stop_dgate_emu_shared[];
-extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned threads,
-                                unsigned smem, const void* p) {
+// A cluster (1 x 1 x cz blocks; cz = 1: none) runs its blocks to their first cluster
+// barrier, then again to the end (see emu::ClusterPhase).
+extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned cz,
+                                unsigned threads, unsigned smem, const void* p) {
     if (threads == 0 || threads > 1024) return 1;
+    if (cz == 0 || gz % cz != 0) return 3;
     std::lock_guard<std::mutex> guard(emu::launch_lock);
     while (emu::fibers.size() < threads) {
         emu::fibers.emplace_back();
@@ -666,19 +767,39 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
     gridDim = {gx, gy, gz};
     // Blocks in order on even launches, in reverse on odd ones (a GPU runs them in any
     // order: e.g. any of a split-K tile's blocks may be the last to finish).
+    // A cluster's blocks are consecutive here, its ranks last (z fastest within it).
+    emu::cluster_z = cz;
     const unsigned long long total = (unsigned long long)gx * gy * gz;
-    for (unsigned long long i = 0; i < total; ++i) {
-        const unsigned long long b = (launch & 1) != 0 ? total - 1 - i : i;
-        const unsigned bx = (unsigned)(b % gx), by = (unsigned)(b / gx % gy), bz = (unsigned)(b / gx / gy);
+    auto run = [&](unsigned bx, unsigned by, unsigned bz) {
         blockIdx = {bx, by, bz};
         emu::defer_copies = ((launch + bx + by + bz) & 1) != 0;
         std::fill(emu::dynamic_smem.begin(), emu::dynamic_smem.end(), 0xff);
         emu::mbars.clear();
         emu::tma_pending.clear();
         emu::idle_spins = 0;
+        emu::cluster_barriers = 0;
+        emu::block_collected = false;
         std::memset(__start_dgate_emu_shared, 0xff, (size_t)(__stop_dgate_emu_shared - __start_dgate_emu_shared));
         emu::run_block(threads);
+    };
+    for (unsigned long long i = 0; i < total / cz; ++i) {
+        const unsigned long long c = (launch & 1) != 0 ? total / cz - 1 - i : i;
+        const unsigned bx = (unsigned)(c % gx), by = (unsigned)(c / gx % gy);
+        const unsigned z0 = (unsigned)(c / gx / gy) * cz;
+        if (cz == 1) {
+            emu::cluster_phase = emu::CLUSTER_NONE;
+            run(bx, by, z0);
+            continue;
+        }
+        emu::cluster_smem.assign(cz, {});
+        emu::cluster_kept.assign(cz, false);
+        for (emu::ClusterPhase phase : {emu::CLUSTER_COLLECT, emu::CLUSTER_FINISH}) {
+            emu::cluster_phase = phase;
+            for (unsigned r = 0; r < cz; ++r) run(bx, by, z0 + ((launch & 1) != 0 ? cz - 1 - r : r));
+        }
     }
+    emu::cluster_phase = emu::CLUSTER_NONE;
+    emu::cluster_z = 1;
     return 0;
 }
 #endif

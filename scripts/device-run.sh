@@ -70,8 +70,17 @@ if [ "$MODE" = check ] || [ "$MODE" = all ]; then
       export DGATE_TMA=0
       stamp "gpu-check failed on the TMA tiles: the rest of this call runs with DGATE_TMA=0"
     fi
+    # The cluster-split tiles (conv_tc*cl*, fourteenth session) likewise: DGATE_CLUSTER=0.
+    cluster_bad=0
+    if grep -qE '^FAIL +conv_tc[0-9x]+cl[0-9]|conv_tc[0-9x]+cl[0-9][^ ]* on .*(error|fail)' "$OUT/gpu-check.log" ||
+      echo "$last" | grep -qE 'conv_tc[0-9x]+cl[0-9]'; then
+      cluster_bad=1
+      export DGATE_CLUSTER=0
+      stamp "gpu-check failed on the cluster tiles: the rest of this call runs with DGATE_CLUSTER=0"
+    fi
     if grep -qE '^FAIL +conv_wg' "$OUT/gpu-check.log" ||
-      { [ "$tma_bad" = 0 ] && { [ "$check_rc" -gt 1 ] || grep -qE 'stopped|panicked' "$OUT/gpu-check.log"; }; }; then
+      { [ "$tma_bad" = 0 ] && [ "$cluster_bad" = 0 ] &&
+        { [ "$check_rc" -gt 1 ] || grep -qE 'stopped|panicked' "$OUT/gpu-check.log"; }; }; then
       export DGATE_WGMMA=0
       stamp "gpu-check failed on the wgmma tiles or ended abnormally: the rest of this call runs with DGATE_WGMMA=0"
     fi
@@ -106,7 +115,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   # regression (performance.md). Tuning runs every candidate kernel on shapes gpu-check
   # did not all cover, and a kernel fault ends the process: should the bench end with an
   # error (not its time limit), it runs once more without the newest kernels, the TMA
-  # tiles (or, with those already off, every wgmma kernel), and so does the rest of the
+  # and cluster tiles (or, with those already off, every wgmma kernel), and so does the rest of the
   # call. The failed log is kept as bench-$1-failed.log. The weight-prefetch A/B's own
   # failures are told apart: a changed result (its tables printed) is not run again; a
   # fault with the prefetch on runs again without the A/B, every kernel kept.
@@ -134,14 +143,14 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
         stamp "dgate-rt bench $arch ended with status $rc with the weight prefetch on: again, and the rest of this call, without the A/B"
         continue
       fi
-      if [ "${DGATE_TMA:-1}" != 0 ]; then
-        export DGATE_TMA=0
+      if [ "${DGATE_TMA:-1}" != 0 ] || [ "${DGATE_CLUSTER:-1}" != 0 ]; then
+        export DGATE_TMA=0 DGATE_CLUSTER=0
       elif [ "${DGATE_WGMMA:-1}" != 0 ]; then
         export DGATE_WGMMA=0
       else
         stamp "dgate-rt bench $arch ended with status $rc, with neither TMA nor wgmma kernels"; return
       fi
-      stamp "dgate-rt bench $arch ended with status $rc: again, and the rest of this call, with DGATE_TMA=${DGATE_TMA:-1} DGATE_WGMMA=${DGATE_WGMMA:-1}"
+      stamp "dgate-rt bench $arch ended with status $rc: again, and the rest of this call, with DGATE_TMA=${DGATE_TMA:-1} DGATE_CLUSTER=${DGATE_CLUSTER:-1} DGATE_WGMMA=${DGATE_WGMMA:-1}"
     done
   }
   # <<< bench retry

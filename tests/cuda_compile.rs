@@ -24,6 +24,13 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         "conv_wg128x128k64_f16",
         "conv_wg128x64k64_f16",
     ];
+    // Split-K through thread-block clusters: sm_90 and later only.
+    let cluster = [
+        "conv_tc64x64cl4_f16",
+        "conv_tc64x64cl8_f16",
+        "conv_tc128x32cl8_f16",
+        "conv_tc128x128cl4_f16",
+    ];
     let has = |bin: &[u8], sym: &str| bin.windows(sym.len()).any(|w| w == sym.as_bytes());
     for arch in ["sm_80", "sm_90", "sm_90a"] {
         match compile_all_for_arch(arch) {
@@ -39,6 +46,9 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
                         // The wgmma tiles exist for sm_90a alone (device.rs skips them elsewhere).
                         for sym in wgmma {
                             assert_eq!(has(&bin, sym), arch == "sm_90a", "{arch}: {sym}");
+                        }
+                        for sym in cluster {
+                            assert_eq!(has(&bin, sym), arch != "sm_80", "{arch}: {sym}");
                         }
                     }
                 }

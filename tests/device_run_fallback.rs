@@ -16,13 +16,19 @@ fn fallback_block() -> String {
 
 /// (DGATE_TMA, DGATE_WGMMA) after the block, for a log and gpu-check's exit status.
 fn decide(log: &str, rc: i32) -> (String, String) {
+    let (tma, wgmma, _) = decide3(log, rc);
+    (tma, wgmma)
+}
+
+/// (DGATE_TMA, DGATE_WGMMA, DGATE_CLUSTER) after the block.
+fn decide3(log: &str, rc: i32) -> (String, String, String) {
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("dgate-fallback-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gpu-check.log"), log).unwrap();
     let body = format!(
-        "stamp() {{ :; }}\nOUT={}\ncheck_rc={rc}\n{}\necho \"${{DGATE_TMA:-on}} ${{DGATE_WGMMA:-on}}\"\n",
+        "stamp() {{ :; }}\nOUT={}\ncheck_rc={rc}\n{}\necho \"${{DGATE_TMA:-on}} ${{DGATE_WGMMA:-on}} ${{DGATE_CLUSTER:-on}}\"\n",
         dir.display(),
         fallback_block()
     );
@@ -42,7 +48,20 @@ fn decide(log: &str, rc: i32) -> (String, String) {
     (
         it.next().unwrap().to_string(),
         it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
     )
+}
+
+#[test]
+fn a_cluster_tile_fault_or_failure_drops_only_the_cluster_tiles() {
+    let fault = "ok   conv_tcc128x64_f16 a\nok   conv_tc64x64cl8_f16 b\n\
+                 error: CUDA error: conv_tc64x64cl8_f16 on 72->200 n=1: cluster misconfiguration\n";
+    assert_eq!(decide3(fault, 2), ("on".into(), "on".into(), "0".into()));
+    let fail = "ok   conv_tcc128x64_f16 a\nFAIL conv_tc128x32cl8_f16 b\nok   conv_wg64x64_f16 c\n";
+    assert_eq!(decide3(fail, 1), ("on".into(), "on".into(), "0".into()));
+    // Other kernels' failures leave them on.
+    let other = "ok   conv_tc64x64cl4_f16 a\nFAIL conv_wg128x64_f16 b\n";
+    assert_eq!(decide3(other, 1), ("on".into(), "0".into(), "on".into()));
 }
 
 #[test]
@@ -127,7 +146,7 @@ fn bench_phase(fake: &str) -> (String, String, Vec<String>, usize) {
     let body = format!(
         "stamp() {{ :; }}\ncap() {{ echo 60; }}\nleft() {{ echo 500; }}\nOUT={}\nBIN={}\n{}\n\
          for arch in resnet101 densenet201; do bench_arch $arch; done\n\
-         echo \"${{DGATE_TMA:-on}} ${{DGATE_WGMMA:-on}}\"\n",
+         echo \"${{DGATE_TMA:-on}} ${{DGATE_WGMMA:-on}} ${{DGATE_CLUSTER:-on}}\"\n",
         out.display(),
         bin.display(),
         &script[start..end]
@@ -154,6 +173,11 @@ fn bench_phase(fake: &str) -> (String, String, Vec<String>, usize) {
     let (tma, wgmma) = (
         it.next().unwrap_or_default().to_string(),
         it.next().unwrap_or_default().to_string(),
+    );
+    // The cluster tiles go with the TMA tiles.
+    assert_eq!(
+        it.next().unwrap_or_default(),
+        if tma == "0" { "0" } else { "on" }
     );
     let mut files: Vec<String> = std::fs::read_dir(&out)
         .unwrap()

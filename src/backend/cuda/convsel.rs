@@ -124,6 +124,10 @@ pub(crate) struct ConvKernel {
     /// kernels no device run has timed yet, which only tuning (or a policy naming them
     /// alone) runs.
     pub modelled: bool,
+    /// Split-K over a thread-block cluster of this many blocks (sm_90), the parts summed
+    /// in distributed shared memory: launched with exactly `cluster` k-ranges (gridDim.z),
+    /// one output tile a cluster; 0 for the other kernels.
+    pub cluster: usize,
 }
 
 const fn plain(
@@ -148,6 +152,7 @@ const fn plain(
         wgmma: false,
         resident: 0,
         modelled: true,
+        cluster: 0,
     }
 }
 
@@ -189,6 +194,7 @@ const fn halo(name: &'static str, bm: usize, efficiency: f64) -> ConvKernel {
         wgmma: false,
         resident: 0,
         modelled: false,
+        cluster: 0,
     }
 }
 
@@ -230,6 +236,7 @@ const fn tma(
         wgmma: true,
         resident,
         modelled: false,
+        cluster: 0,
     }
 }
 
@@ -270,6 +277,7 @@ const fn tc(name: &'static str, bm: usize, bn: usize, threads: u32, efficiency: 
         wgmma: false,
         resident: 0,
         modelled: true,
+        cluster: 0,
     }
 }
 
@@ -287,6 +295,26 @@ const fn tcc(
     k.split = false;
     k.resident = resident;
     k.modelled = false;
+    k
+}
+
+/// conv_tc with split-K over a cluster of `cluster` blocks (sm_90): the parts summed in
+/// distributed shared memory rather than by atomics into the workspace and a ticket, so
+/// no dependent round trip to L2 follows the reduction. One tile a cluster (no m loop);
+/// only tuning picks them.
+const fn tc_cluster(
+    name: &'static str,
+    bm: usize,
+    bn: usize,
+    threads: u32,
+    cluster: usize,
+    efficiency: f64,
+) -> ConvKernel {
+    let mut k = tc(name, bm, bn, threads, efficiency);
+    k.split = false;
+    k.m_loop = false;
+    k.modelled = false;
+    k.cluster = cluster;
     k
 }
 
@@ -390,6 +418,11 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     // Chained tiles for short reductions. Not yet run on a GPU.
     tcc("conv_tcc128x128_f16", 128, 128, 256, 2, 0.9),
     tcc("conv_tcc128x64_f16", 128, 64, 128, 3, 0.8),
+    // Split-K through a thread-block cluster (sm_90). Not yet run on a GPU.
+    tc_cluster("conv_tc64x64cl4_f16", 64, 64, 128, 4, 0.7),
+    tc_cluster("conv_tc64x64cl8_f16", 64, 64, 128, 8, 0.7),
+    tc_cluster("conv_tc128x32cl8_f16", 128, 32, 128, 8, 0.6),
+    tc_cluster("conv_tc128x128cl4_f16", 128, 128, 256, 4, 1.0),
     // 3x3 layers from a shared input patch. Not yet run on a GPU.
     halo("conv_halo128_f16", 128, 0.5),
     halo("conv_halo64_f16", 64, 0.45),
@@ -694,7 +727,8 @@ mod kernel_choice {
         // none of the seventh session's (chained, halo, 64-wide wgmma tiles), nor the
         // eighth's TMA tiles.
         let untimed = |n: &str| {
-            n.contains("k64")
+            conv_kernel_info(n).is_some_and(|k| k.cluster > 0)
+                || n.contains("k64")
                 || n.starts_with("conv_tcc")
                 || n.starts_with("conv_halo")
                 || n.starts_with("conv_tma")
@@ -757,6 +791,41 @@ mod kernel_choice {
             model_choice(&halo, (256 * 64, 32, 9 * 128), 132, 1 << 24),
             (0, 1)
         );
+    }
+
+    #[test]
+    fn cluster_split_kernels_are_tuning_candidates_of_every_aligned_layer() {
+        // An aligned 1x1 layer (DenseNet's 8x8 "pre" layers at batch 1) and a 3x3 one:
+        // `auto` offers the cluster tiles beside the workspace-split ones; tuning times
+        // them (device.rs loads them from sm_90 on).
+        for (c, k, r) in [(1024, 128, 1), (128, 32, 3)] {
+            let n = names("auto", "f16", &plan_rs(c, k, 8, (r, 1), r == 1, (c, 0)));
+            for cl in [
+                "conv_tc64x64cl4_f16",
+                "conv_tc64x64cl8_f16",
+                "conv_tc128x32cl8_f16",
+                "conv_tc128x128cl4_f16",
+            ] {
+                assert!(n.contains(&cl), "{c}->{k}: {n:?}");
+            }
+        }
+        // Not on a layer whose 16-byte loads would be misaligned (a 3-channel stem), nor
+        // in f32.
+        let stem = names("auto", "f16", &plan_rs(3, 16, 8, (3, 1), false, (3, 0)));
+        assert!(!stem.iter().any(|n| n.contains("cl")), "{stem:?}");
+        let f32 = names("auto", "f32", &plan(128, 32, 8, false, (128, 0)));
+        assert!(!f32.iter().any(|n| n.contains("cl")), "{f32:?}");
+        // A cluster kernel's parts are its cluster's blocks: no workspace split, one tile
+        // a cluster (the launch's z is the cluster, exec.rs).
+        for k in CONV_KERNELS.iter().filter(|k| k.cluster > 0) {
+            assert!(
+                !k.split && !k.m_loop && !k.modelled && k.resident == 0,
+                "{}",
+                k.name
+            );
+            assert!(k.tile.0.is_multiple_of(k.cluster), "{}", k.name);
+            assert!(k.name.contains(&format!("cl{}_", k.cluster)), "{}", k.name);
+        }
     }
 
     #[test]
@@ -853,26 +922,28 @@ mod kernel_choice {
         // The family's tiles, then the reference they are checked against (the
         // previous default; conv_mmaasync_f16 needs 128 output channels).
         let tc = names("auto", "f16", &aligned);
-        assert_eq!(tc.len(), 22);
+        assert_eq!(tc.len(), 26);
         assert!(tc[..5].iter().all(|n| n.starts_with("conv_tc")));
         assert!(tc[5..13].iter().all(|n| n.starts_with("conv_wg")));
         assert_eq!(tc[13..15], ["conv_tcc128x128_f16", "conv_tcc128x64_f16"]);
-        assert_eq!(tc[15..17], ["conv_halo128_f16", "conv_halo64_f16"]);
-        assert!(tc[17..21].iter().all(|n| n.starts_with("conv_tma")));
-        assert_eq!(tc[21], "conv_mmavec_f16");
+        assert!(tc[15..19].iter().all(|n| n.contains("cl")));
+        assert_eq!(tc[19..21], ["conv_halo128_f16", "conv_halo64_f16"]);
+        assert!(tc[21..25].iter().all(|n| n.starts_with("conv_tma")));
+        assert_eq!(tc[25], "conv_mmavec_f16");
         let wide = names("auto", "f16", &plan(64, 128, 8, false, (64, 0)));
         assert_eq!(wide.last(), Some(&"conv_mmaasync_f16"));
         let f32s = names("auto", "f32", &aligned);
         assert!(f32s[..5].iter().all(|n| n.starts_with("conv_sgemm")) && f32s.len() == 7);
         assert_eq!(f32s[5..], ["conv_halo128_f32", "conv_simt_f32"]);
-        // A family by name has no reference in it (conv_tc's includes the chained tiles).
-        assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 7);
+        // A family by name has no reference in it (conv_tc's includes the chained and
+        // the cluster tiles).
+        assert_eq!(names("conv_tc_f16", "f16", &aligned).len(), 11);
         let wg = names("conv_wg_f16", "f16", &aligned);
         assert!(wg.len() == 8 && wg.iter().all(|n| n.starts_with("conv_wg")));
         // Pre-activation is fine for conv_tc (not conv_halo); an unaligned view is not.
         assert_eq!(
             names("auto", "f16", &plan(64, 64, 8, true, (72, 8))).len(),
-            16
+            20
         );
         assert_eq!(
             names("auto", "f16", &plan(3, 64, 8, false, (3, 0))),
@@ -924,7 +995,7 @@ mod kernel_choice {
             .iter()
             .filter(|k| k.smem > 0 && k.needs != Needs::Tma && k.dtype == "f16")
             .collect();
-        assert_eq!(tiles.len(), 17);
+        assert_eq!(tiles.len(), 21);
         for k in tiles {
             let (bm, bn, _) = k.tile;
             assert!(k.smem as usize >= bm * (bn + TC_EPI_PAD) * 4, "{}", k.name);

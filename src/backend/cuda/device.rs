@@ -55,7 +55,8 @@ pub(crate) struct Mem {
 }
 
 type EmuKernel = unsafe extern "C" fn(*const c_void);
-type EmuLaunch = unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, u32, *const c_void) -> i32;
+type EmuLaunch =
+    unsafe extern "C" fn(EmuKernel, u32, u32, u32, u32, u32, u32, *const c_void) -> i32;
 
 /// Where kernels run: a CUDA device, or the CPU emulator built from the same sources
 /// (`kernels/host_emu.cuh`), which has no streams, graphs or timers.
@@ -106,6 +107,16 @@ pub(crate) fn carveout_setting(value: Option<&str>) -> Result<Option<i32>> {
     }
 }
 
+/// Whether `arch` (`sm_90`, `sm_90a`, `sm_100`, ...) has thread-block clusters (9.0 on).
+pub(crate) fn arch_has_clusters(arch: &str) -> bool {
+    let digits: String = arch
+        .trim_start_matches("sm_")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse::<u32>().is_ok_and(|v| v >= 90)
+}
+
 /// Compiles (once per process) and loads every kernel file for `arch`. The wgmma
 /// tiles exist only in an sm_90a build; a tile whose shared memory the device refuses
 /// is left out (exec.rs falls back to the others). `carveout`: see [`carveout_setting`].
@@ -117,6 +128,8 @@ fn load_kernels(
     let mut functions = HashMap::new();
     // DGATE_TMA=0 leaves out the TMA tiles alone (conv_tma*), keeping the other wgmma ones.
     let tma_off = std::env::var("DGATE_TMA").as_deref() == Ok("0");
+    // DGATE_CLUSTER=0 leaves out the cluster-split tiles (conv_tc*cl*).
+    let cluster_off = std::env::var("DGATE_CLUSTER").as_deref() == Ok("0");
     for (file, cubin) in kernels::cubins_for_arch(arch)? {
         let module = ctx
             .load_module(Ptx::from_binary(cubin))
@@ -124,6 +137,10 @@ fn load_kernels(
         for &sym in symbols(file) {
             let info = super::convsel::conv_kernel_info(sym);
             if info.is_some_and(|k| k.wgmma) && arch != "sm_90a" {
+                continue;
+            }
+            // Thread-block clusters exist from sm_90 on (conv.cu compiles them there only).
+            if info.is_some_and(|k| k.cluster > 0) && (cluster_off || !arch_has_clusters(arch)) {
                 continue;
             }
             if tma_off && sym.starts_with("conv_tma") {
@@ -332,6 +349,10 @@ impl Device {
             }
             Engine::Emu { launch, functions } => {
                 let f = functions.get(name).ok_or_else(missing)?;
+                // A GPU takes a cluster kernel's cluster size from the kernel itself; the
+                // emulator is told it, and the kernel checks it (host_emu.cuh).
+                let cluster =
+                    super::convsel::conv_kernel_info(name).map_or(1, |k| k.cluster.max(1) as u32);
                 // SAFETY: as above, with host addresses; the emulator runs synchronously.
                 let rc = unsafe {
                     launch(
@@ -339,6 +360,7 @@ impl Device {
                         grid.0,
                         grid.1,
                         grid.2,
+                        cluster,
                         block,
                         smem,
                         params as *const P as *const c_void,
@@ -659,6 +681,10 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_tc64x32_f16",
             "conv_tcc128x128_f16",
             "conv_tcc128x64_f16",
+            "conv_tc64x64cl4_f16",
+            "conv_tc64x64cl8_f16",
+            "conv_tc128x32cl8_f16",
+            "conv_tc128x128cl4_f16",
             "conv_wg128x256_f16",
             "conv_wg128x128_f16",
             "conv_wg128x64_f16",
@@ -754,7 +780,17 @@ fn emu_dlsym(handle: *mut c_void, name: &str) -> Result<*mut c_void> {
 
 #[cfg(test)]
 mod tests {
-    use super::{carveout_setting, tma_map_problem};
+    use super::{arch_has_clusters, carveout_setting, tma_map_problem};
+
+    #[test]
+    fn thread_block_clusters_from_sm_90_on() {
+        for a in ["sm_90", "sm_90a", "sm_100", "sm_120a"] {
+            assert!(arch_has_clusters(a), "{a}");
+        }
+        for a in ["sm_80", "sm_86", "sm_89", "host", ""] {
+            assert!(!arch_has_clusters(a), "{a}");
+        }
+    }
 
     #[test]
     fn tma_maps_need_aligned_rows_and_boxes_the_copy_engine_takes() {

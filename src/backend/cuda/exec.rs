@@ -1613,7 +1613,14 @@ impl Prepared {
         };
         // Splits were chosen for the samples assumed live; should more arrive than the
         // workspace holds, the kernel undoes the split itself (conv_k_range).
-        let splits = if kernel.split { splits.max(1) } else { 1 };
+        // A cluster kernel always runs its cluster's k-ranges (one launch, no workspace).
+        let splits = if kernel.cluster > 0 {
+            kernel.cluster
+        } else if kernel.split {
+            splits.max(1)
+        } else {
+            1
+        };
         let (tm, tn, _) = kernel.tile;
         // Kernels that loop over output tiles get a grid for the samples expected live
         // (fewer than the batch after a gate), not idle blocks for the rest.
