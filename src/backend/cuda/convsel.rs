@@ -671,6 +671,21 @@ pub(crate) fn split_tries(
     out
 }
 
+/// Whether tuning times a cluster-split tile on a layer of GEMM shape `(m, k, kd)`: where
+/// [`split_tries`] would try a split of the cluster's size (the output alone gives fewer
+/// than four blocks an SM, each part keeps at least four k-tiles, the launch stays within
+/// eight blocks an SM). Elsewhere a split does not pay, and timing it costs tuning time.
+pub(crate) fn cluster_tried(
+    kernel: &ConvKernel,
+    (m, k, kd): (usize, usize, usize),
+    sms: usize,
+) -> bool {
+    let (tile_m, tile_n, tile_k) = kernel.tile;
+    let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
+    let cl = kernel.cluster;
+    cl > 0 && tiles < 4 * sms && cl <= kd.div_ceil(tile_k) / 4 && tiles * cl <= 8 * sms
+}
+
 #[cfg(test)]
 mod kernel_choice {
     use super::*;
@@ -826,6 +841,40 @@ mod kernel_choice {
             assert!(k.tile.0.is_multiple_of(k.cluster), "{}", k.name);
             assert!(k.name.contains(&format!("cl{}_", k.cluster)), "{}", k.name);
         }
+    }
+
+    #[test]
+    fn tuning_times_cluster_tiles_only_where_a_split_of_their_size_would_be_tried() {
+        let k = |n: &str| conv_kernel_info(n).unwrap();
+        // DenseNet-201's 3x3 128->32 at 8x8, batch 1 (64 x 32, 36 k-tiles): 8 parts.
+        assert!(cluster_tried(
+            k("conv_tc128x32cl8_f16"),
+            (64, 32, 1152),
+            132
+        ));
+        // Its 1x1 pre layer of 640 channels (20 k-tiles): 4 parts, not 8.
+        assert!(cluster_tried(k("conv_tc64x64cl4_f16"), (64, 128, 640), 132));
+        assert!(!cluster_tried(
+            k("conv_tc64x64cl8_f16"),
+            (64, 128, 640),
+            132
+        ));
+        // ResNet-101's 1x1 1024->256 on 52 survivors at 8x8 (3328 x 256: 52 tiles of
+        // 128 x 128): 4 parts.
+        assert!(cluster_tried(
+            k("conv_tc128x128cl4_f16"),
+            (3328, 256, 1024),
+            132
+        ));
+        // Not at full batch: the 1x1 256->1024 at 8x8, batch 256 (1024 tiles of 128 x 128,
+        // 8 k-tiles).
+        assert!(!cluster_tried(
+            k("conv_tc128x128cl4_f16"),
+            (16384, 1024, 256),
+            132
+        ));
+        // Not a kernel without a cluster.
+        assert!(!cluster_tried(k("conv_tc64x64_f16"), (64, 128, 640), 132));
     }
 
     #[test]

@@ -1145,6 +1145,10 @@ impl Prepared {
                 // Round 1: every candidate, unsplit and with the cost model's k-split.
                 let mut tries = Vec::new();
                 for (i, cand) in cands.iter().enumerate() {
+                    // A cluster tile is a split: timed only where one would be tried.
+                    if cand.cluster > 0 && !cluster_tried(cand, shape, dev.sms) {
+                        continue;
+                    }
                     tries.push((i, 1));
                     let model = if cand.split {
                         split_k(cand.tile, shape, dev.sms, self.ws_cap)
