@@ -297,6 +297,7 @@ fn bench_help_names_every_cuda_setting() {
         "DGATE_AUTOTUNE",
         "DGATE_WGMMA",
         "DGATE_TMA",
+        "DGATE_CLUSTER",
         "DGATE_PDL",
         "DGATE_PREFETCH",
         "DGATE_CARVEOUT",

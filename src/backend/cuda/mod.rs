@@ -28,7 +28,8 @@
 //! scheduled while its predecessor finishes; off until measured), `DGATE_PREFETCH=1`
 //! (convolutions ask their weights into L2 before waiting for the previous kernel; off
 //! until measured, see [`Backend::set_weight_prefetch`]), `DGATE_WGMMA=0` (on
-//! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CARVEOUT=<0-100|max>`
+//! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CLUSTER=0` (leave
+//! out the cluster-split tiles `conv_tc*cl*`), `DGATE_CARVEOUT=<0-100|max>`
 //! (one shared-memory share of L1 for every kernel; off until measured), `DGATE_DEBUG` (print
 //! NVRTC compile times, tuning and its whole-pass check), `DGATE_PTXAS_VERBOSE` (print
 //! registers, spills and shared memory per kernel).
