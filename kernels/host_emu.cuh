@@ -261,7 +261,6 @@ enum ClusterPhase { CLUSTER_NONE, CLUSTER_COLLECT, CLUSTER_FINISH };
 inline ClusterPhase cluster_phase = CLUSTER_NONE;
 inline unsigned cluster_z = 1;
 inline unsigned cluster_barriers = 0;  // passed by the running block
-inline bool block_collected = false;
 inline std::vector<std::vector<unsigned char>> cluster_smem;  // per rank, when kept
 inline std::vector<bool> cluster_kept;
 
@@ -338,7 +337,6 @@ inline void run_block(unsigned threads) {
                 const unsigned rank = blockIdx.z % cluster_z;
                 cluster_smem[rank] = dynamic_smem;
                 cluster_kept[rank] = true;
-                block_collected = true;
                 for (unsigned i = 0; i < threads; ++i) {
                     copies[i] = Groups<Copy>{};
                     wgmmas[i] = Groups<Wgmma>{};
@@ -778,7 +776,6 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
         emu::tma_pending.clear();
         emu::idle_spins = 0;
         emu::cluster_barriers = 0;
-        emu::block_collected = false;
         std::memset(__start_dgate_emu_shared, 0xff, (size_t)(__stop_dgate_emu_shared - __start_dgate_emu_shared));
         emu::run_block(threads);
     };

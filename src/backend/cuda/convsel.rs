@@ -664,7 +664,7 @@ pub(crate) fn split_tries(
         return out;
     }
     for s in [2, 4, 8] {
-        if s <= ktiles / 4 && s <= MAX_SPLIT_K && tiles * s <= 8 * sms && !out.contains(&s) {
+        if split_worth_timing(tiles, ktiles, s, sms) && !out.contains(&s) {
             out.push(s);
         }
     }
@@ -682,8 +682,13 @@ pub(crate) fn cluster_tried(
 ) -> bool {
     let (tile_m, tile_n, tile_k) = kernel.tile;
     let tiles = m.div_ceil(tile_m) * k.div_ceil(tile_n);
-    let cl = kernel.cluster;
-    cl > 0 && tiles < 4 * sms && cl <= kd.div_ceil(tile_k) / 4 && tiles * cl <= 8 * sms
+    kernel.cluster > 0 && split_worth_timing(tiles, kd.div_ceil(tile_k), kernel.cluster, sms)
+}
+
+/// Whether tuning times a split into `s` parts of an output of `tiles` tiles over `ktiles`
+/// k-tiles (see [`split_tries`]).
+fn split_worth_timing(tiles: usize, ktiles: usize, s: usize, sms: usize) -> bool {
+    tiles < 4 * sms && s <= ktiles / 4 && s <= MAX_SPLIT_K && tiles * s <= 8 * sms
 }
 
 #[cfg(test)]
