@@ -132,6 +132,19 @@ __device__ __forceinline__ void dgate_before_wait(const ConvParams& p) {
 }
 #endif
 
+// conv_dense (conv.cu): a DenseNet layer, its 1x1 bottleneck and its 3x3 growth layer,
+// in one launch. Each half as its own layer's launch would pass it.
+struct DenseParams {
+    ConvParams one;    // the pre-activated 1x1 into the bottleneck buffer
+    ConvParams three;  // the 3x3 from the bottleneck into the block's buffer
+};
+#ifndef DGATE_HOST_EMU
+__device__ __forceinline__ void dgate_before_wait(const DenseParams& p) {
+    dgate_before_wait(p.one);
+    dgate_before_wait(p.three);
+}
+#endif
+
 struct ShortcutParams {
     const void* in;
     void* out;
@@ -216,6 +229,9 @@ struct HoldParams {
 
 #ifdef DGATE_SIZEOF_CONV
 static_assert(sizeof(ConvParams) == DGATE_SIZEOF_CONV, "ConvParams differs from its Rust mirror");
+#endif
+#ifdef DGATE_SIZEOF_DENSE
+static_assert(sizeof(DenseParams) == DGATE_SIZEOF_DENSE, "DenseParams differs from its Rust mirror");
 #endif
 #ifdef DGATE_SIZEOF_SHORTCUT
 static_assert(sizeof(ShortcutParams) == DGATE_SIZEOF_SHORTCUT, "ShortcutParams differs from its Rust mirror");

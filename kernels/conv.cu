@@ -43,6 +43,9 @@
 //   conv_tc<BM>x<BN>cl<CL>_f16 (64x64 cl4/cl8, 128x32 cl8, 128x128 cl4; sm_90): conv_tc
 //       split CL ways over a thread-block cluster, the parts summed through distributed
 //       shared memory instead of the workspace (see cluster_reduce_store).
+//   conv_dense_cl8_f16 (sm_90): a whole DenseNet layer, the pre-activated 1x1 into the
+//       bottleneck and the 3x3 after it, in one launch over a cluster of 8 blocks, the
+//       bottleneck passed in distributed shared memory (see conv_dense).
 //   conv_sgemm<BM>x<BN>_f32 (128x128, 128x64, 64x64, 128x32, 64x32): register-blocked
 //       f32 (8x8, 8x4 or 4x4 outputs per thread), double-buffered shared memory, no
 //       division in the inner loop (see below).
@@ -1521,6 +1524,277 @@ __device__ __forceinline__ void conv_tc_cluster(const ConvParams& p) {
     if (m0 >= M) return;
     conv_tc_tile<BM, BN, WM, WN, false, TC_BK, false, CL>(p, m0);
 }
+
+// ---------------------------------------------------------------------------------
+// conv_dense_cl8_f16: a whole DenseNet layer in one launch, for maps of at most 64
+// pixels (8x8 and 4x4: 80 of DenseNet-201's 98 layers). The pre-activated 1x1 C -> 128
+// bottleneck (its batch norm folded in, ReLU) and the 3x3 128 -> 32 growth layer after
+// it are two launches otherwise, and at batch 1 each took 9-16 us in the 2026-11-28
+// H200 profile whatever its work (1.745 ms for 207 steps). Here a cluster of 8 blocks
+// (sm_90) takes 64 output pixels (one 8x8 image, or four 4x4 ones), and the 3x3
+// reads the bottleneck from shared memory, never from L2:
+// 1. block z of the cluster multiplies the 64 pixels by the 1x1's weights over the
+//    z-th eighth of the input channels (conv_tc's pipeline: cp.async ring, the
+//    pre-activation on each thread's own landed chunk, ldmatrix, mma.sync) and stages
+//    its 64 x 128 partial sums in its shared memory;
+// 2. after a cluster barrier, block z sums bottleneck channels 16z..16z+15 over the
+//    8 partials (distributed shared memory), adds the bias, applies the ReLU, and keeps
+//    them as f16 (also written to the bottleneck buffer, as the 1x1's launch would);
+// 3. block z then multiplies its 16 channels, at all nine taps, by the 3x3's weights
+//    for all 32 outputs: a 64 x 32 partial over a 144-long reduction, a padding tap read
+//    from a zero row; its weights came into shared memory with the first k-tile;
+// 4. after a second barrier, block z sums output rows 8z..8z+7 over the 8 partials
+//    and writes them (bias, ReLU) into the output view; a third barrier keeps every
+//    block's shared memory until its peers have read it.
+// The host gives it f16 layers whose 1x1 is of stride 1 without padding, C a multiple
+// of 32 and at most 8 * DENSE_MAXKT * 32, 128 bottleneck channels, the 3x3 of stride 1
+// and padding 1 onto 32 channels without pre-activation or residual, views aligned for
+// 16-byte loads and 8-byte stores, and a map of h * w pixels dividing 64 (exec.rs,
+// dense_fusable). Tuning checks it against the two layers' own kernels and times it
+// against them; it runs only where it is faster.
+#define DENSE_CL 8
+#define DENSE_ROWS 64    // output pixels a cluster
+#define DENSE_B 128      // bottleneck channels
+#define DENSE_G 32       // the 3x3's output channels
+#define DENSE_THREADS 256
+#define DENSE_STAGES 3
+#define DENSE_MAXKT 16   // 32-channel k-tiles a block at most
+#define DENSE_LD1 (DENSE_B + TC_EPI_PAD)  // floats per staged 1x1 partial row
+#define DENSE_LD2 (DENSE_G + TC_EPI_PAD)  // floats per staged 3x3 partial row
+#define DENSE_SLD 24     // halves per row of the bottleneck slice and of the 3x3 weights
+#define DENSE_RING_BYTES (DENSE_STAGES * (DENSE_ROWS + DENSE_B) * TC_LDS * 2)
+#define DENSE_P2_OFF DENSE_RING_BYTES
+#define DENSE_PRE_OFF (DENSE_P2_OFF + DENSE_ROWS * DENSE_LD2 * 4)
+#define DENSE_BOT_OFF (DENSE_PRE_OFF + 2 * DENSE_MAXKT * 32 * 4)
+#define DENSE_W2_OFF (DENSE_BOT_OFF + (DENSE_ROWS + 1) * DENSE_SLD * 2)
+#define DENSE_SMEM (DENSE_W2_OFF + 9 * DENSE_G * DENSE_SLD * 2)
+static_assert(DENSE_ROWS * DENSE_LD1 * 4 <= DENSE_RING_BYTES, "the 1x1's partial sums fit the ring");
+static_assert(DENSE_W2_OFF % 16 == 0 && DENSE_BOT_OFF % 16 == 0, "16-byte aligned regions");
+#ifdef DGATE_DENSE_SMEM
+static_assert(DGATE_DENSE_SMEM == DENSE_SMEM, "the host sizes conv_dense's shared memory differently (convsel.rs)");
+#endif
+
+// Four f32 values as f16 bits, two to a word.
+__device__ __forceinline__ uint2 pack_half4(const float* v) {
+    unsigned w[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+        w[j] = (unsigned)__half_as_ushort(__float2half_rn(v[2 * j])) |
+               ((unsigned)__half_as_ushort(__float2half_rn(v[2 * j + 1])) << 16);
+    return make_uint2(w[0], w[1]);
+}
+
+// The four floats at `q` summed over the cluster's blocks, in rank order.
+__device__ __forceinline__ float4 dense_cluster_sum(const float* q) {
+    float4 s = cluster_ld4(q, 0);
+#pragma unroll
+    for (unsigned r = 1; r < DENSE_CL; ++r) {
+        const float4 v = cluster_ld4(q, r);
+        s.x += v.x;
+        s.y += v.y;
+        s.z += v.z;
+        s.w += v.w;
+    }
+    return s;
+}
+
+__device__ __forceinline__ void conv_dense(const DenseParams& dp) {
+    const ConvParams& p1 = dp.one;
+    const ConvParams& p3 = dp.three;
+    const int PQ = p1.H * p1.W;
+    const int M = *p1.count * PQ;
+    const int m0 = (int)blockIdx.x * DENSE_ROWS;
+    if (m0 >= M) return;  // the whole cluster (one blockIdx.x) together
+    const unsigned z = blockIdx.z;  // the rank in the cluster (gridDim.z == DENSE_CL)
+    const int tid = threadIdx.x;
+    const int lane = tid % 32;
+    const int warp = tid / 32;
+    const int g = lane / 4;
+    const int t = lane % 4;
+    DGATE_DYNAMIC_SHARED(uint4, dense_smem);
+    unsigned char* sm = reinterpret_cast<unsigned char*>(dense_smem);
+    unsigned short* ring = reinterpret_cast<unsigned short*>(sm);
+    float* st2 = reinterpret_cast<float*>(sm + DENSE_P2_OFF);
+    float* pre_s = reinterpret_cast<float*>(sm + DENSE_PRE_OFF);  // scale, then shift at + MAXKT * 32
+    unsigned short* bot = reinterpret_cast<unsigned short*>(sm + DENSE_BOT_OFF);
+    unsigned short* w2s = reinterpret_cast<unsigned short*>(sm + DENSE_W2_OFF);
+    constexpr int STAGE = (DENSE_ROWS + DENSE_B) * TC_LDS;  // halves
+
+    // This block's k-tiles of the 1x1 (32 input channels each).
+    const int ktiles = p1.C / 32;
+    const int per = (ktiles + DENSE_CL - 1) / DENSE_CL;
+    const int kt0 = min(ktiles, (int)z * per);
+    const int kt1 = min(ktiles, kt0 + per);
+    const __half* in = (const __half*)p1.in;
+    const __half* w1 = (const __half*)p1.weight;
+    const __half* w2 = (const __half*)p3.weight;
+    const bool pre = p1.pre_scale != nullptr;
+
+    // With the first k-tile: the pre-activation of this block's channels, and the 3x3's
+    // weights for its 16 bottleneck channels ([tap][out channel][16], rows of DENSE_SLD).
+    if (pre) {
+        for (int i = tid; i < (kt1 - kt0) * 8; i += DENSE_THREADS) {
+            cp_async16(pre_s + 4 * i, p1.pre_scale + kt0 * 32 + 4 * i, true);
+            cp_async16(pre_s + DENSE_MAXKT * 32 + 4 * i, p1.pre_shift + kt0 * 32 + 4 * i, true);
+        }
+    }
+    for (int i = tid; i < 9 * DENSE_G * 2; i += DENSE_THREADS) {
+        const int tap = i / (DENSE_G * 2);
+        const int oc = i / 2 % DENSE_G;
+        const int h = i % 2;
+        cp_async16(w2s + (tap * DENSE_G + oc) * DENSE_SLD + 8 * h,
+                   w2 + (size_t)oc * p3.ldw + tap * DENSE_B + 16 * z + 8 * h, true);
+    }
+
+    // Each thread copies one 16-byte chunk of A (row ar, channels 8kc..) a k-tile, and
+    // two of B (output channels ar and ar + 64).
+    const int ar = tid / 4;
+    const int kc = tid % 4;
+    const bool a_ok = m0 + ar < M;
+    const __half* a_src = in + (size_t)(m0 + ar) * p1.in_stride + p1.in_off + 8 * kc;
+    auto issue = [&](int kt, int slot) {
+        if (kt < kt1) {
+            unsigned short* As = ring + slot * STAGE;
+            unsigned short* Bs = As + DENSE_ROWS * TC_LDS;
+            cp_async16(&As[ar * TC_LDS + 8 * kc], a_ok ? a_src + kt * 32 : in, a_ok);
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int oc = ar + 64 * i;
+                cp_async16(&Bs[oc * TC_LDS + 8 * kc], w1 + (size_t)oc * p1.ldw + kt * 32 + 8 * kc, true);
+            }
+        }
+        cp_async_commit();
+    };
+
+    // 8 warps in 2 x 4, each 32 x 32 of the 64 x 128 partial.
+    const int wm = (warp / 4) * 32;
+    const int wn = (warp % 4) * 32;
+    float acc[2][4][4];
+    zero_acc<2, 4>(acc);
+    issue(kt0, 0);
+    issue(kt0 + 1, 1);
+    for (int kt = kt0; kt < kt1; ++kt) {
+        const int it = kt - kt0;
+        const int slot = it % DENSE_STAGES;
+        cp_async_wait<1>();  // this thread's copies of k-tile kt have landed
+        if (it == 0) __syncthreads();  // and the scale and shift, which others copied
+        if (pre && a_ok) {
+            // Only this thread's own chunk: no barrier between its landing and this.
+            unsigned short* q = ring + slot * STAGE + ar * TC_LDS + 8 * kc;
+            const float* sc = pre_s + it * 32 + 8 * kc;
+            const float* sh = sc + DENSE_MAXKT * 32;
+            uint4 v = ld128(q);
+            v.x = pre_act_pair_with(v.x, sc[0], sh[0], sc[1], sh[1], p1.pre_relu);
+            v.y = pre_act_pair_with(v.y, sc[2], sh[2], sc[3], sh[3], p1.pre_relu);
+            v.z = pre_act_pair_with(v.z, sc[4], sh[4], sc[5], sh[5], p1.pre_relu);
+            v.w = pre_act_pair_with(v.w, sc[6], sh[6], sc[7], sh[7], p1.pre_relu);
+            st128(q, v);
+        }
+        __syncthreads();  // k-tile kt ready; the slot of k-tile kt - 1 free
+        issue(kt + 2, (it + 2) % DENSE_STAGES);
+        const unsigned short* A = ring + slot * STAGE;
+        const unsigned short* B = A + DENSE_ROWS * TC_LDS;
+#pragma unroll
+        for (int kk = 0; kk < TC_BK; kk += 16) {
+            unsigned a[2][4], b[4][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+                ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < 2; ++np) {
+                unsigned r[4];
+                ldmatrix_x4(r, B + (wn + np * 16 + (lane & 7) + (lane >> 4) * 8) * TC_LDS + kk + ((lane >> 3) & 1) * 8);
+                b[2 * np][0] = r[0];
+                b[2 * np][1] = r[1];
+                b[2 * np + 1][0] = r[2];
+                b[2 * np + 1][1] = r[3];
+            }
+            mma_tiles<2, 4>(acc, a, b);
+        }
+    }
+    cp_async_wait<0>();
+    __syncthreads();  // the ring's reads done; every copy (the 3x3's weights too) visible
+    float* st1 = reinterpret_cast<float*>(ring);
+    tc_epi_stage<2, 4, DENSE_B>(st1, acc, wm, wn, g, t);
+    cluster_sync();  // 1: every block's 1x1 partial staged
+
+    // This block's 16 bottleneck channels of the 64 rows: one float4 a thread.
+    {
+        const int row = tid / 4;
+        const int ch = 16 * (int)z + 4 * (tid % 4);
+        const float* q = st1 + row * DENSE_LD1 + ch;
+        const float4 s = dense_cluster_sum(q);
+        float v[4] = {s.x + p1.bias[ch], s.y + p1.bias[ch + 1], s.z + p1.bias[ch + 2], s.w + p1.bias[ch + 3]};
+        if (p1.relu) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = fmaxf(v[j], 0.0f);
+        }
+        const uint2 h = pack_half4(v);
+        *(uint2*)(bot + row * DENSE_SLD + 4 * (tid % 4)) = h;
+        if (m0 + row < M) *(uint2*)((__half*)p1.out + (size_t)(m0 + row) * p1.out_stride + p1.out_off + ch) = h;
+        if (tid < DENSE_SLD / 2) ((unsigned*)(bot + DENSE_ROWS * DENSE_SLD))[tid] = 0u;  // the padding row
+    }
+    __syncthreads();  // the slice complete
+
+    // The 3x3 over this block's 16 channels: warp (mt, nh) takes tile rows 16mt.. and
+    // output channels 16nh.., one k16 step a tap.
+    {
+        const int mt = warp % 4;
+        const int nh = warp / 4;
+        const int lrow = mt * 16 + (lane & 15);  // the row whose address this lane gives
+        const int img = lrow / PQ;
+        const int pix = lrow % PQ;
+        const int y = pix / p1.W;
+        const int x = pix % p1.W;
+        float acc2[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc2[j][e] = 0.0f;
+#pragma unroll
+        for (int tap = 0; tap < 9; ++tap) {
+            const int yy = y + tap / 3 - 1;
+            const int xx = x + tap % 3 - 1;
+            const bool inside = (unsigned)yy < (unsigned)p1.H && (unsigned)xx < (unsigned)p1.W;
+            const int src = inside ? img * PQ + yy * p1.W + xx : DENSE_ROWS;
+            unsigned a[4];
+            ldmatrix_x4(a, bot + src * DENSE_SLD + (lane >> 4) * 8);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const unsigned short* wq = w2s + (tap * DENSE_G + (2 * nh + j) * 8 + g) * DENSE_SLD + 2 * t;
+                const unsigned b[2] = {ld_pair(wq), ld_pair(wq + 8)};
+                mma_16816(acc2[j], a, b);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                float* q = st2 + (mt * 16 + hf * 8 + g) * DENSE_LD2 + (2 * nh + j) * 8 + 2 * t;
+#ifdef DGATE_HOST_EMU
+                emu_check_dynamic_smem(q, 8);
+#endif
+                *(float2*)q = make_float2(acc2[j][hf * 2], acc2[j][hf * 2 + 1]);
+            }
+    }
+    cluster_sync();  // 2: every block's 3x3 partial staged
+
+    // Output rows 8z..8z+7, all 32 channels: one float4 a thread for 64 threads.
+    if (tid < 8 * DENSE_G / 4) {
+        const int row = 8 * (int)z + tid / 8;
+        const int ch = 4 * (tid % 8);
+        const float* q = st2 + row * DENSE_LD2 + ch;
+        const float4 s = dense_cluster_sum(q);
+        float v[4] = {s.x + p3.bias[ch], s.y + p3.bias[ch + 1], s.z + p3.bias[ch + 2], s.w + p3.bias[ch + 3]};
+        if (p3.relu) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = fmaxf(v[j], 0.0f);
+        }
+        if (m0 + row < M)
+            *(uint2*)((__half*)p3.out + (size_t)(m0 + row) * p3.out_stride + p3.out_off + ch) = pack_half4(v);
+    }
+    cluster_sync();  // 3: the peers are done reading this block's shared memory
+}
 #endif
 
 // ---------------------------------------------------------------------------------
@@ -2469,6 +2743,8 @@ DGATE_KERNEL_CLUSTER(conv_tc64x64cl4_f16, ConvParams, 128, 4) { conv_tc_cluster<
 DGATE_KERNEL_CLUSTER(conv_tc64x64cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<64, 64, 2, 2, 8>(p); }
 DGATE_KERNEL_CLUSTER(conv_tc128x32cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<128, 32, 4, 1, 8>(p); }
 DGATE_KERNEL_CLUSTER(conv_tc128x128cl4_f16, ConvParams, 256, 4) { conv_tc_cluster<128, 128, 2, 4, 4>(p); }
+// A DenseNet layer's 1x1 and 3x3 in one launch (see conv_dense). Not yet run on a GPU.
+DGATE_KERNEL_CLUSTER(conv_dense_cl8_f16, DenseParams, DENSE_THREADS, DENSE_CL) { conv_dense(p); }
 #endif
 // 3x3 layers from a shared input patch (see conv_halo). Not yet run on a GPU.
 DGATE_KERNEL(conv_halo128_f16, ConvParams, 128) { conv_halo<128>(p); }

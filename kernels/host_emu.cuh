@@ -104,6 +104,10 @@ struct alignas(8) float2 {
     float x, y;
 };
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
+inline uint2 make_uint2(unsigned x, unsigned y) { return uint2{x, y}; }
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return uint4{x, y, z, w}; }
 
 // The GPU faults on misaligned vector accesses; x86 does not, so check here.
@@ -247,22 +251,26 @@ inline std::vector<TmaCopy> tma_pending;
 inline unsigned long long idle_spins = 0;
 constexpr unsigned long long MAX_IDLE_SPINS = 100000;
 
-// Thread-block clusters (1 x 1 x cluster_z, __cluster_dims__; conv_tc_cluster). A
-// cluster's blocks exchange shared memory between two cluster barriers, which blocks
-// run one after another cannot do; so each block of a cluster runs twice. The first
-// run (CLUSTER_COLLECT) stops at its first cluster barrier and keeps its dynamic shared
-// memory as it was there. The second (CLUSTER_FINISH) runs the block again from the
-// start, and its reads of a peer's shared memory (emu_cluster_ld4) see that peer's
-// kept copy. This is exact for kernels that write no global memory before the first
-// barrier (the replay recomputes the same partial tile) and read their peers only
-// between the first and the second barrier, which the reads check: a read outside that
-// window aborts, as does a third barrier or a peer that never reached the first.
-enum ClusterPhase { CLUSTER_NONE, CLUSTER_COLLECT, CLUSTER_FINISH };
-inline ClusterPhase cluster_phase = CLUSTER_NONE;
+// Thread-block clusters (1 x 1 x cluster_z, __cluster_dims__; conv_tc_cluster,
+// conv_dense). A cluster's blocks exchange shared memory between cluster barriers,
+// which blocks run one after another cannot do; so a cluster's blocks are replayed.
+// Every block, at each cluster barrier b it passes, keeps a copy of its dynamic shared
+// memory as it is there (`cluster_snap[b][rank]`). A read of a peer's shared memory
+// after barrier b (emu_cluster_ld4) sees that peer's copy from barrier b; where the
+// peer has not reached barrier b yet, the reading block is abandoned (`abandon`) and
+// run again from the start in the next round, when the peer's copy exists. Rounds go
+// on until every block of the cluster has run to its end. This is exact for kernels
+// that read a peer's memory only as it was at the barrier before (what a correct
+// kernel relies on anyway) and whose global writes before their last read of a peer
+// are plain stores, which a replay repeats with the same values. A read before the
+// first barrier aborts, as does a round in which no block gets further (a peer that
+// never reaches a barrier the reader waits for).
+inline bool cluster_on = false;
 inline unsigned cluster_z = 1;
 inline unsigned cluster_barriers = 0;  // passed by the running block
-inline std::vector<std::vector<unsigned char>> cluster_smem;  // per rank, when kept
-inline std::vector<bool> cluster_kept;
+inline std::vector<std::vector<std::vector<unsigned char>>> cluster_snap;  // [barrier][rank], empty: not yet
+inline unsigned cluster_snaps = 0;                                          // copies kept, for progress
+inline bool abandon = false;                                                // the running block stops
 
 inline void trampoline() {
     kernel(params);
@@ -291,6 +299,14 @@ inline void run_block(unsigned threads) {
             threadIdx = {i, 0, 0};
             swapcontext(&scheduler, &fibers[i].ctx);
             ran = true;
+            if (abandon) {  // a peer's shared memory not there yet: replayed later (see above)
+                for (unsigned j = 0; j < threads; ++j) {
+                    copies[j] = Groups<Copy>{};
+                    wgmmas[j] = Groups<Wgmma>{};
+                    fibers[j].state = DONE;
+                }
+                return;
+            }
         }
         if (ran) continue;
         unsigned live = 0, at_block = 0;
@@ -328,26 +344,17 @@ inline void run_block(unsigned threads) {
         unsigned at_cluster = 0;
         for (unsigned i = 0; i < threads; ++i) at_cluster += fibers[i].state == WAIT_CLUSTER;
         if (!released && at_cluster == live) {
-            if (cluster_phase == CLUSTER_NONE) {
+            if (!cluster_on) {
                 std::fprintf(stderr, "host_emu: cluster barrier in a launch without a cluster\n");
                 std::abort();
             }
-            if (cluster_phase == CLUSTER_COLLECT) {
-                // Kept as at the first barrier; the block is replayed (see above).
-                const unsigned rank = blockIdx.z % cluster_z;
-                cluster_smem[rank] = dynamic_smem;
-                cluster_kept[rank] = true;
-                for (unsigned i = 0; i < threads; ++i) {
-                    copies[i] = Groups<Copy>{};
-                    wgmmas[i] = Groups<Wgmma>{};
-                    fibers[i].state = DONE;
-                }
-                return;
-            }
-            if (++cluster_barriers > 2) {
-                std::fprintf(stderr, "host_emu: more than two cluster barriers in block (%u, %u, %u)\n", blockIdx.x,
-                             blockIdx.y, blockIdx.z);
-                std::abort();
+            // This block's shared memory as at barrier b, for its peers (see above).
+            const unsigned b = ++cluster_barriers;
+            const unsigned rank = blockIdx.z % cluster_z;
+            if (cluster_snap.size() <= b) cluster_snap.resize(b + 1, std::vector<std::vector<unsigned char>>(cluster_z));
+            if (cluster_snap[b][rank].empty()) {
+                cluster_snap[b][rank] = dynamic_smem;
+                ++cluster_snaps;
             }
             for (unsigned i = 0; i < threads; ++i)
                 if (fibers[i].state == WAIT_CLUSTER) fibers[i].state = RUNNABLE;
@@ -389,7 +396,7 @@ inline void emu_cluster_check(unsigned cz) {
     }
 }
 // ld.shared::cluster.v4.f32 of the 16 bytes at `local` (dynamic shared memory) in block
-// `rank` of the cluster: between the first and the second cluster barrier only.
+// `rank` of the cluster: after a cluster barrier, as the peer's memory was there.
 inline float4 emu_cluster_ld4(const float* local, unsigned rank) {
     const unsigned me = blockIdx.z % emu::cluster_z;
     const unsigned char* b = emu::dynamic_smem.data();
@@ -400,24 +407,22 @@ inline float4 emu_cluster_ld4(const float* local, unsigned rank) {
                      (const void*)local);
         std::abort();
     }
-    if (emu::cluster_phase == emu::CLUSTER_COLLECT) {
+    const unsigned bar = emu::cluster_barriers;
+    if (bar == 0) {
         std::fprintf(stderr, "host_emu: a peer's shared memory read before the first cluster barrier\n");
-        std::abort();
-    }
-    if (emu::cluster_barriers != 1) {
-        std::fprintf(stderr, "host_emu: a peer's shared memory read %s\n",
-                     emu::cluster_barriers == 0 ? "before the first cluster barrier" : "after the second cluster barrier");
         std::abort();
     }
     float4 v;
     if (rank == me) {
         std::memcpy(&v, q, 16);
+    } else if (emu::cluster_snap.size() <= bar || emu::cluster_snap[bar][rank].empty()) {
+        // The peer has not reached barrier `bar` yet: this block runs again later.
+        emu::abandon = true;
+        emu::fibers[emu::current].state = emu::DONE;
+        swapcontext(&emu::fibers[emu::current].ctx, &emu::scheduler);
+        std::abort();  // never resumed
     } else {
-        if (!emu::cluster_kept[rank]) {
-            std::fprintf(stderr, "host_emu: cluster rank %u never reached its first cluster barrier\n", rank);
-            std::abort();
-        }
-        std::memcpy(&v, emu::cluster_smem[rank].data() + (q - b), 16);
+        std::memcpy(&v, emu::cluster_snap[bar][rank].data() + (q - b), 16);
     }
     return v;
 }
@@ -744,8 +749,8 @@ inline void emu_ldmatrix_x4(unsigned* r, const unsigned short* addr) {
 #ifdef DGATE_EMU_DEFINE_LAUNCH
 // The bounds of the `__shared__` section, defined by the linker.
 extern "C" unsigned char __start_dgate_emu_shared[], __stop_dgate_emu_shared[];
-// A cluster (1 x 1 x cz blocks; cz = 1: none) runs its blocks to their first cluster
-// barrier, then again to the end (see emu::ClusterPhase).
+// A cluster (1 x 1 x cz blocks; cz = 1: none) runs its blocks in rounds, each block
+// replayed until every one has run to its end (see emu::cluster_snap).
 extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy, unsigned gz, unsigned cz,
                                 unsigned threads, unsigned smem, const void* p) {
     if (threads == 0 || threads > 1024) return 1;
@@ -784,18 +789,40 @@ extern "C" int dgate_emu_launch(void (*k)(const void*), unsigned gx, unsigned gy
         const unsigned bx = (unsigned)(c % gx), by = (unsigned)(c / gx % gy);
         const unsigned z0 = (unsigned)(c / gx / gy) * cz;
         if (cz == 1) {
-            emu::cluster_phase = emu::CLUSTER_NONE;
+            emu::cluster_on = false;
             run(bx, by, z0);
             continue;
         }
-        emu::cluster_smem.assign(cz, {});
-        emu::cluster_kept.assign(cz, false);
-        for (emu::ClusterPhase phase : {emu::CLUSTER_COLLECT, emu::CLUSTER_FINISH}) {
-            emu::cluster_phase = phase;
-            for (unsigned r = 0; r < cz; ++r) run(bx, by, z0 + ((launch & 1) != 0 ? cz - 1 - r : r));
+        // Rounds over the cluster's unfinished blocks until all have finished (see
+        // emu::cluster_snap).
+        emu::cluster_on = true;
+        emu::cluster_snap.clear();
+        emu::cluster_snaps = 0;
+        std::vector<bool> finished(cz, false);
+        for (unsigned left = cz; left > 0;) {
+            const unsigned snaps = emu::cluster_snaps;
+            bool progress = false;
+            for (unsigned k = 0; k < cz; ++k) {
+                const unsigned r = (launch & 1) != 0 ? cz - 1 - k : k;
+                if (finished[r]) continue;
+                emu::abandon = false;
+                run(bx, by, z0 + r);
+                if (!emu::abandon) {
+                    finished[r] = true;
+                    --left;
+                    progress = true;
+                }
+            }
+            if (!progress && emu::cluster_snaps == snaps) {
+                std::fprintf(stderr,
+                             "host_emu: cluster (%u, %u, %u): %u blocks wait on a peer that never reaches the barrier\n",
+                             bx, by, z0, left);
+                std::abort();
+            }
         }
+        emu::abandon = false;
     }
-    emu::cluster_phase = emu::CLUSTER_NONE;
+    emu::cluster_on = false;
     emu::cluster_z = 1;
     return 0;
 }

@@ -28,7 +28,9 @@ CUDA settings (environment; see the README):
   DGATE_AUTOTUNE=0      choose tiles by a cost model instead of timing them
   DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
   DGATE_TMA=0           on H100/H200, leave out the TMA tiles (conv_tma*) alone
-  DGATE_CLUSTER=0       on sm_90+, leave out the cluster-split tiles (conv_tc*cl*)
+  DGATE_CLUSTER=0       on sm_90+, leave out the cluster-split tiles (conv_tc*cl*) and conv_dense
+  DGATE_FUSE=0|1        DenseNet layers at 8x8 and 4x4 in one conv_dense launch (sm_90+, f16):
+                        0 never, 1 always, unset where tuning finds it faster
   DGATE_PDL=1           programmatic dependent launch (sm_90+)
   DGATE_PREFETCH=1      convolutions ask their weights into L2 before waiting for the previous kernel
   DGATE_CARVEOUT=max    every kernel asks for the same shared-memory share of L1 (or 0-100 percent)

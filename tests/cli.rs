@@ -298,6 +298,7 @@ fn bench_help_names_every_cuda_setting() {
         "DGATE_WGMMA",
         "DGATE_TMA",
         "DGATE_CLUSTER",
+        "DGATE_FUSE",
         "DGATE_PDL",
         "DGATE_PREFETCH",
         "DGATE_CARVEOUT",

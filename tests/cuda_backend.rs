@@ -41,7 +41,7 @@ fn param_structs_have_the_sizes_common_cuh_expects() {
         .filter(|s| s.0.starts_with("DGATE_SIZEOF_"))
         .map(|s| s.1)
         .collect();
-    assert_eq!(sizes, vec![176, 72, 88, 144, 88, 56, 48, 8]);
+    assert_eq!(sizes, vec![176, 352, 72, 88, 144, 88, 56, 48, 8]);
 }
 
 #[test]

@@ -76,6 +76,25 @@ pub(crate) const fn tma_smem(bn: usize, stages: usize) -> u32 {
 }
 const MAX_SPLIT_K: usize = 16;
 
+/// conv_dense_cl8_f16 (a DenseNet layer's 1x1 and 3x3 in one launch over a cluster of
+/// `DENSE_CL` blocks, conv.cu): the output pixels a cluster takes, the bottleneck and
+/// growth channels it is built for, the most 32-channel k-tiles of the 1x1 a block
+/// takes, and its dynamic shared memory (checked against conv.cu's).
+pub(crate) const DENSE_KERNEL: &str = "conv_dense_cl8_f16";
+pub(crate) const DENSE_CL: usize = 8;
+pub(crate) const DENSE_ROWS: usize = 64;
+pub(crate) const DENSE_B: usize = 128;
+pub(crate) const DENSE_G: usize = 32;
+pub(crate) const DENSE_MAXKT: usize = 16;
+pub(crate) const DENSE_SMEM: u32 = {
+    let ring = 3 * (DENSE_ROWS + DENSE_B) * TC_LDS * 2;
+    let partial3 = DENSE_ROWS * (DENSE_G + TC_EPI_PAD) * 4;
+    let pre = 2 * DENSE_MAXKT * 32 * 4;
+    let slice = (DENSE_ROWS + 1) * 24 * 2;
+    let weights3 = 9 * DENSE_G * 24 * 2;
+    (ring + partial3 + pre + slice + weights3) as u32
+};
+
 /// Which layers a convolution kernel can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Needs {
@@ -93,6 +112,9 @@ pub(crate) enum Needs {
     /// pre-activation on a map that 128-pixel tiles of whole rows or whole images cover
     /// (`tma_box`; the input in 4-D boxes).
     Tma,
+    /// No single layer: a kernel for two layers at once (conv_dense; exec.rs decides
+    /// where it applies).
+    Pair,
 }
 
 /// One convolution kernel of conv.cu and how to launch it.
@@ -423,6 +445,24 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tc_cluster("conv_tc64x64cl8_f16", 64, 64, 128, 8, 0.7),
     tc_cluster("conv_tc128x32cl8_f16", 128, 32, 128, 8, 0.6),
     tc_cluster("conv_tc128x128cl4_f16", 128, 128, 256, 4, 1.0),
+    // A DenseNet layer's 1x1 and 3x3 in one launch (sm_90). Not yet run on a GPU; never
+    // a candidate for one layer.
+    ConvKernel {
+        name: DENSE_KERNEL,
+        dtype: "f16",
+        tile: (DENSE_ROWS, DENSE_B, 32),
+        threads: 256,
+        smem: DENSE_SMEM,
+        k_major: true,
+        split: false,
+        needs: Needs::Pair,
+        m_loop: false,
+        efficiency: 0.5,
+        wgmma: false,
+        resident: 0,
+        modelled: false,
+        cluster: DENSE_CL,
+    },
     // 3x3 layers from a shared input patch. Not yet run on a GPU.
     halo("conv_halo128_f16", 128, 0.5),
     halo("conv_halo64_f16", 64, 0.45),
@@ -489,6 +529,7 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
                 // The f32 kernel's thread owns four consecutive pixels of one row.
                 && (k.dtype != "f32" || c.in_w.is_multiple_of(4))
         }
+        Needs::Pair => false,
         Needs::Tma => {
             let same = (c.out_h, c.out_w) == (c.in_h, c.in_w) && c.stride == 1;
             vec_aligned(plan, c)
@@ -502,12 +543,51 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
     }
 }
 
+/// Whether convolutions `a` then `b` form a DenseNet layer that conv_dense_cl8_f16 runs
+/// in one launch: `a` a 1x1 of stride 1 without padding or residual (pre-activation
+/// allowed) from C channels (a multiple of 32, at most DENSE_CL * DENSE_MAXKT * 32) into
+/// exactly the DENSE_B channels `b` reads, `b` a 3x3 of stride 1 and padding 1 onto
+/// DENSE_G channels without pre-activation or residual, on a map of `h * w` pixels
+/// dividing DENSE_ROWS, with views aligned for the kernel's 16-byte loads and 8-byte
+/// stores, and neither output overlapping `a`'s input (other clusters read it while
+/// this one writes).
+pub(crate) fn dense_pair(plan: &Plan, a: &Conv, b: &Conv) -> bool {
+    let stride = |v: &View| plan.buffers[v.buf].channels;
+    let disjoint = |x: &View, y: &View| {
+        x.buf != y.buf || x.offset + x.channels <= y.offset || y.offset + y.channels <= x.offset
+    };
+    let hw = a.in_h * a.in_w;
+    let same = |c: &Conv| (c.in_h, c.in_w, c.out_h, c.out_w) == (a.in_h, a.in_w, a.in_h, a.in_w);
+    (a.kernel, a.stride, a.pad) == (1, 1, 0)
+        && (b.kernel, b.stride, b.pad) == (3, 1, 1)
+        && same(a)
+        && same(b)
+        && hw > 0
+        && DENSE_ROWS.is_multiple_of(hw)
+        && a.residual.is_none()
+        && b.residual.is_none()
+        && b.pre.is_none()
+        && a.input.channels.is_multiple_of(32)
+        && a.input.channels <= DENSE_CL * DENSE_MAXKT * 32
+        && stride(&a.input).is_multiple_of(8)
+        && a.input.offset.is_multiple_of(8)
+        && a.output.channels == DENSE_B
+        && b.input == a.output
+        && b.output.channels == DENSE_G
+        && [&a.output, &b.output]
+            .iter()
+            .all(|v| stride(v).is_multiple_of(4) && v.offset.is_multiple_of(4))
+        && disjoint(&a.output, &a.input)
+        && disjoint(&b.output, &a.input)
+        && disjoint(&b.output, &a.output)
+}
+
 /// Whether `policy` names something [`conv_candidates`] understands for `dtype`.
 pub(crate) fn policy_known(policy: &str, dtype: &str) -> bool {
     policy == "auto"
         || ["conv_tc_f16", "conv_wg_f16", "conv_tma_f16"].contains(&policy) && dtype == "f16"
         || policy == format!("conv_sgemm_{dtype}") && dtype == "f32"
-        || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype)
+        || conv_kernel_info(policy).is_some_and(|k| k.dtype == dtype && k.needs != Needs::Pair)
 }
 
 /// The kernels one convolution may use under `policy`, all with one weight packing:
@@ -1024,7 +1104,9 @@ mod kernel_choice {
             names("conv_tc64x32_f16", "f16", &aligned),
             ["conv_tc64x32_f16"]
         );
-        for k in CONV_KERNELS {
+        // conv_dense is no policy: it takes two layers at once (exec.rs fuses them).
+        assert!(!policy_known(DENSE_KERNEL, "f16"));
+        for k in CONV_KERNELS.iter().filter(|k| k.needs != Needs::Pair) {
             assert!(policy_known(k.name, k.dtype));
             assert!(!policy_known(
                 k.name,
@@ -1047,9 +1129,20 @@ mod kernel_choice {
         }
         let tiles: Vec<_> = CONV_KERNELS
             .iter()
-            .filter(|k| k.smem > 0 && k.needs != Needs::Tma && k.dtype == "f16")
+            .filter(|k| {
+                k.smem > 0 && !matches!(k.needs, Needs::Tma | Needs::Pair) && k.dtype == "f16"
+            })
             .collect();
         assert_eq!(tiles.len(), 21);
+        // conv_dense stages its 64 x 128 partial in its ring, within one block's share.
+        let dense = conv_kernel_info(DENSE_KERNEL).unwrap();
+        assert!(dense.smem as usize >= 3 * (DENSE_ROWS + DENSE_B) * TC_LDS * 2);
+        const {
+            assert!(
+                3 * (DENSE_ROWS + DENSE_B) * TC_LDS * 2 >= DENSE_ROWS * (DENSE_B + TC_EPI_PAD) * 4
+            )
+        };
+        assert!(dense.smem <= 227 * 1024 && dense.cluster == DENSE_CL);
         for k in tiles {
             let (bm, bn, _) = k.tile;
             assert!(k.smem as usize >= bm * (bn + TC_EPI_PAD) * 4, "{}", k.name);

@@ -154,6 +154,18 @@ pub(crate) struct Prepared {
     pub rejected: Vec<String>,
     /// Tests only: a tolerance in place of `check_tolerance` (negative rejects all).
     pub test_tolerance: Option<f32>,
+    /// (stage, op) where ops `op` and `op + 1` are a DenseNet layer conv_dense_cl8_f16
+    /// can run in one launch (`dense_pair`, f16 under `auto`, the kernel loaded).
+    pairs: std::collections::HashSet<(usize, usize)>,
+    /// (stage, op, batch) of the pairs that run fused: where tuning checked the fused
+    /// kernel against the two layers' own and found it faster.
+    fused: std::collections::HashSet<(usize, usize, usize)>,
+    /// The pairs whose fused kernel disagreed with their own kernels in tuning's check:
+    /// never fused, `DGATE_FUSE=1` or not.
+    unfusable: std::collections::HashSet<(usize, usize)>,
+    /// `DGATE_FUSE`: `Some(true)` (1) fuses every pair, checked or not; `Some(false)`
+    /// (0) none; `None` (unset): where tuning measured it faster.
+    pub fuse: Option<bool>,
 }
 
 /// Largest |candidate - reference| accepted, relative to the reference's largest
@@ -851,6 +863,20 @@ impl Prepared {
             bias: dev.upload_f32(&plan.head.bias)?,
             pre: upload_pre(dev, &plan.head.pre)?,
         };
+        let mut pairs = std::collections::HashSet::new();
+        if policy == "auto" && dev.dtype() == "f16" && dev.has_function(DENSE_KERNEL).is_ok() {
+            for (s, st) in plan.stages.iter().enumerate() {
+                for o in 0..st.ops.len().saturating_sub(1) {
+                    let (Op::Conv(a), Op::Conv(b)) = (&st.ops[o], &st.ops[o + 1]) else {
+                        continue;
+                    };
+                    let k_major = |d: &DevOp| matches!(d, DevOp::Conv { cands, .. } if cands.iter().all(|k| k.k_major));
+                    if dense_pair(plan, a, b) && k_major(&ops[s][o]) && k_major(&ops[s][o + 1]) {
+                        pairs.insert((s, o));
+                    }
+                }
+            }
+        }
         let levels = plan.gates.len() + 1;
         let scratch_elems = plan
             .gates
@@ -918,7 +944,34 @@ impl Prepared {
             verified: 0,
             rejected: Vec::new(),
             test_tolerance: None,
+            pairs,
+            fused: Default::default(),
+            unfusable: Default::default(),
+            fuse: match std::env::var("DGATE_FUSE").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
         })
+    }
+
+    /// Whether ops `o` and `o + 1` of stage `s` run as one conv_dense launch at batch `n`.
+    fn fuse_on(&self, s: usize, o: usize, n: usize) -> bool {
+        self.pairs.contains(&(s, o))
+            && match self.fuse {
+                Some(on) => on && !self.unfusable.contains(&(s, o)),
+                None => self.fused.contains(&(s, o, n)),
+            }
+    }
+
+    /// How many DenseNet layers could run fused, and how many do at batch `n`.
+    pub fn fused_pairs(&self, n: usize) -> (usize, usize) {
+        let on = self
+            .pairs
+            .iter()
+            .filter(|&&(s, o)| self.fuse_on(s, o, n))
+            .count();
+        (self.pairs.len(), on)
     }
 
     /// The kernel (and k-splits) a convolution op runs with at batch `n`.
@@ -929,6 +982,12 @@ impl Prepared {
         ) else {
             return None;
         };
+        if self.fuse_on(stage, op, n) {
+            return Some(DENSE_KERNEL.to_string());
+        }
+        if op > 0 && self.fuse_on(stage, op - 1, n) {
+            return Some(format!("(in {DENSE_KERNEL})"));
+        }
         let level = plan.level_of(stage);
         let (i, splits) = self.choice(stage, op, level, c, cands, n);
         let name = cands.get(i)?.name;
@@ -1002,6 +1061,7 @@ impl Prepared {
         self.assumed.insert(n, next);
         self.reassumed.insert(n, times + 1);
         self.choices.retain(|k, _| k.2 != n);
+        self.fused.retain(|k| k.2 != n);
         self.tuned_batches.remove(&n);
         self.graphs.remove(&n);
         true
@@ -1055,6 +1115,7 @@ impl Prepared {
     /// Drops every kernel choice and captured graph (they are made again as needed).
     pub fn forget_choices(&mut self) {
         self.choices.clear();
+        self.fused.clear();
         self.tuned.clear();
         self.tuned_batches.clear();
         self.graphs.clear();
@@ -1208,6 +1269,9 @@ impl Prepared {
                 self.choices.insert((s, o, n), best.0);
                 timed += 1;
             }
+            if self.fuse != Some(false) {
+                self.tune_pairs(dev, plan, (s, level, n, live[level]), &events)?;
+            }
             if plan.gate_after(s).is_some() {
                 level += 1;
             }
@@ -1271,11 +1335,27 @@ impl Prepared {
             std::sync::Arc<cudarc::driver::CudaStream>,
         )>,
     ) -> Result<f32> {
+        Self::time_launches(dev, events, &|| {
+            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)
+        })
+    }
+
+    /// [`Self::time_try`]'s timing of any launches `launch` enqueues: milliseconds a run.
+    #[allow(clippy::type_complexity)]
+    fn time_launches(
+        dev: &Device,
+        events: &Option<(
+            cudarc::driver::CudaEvent,
+            cudarc::driver::CudaEvent,
+            std::sync::Arc<cudarc::driver::CudaStream>,
+        )>,
+        launch_once: &dyn Fn() -> Result<()>,
+    ) -> Result<f32> {
         const TIME_REPS: usize = 10;
         let ev = |e: cudarc::driver::DriverError| Error::Cuda(format!("tuning event: {e}"));
         let Some((start, end, stream)) = events else {
             let wall = std::time::Instant::now();
-            self.launch_conv(dev, plan, c, s, o, level, n, ch, None)?;
+            launch_once()?;
             return Ok(wall.elapsed().as_secs_f32() * 1e3);
         };
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -1283,8 +1363,7 @@ impl Prepared {
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
             .ok()
             .and_then(|()| {
-                let launched = (0..TIME_REPS)
-                    .try_for_each(|_| self.launch_conv(dev, plan, c, s, o, level, n, ch, None));
+                let launched = (0..TIME_REPS).try_for_each(|_| launch_once());
                 let graph = stream.end_capture(CUgraphInstantiate_flags(0));
                 launched.ok().and(graph.ok().flatten())
             });
@@ -1294,8 +1373,7 @@ impl Prepared {
                 Some(g) => g
                     .launch()
                     .map_err(|e| Error::Cuda(format!("tuning graph: {e}"))),
-                None => (0..reps)
-                    .try_for_each(|_| self.launch_conv(dev, plan, c, s, o, level, n, ch, None)),
+                None => (0..reps).try_for_each(|_| launch_once()),
             }
         };
         launch()?; // warm-up
@@ -1305,6 +1383,142 @@ impl Prepared {
         end.record(stream).map_err(ev)?;
         end.synchronize().map_err(ev)?;
         Ok(start.elapsed_ms(end).map_err(ev)? / reps as f32)
+    }
+
+    /// Tuning of stage `s`'s DenseNet layers (`pairs`) at batch `n` (live samples
+    /// `live`, counted at `level`), once both layers' kernels are chosen: the fused
+    /// kernel runs on noise in the 1x1's input, and its output is compared on the
+    /// device with the two layers' own launches (`diff_max`); where it agrees, both
+    /// ways are timed and it is kept where faster (`DGATE_FUSE=1`: wherever it agrees).
+    /// A disagreement is printed and kept in `rejected`, as for a candidate kernel.
+    #[allow(clippy::type_complexity)]
+    fn tune_pairs(
+        &mut self,
+        dev: &Device,
+        plan: &Plan,
+        (s, level, n, live): (usize, usize, usize, usize),
+        events: &Option<(
+            cudarc::driver::CudaEvent,
+            cudarc::driver::CudaEvent,
+            std::sync::Arc<cudarc::driver::CudaStream>,
+        )>,
+    ) -> Result<()> {
+        let mut mine: Vec<usize> = self
+            .pairs
+            .iter()
+            .filter(|p| p.0 == s)
+            .map(|p| p.1)
+            .collect();
+        mine.sort_unstable();
+        let dt = dev.dtype();
+        for o in mine {
+            let (Op::Conv(a), Op::Conv(b)) = (&plan.stages[s].ops[o], &plan.stages[s].ops[o + 1])
+            else {
+                continue;
+            };
+            if self.check.is_none() {
+                let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
+                self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
+            }
+            let (ref_ptr, out_ptr) = match &self.check {
+                Some((r, d)) => (r.ptr, d.ptr),
+                None => unreachable!("allocated above"),
+            };
+            let params = |v: &View, rows: usize, a: u64, b: u64, out: u64, seed: u32| CheckParams {
+                a,
+                b,
+                out,
+                rows: rows as i32,
+                c: v.channels as i32,
+                stride: plan.buffers[v.buf].channels as i32,
+                off: v.offset as i32,
+                seed,
+                pad0: 0,
+            };
+            let grid = |rows: usize, v: &View| {
+                (
+                    blocks(rows * v.channels, ELEMENTWISE_THREADS as usize).min(4096),
+                    1,
+                )
+            };
+            let rows = live * a.in_h * a.in_w;
+            let fill = params(
+                &a.input,
+                rows,
+                self.view_ptr(&a.input),
+                0,
+                0,
+                (s * 1000 + o) as u32,
+            );
+            dev.launch(
+                &format!("fill_noise_{dt}"),
+                grid(rows, &a.input),
+                ELEMENTWISE_THREADS,
+                0,
+                &fill,
+            )?;
+            let pos = |op: usize| (s, op, level, n);
+            // The two layers' own kernels (the reference) into the scratch, then fused.
+            self.launch_conv(dev, plan, a, s, o, level, n, None, None)?;
+            self.launch_conv(dev, plan, b, s, o + 1, level, n, None, Some(ref_ptr))?;
+            self.launch_dense(dev, plan, pos(o), None)?;
+            if let Some((_, d)) = self.check.as_mut() {
+                dev.upload_bytes(d, &[0u8; 8])?;
+            }
+            let cmp = params(
+                &b.output,
+                rows,
+                self.view_ptr(&b.output),
+                ref_ptr,
+                out_ptr,
+                0,
+            );
+            dev.launch(
+                &format!("diff_max_{dt}"),
+                grid(rows, &b.output),
+                ELEMENTWISE_THREADS,
+                0,
+                &cmp,
+            )?;
+            let bytes = match &self.check {
+                Some((_, d)) => dev.download_bytes(d, 8)?,
+                None => unreachable!("allocated above"),
+            };
+            let diff = f32::from_bits(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
+            let scale =
+                f32::from_bits(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
+            let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
+            if diff > tol * scale {
+                let msg = format!(
+                    "{DENSE_KERNEL} disagrees with the two layers' own kernels on a {}->{}->{} DenseNet layer at {}x{}, \
+                     {live} samples (max |diff| {diff:.3e}, max |value| {scale:.3e}): not fused",
+                    a.input.channels, a.output.channels, b.output.channels, a.in_h, a.in_w,
+                );
+                if self.test_tolerance.is_none() {
+                    eprintln!("dgate: {msg}");
+                }
+                self.rejected.push(msg);
+                self.unfusable.insert((s, o));
+                continue;
+            }
+            self.verified += 1;
+            let fuse = if self.fuse == Some(true) {
+                true
+            } else {
+                let apart = Self::time_launches(dev, events, &|| {
+                    self.launch_conv(dev, plan, a, s, o, level, n, None, None)?;
+                    self.launch_conv(dev, plan, b, s, o + 1, level, n, None, None)
+                })?;
+                let fused = Self::time_launches(dev, events, &|| {
+                    self.launch_dense(dev, plan, pos(o), None)
+                })?;
+                fused < apart
+            };
+            if fuse {
+                self.fused.insert((s, o, n));
+            }
+        }
+        Ok(())
     }
 
     /// Checks `tries` (candidate, k-splits) against the reference kernel where there is
@@ -1536,24 +1750,19 @@ impl Prepared {
         after(Step::Head)
     }
 
-    /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
-    /// the kernel and splits chosen for batch `n`, or `force`d ones (for tuning), into
-    /// its output view or, for tuning's check, the same view of buffer `out`.
-    #[allow(clippy::too_many_arguments)]
-    fn launch_conv(
+    /// The launch parameters of convolution `o` of stage `s` (live samples counted at
+    /// `level`) for a kernel of that weight packing, into its output view or the same
+    /// view of buffer `out`.
+    fn conv_params(
         &self,
         dev: &Device,
         plan: &Plan,
         c: &Conv,
-        s: usize,
-        o: usize,
-        level: usize,
-        n: usize,
-        force: Option<(usize, usize)>,
+        (s, o, level, n): (usize, usize, usize, usize),
+        k_major: bool,
         out: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<ConvParams> {
         let DevOp::Conv {
-            cands,
             weight,
             bias,
             pre,
@@ -1563,10 +1772,6 @@ impl Prepared {
         else {
             return Err(Error::Cuda("prepared plan does not match the plan".into()));
         };
-        let (i, splits) = force.unwrap_or_else(|| self.choice(s, o, level, c, cands, n));
-        let kernel = cands
-            .get(i)
-            .ok_or_else(|| Error::Cuda("convolution choice out of range".into()))?;
         let (ps, pb, pr) = pre_ptrs(pre);
         let (res_ptr, res_stride, res_off) = match &c.residual {
             Some(r) => (
@@ -1576,8 +1781,8 @@ impl Prepared {
             ),
             None => (0, 0, 0),
         };
-        let (m, k, kd) = Self::gemm_shape(c, n);
-        let p = ConvParams {
+        let (_, k, kd) = Self::gemm_shape(c, n);
+        Ok(ConvParams {
             input: self.view_ptr(&c.input),
             out: out.unwrap_or_else(|| self.view_ptr(&c.output)),
             weight: weight.ptr,
@@ -1606,7 +1811,7 @@ impl Prepared {
             pad: c.pad as i32,
             pre_relu: pr,
             relu: c.relu as i32,
-            ldw: if kernel.k_major { kd as i32 } else { k as i32 },
+            ldw: if k_major { kd as i32 } else { k as i32 },
             ws_cap: self.ws_cap.min(i32::MAX as usize) as i32,
             n_tickets: self.n_tickets.min(i32::MAX as usize) as i32,
             weight_lines: if dev.prefetch {
@@ -1614,7 +1819,60 @@ impl Prepared {
             } else {
                 0
             },
+        })
+    }
+
+    /// Launches ops `o` and `o + 1` of stage `s` (a [`dense_pair`]) as one
+    /// conv_dense_cl8_f16: a cluster of DENSE_CL blocks per DENSE_ROWS output pixels of
+    /// the batch (those past the live samples return at once). The 3x3's output goes to
+    /// its view or the same view of buffer `out`.
+    fn launch_dense(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        (s, o, level, n): (usize, usize, usize, usize),
+        out: Option<u64>,
+    ) -> Result<()> {
+        let (Some(Op::Conv(a)), Some(Op::Conv(b))) =
+            (plan.stages[s].ops.get(o), plan.stages[s].ops.get(o + 1))
+        else {
+            return Err(Error::Cuda(
+                "fused DenseNet layer is not two convolutions".into(),
+            ));
         };
+        let p = DenseParams {
+            one: self.conv_params(dev, plan, a, (s, o, level, n), true, None)?,
+            three: self.conv_params(dev, plan, b, (s, o + 1, level, n), true, out)?,
+        };
+        let grid = (blocks(n * a.in_h * a.in_w, DENSE_ROWS), 1, DENSE_CL as u32);
+        dev.launch3(DENSE_KERNEL, grid, 256, DENSE_SMEM, &p)
+    }
+
+    /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
+    /// the kernel and splits chosen for batch `n`, or `force`d ones (for tuning), into
+    /// its output view or, for tuning's check, the same view of buffer `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_conv(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        c: &Conv,
+        s: usize,
+        o: usize,
+        level: usize,
+        n: usize,
+        force: Option<(usize, usize)>,
+        out: Option<u64>,
+    ) -> Result<()> {
+        let DevOp::Conv { cands, .. } = &self.ops[s][o] else {
+            return Err(Error::Cuda("prepared plan does not match the plan".into()));
+        };
+        let (i, splits) = force.unwrap_or_else(|| self.choice(s, o, level, c, cands, n));
+        let kernel = cands
+            .get(i)
+            .ok_or_else(|| Error::Cuda("convolution choice out of range".into()))?;
+        let p = self.conv_params(dev, plan, c, (s, o, level, n), kernel.k_major, out)?;
+        let (m, k, _) = Self::gemm_shape(c, n);
         // Splits were chosen for the samples assumed live; should more arrive than the
         // workspace holds, the kernel undoes the split itself (conv_k_range).
         // A cluster kernel always runs its cluster's k-ranges (one launch, no workspace).
@@ -1673,6 +1931,11 @@ impl Prepared {
         let count = self.count_ptr(level);
         for (o, (op, dop)) in plan.stages[s].ops.iter().zip(&self.ops[s]).enumerate() {
             match (op, dop) {
+                // A fused DenseNet layer: both ops in the first one's launch.
+                (Op::Conv(_), DevOp::Conv { .. }) if self.fuse_on(s, o, n) => {
+                    self.launch_dense(dev, plan, (s, o, level, n), None)?;
+                }
+                (Op::Conv(_), DevOp::Conv { .. }) if o > 0 && self.fuse_on(s, o - 1, n) => {}
                 (Op::Conv(c), DevOp::Conv { .. }) => {
                     self.launch_conv(dev, plan, c, s, o, level, n, None, None)?;
                 }
@@ -2143,5 +2406,72 @@ mod prefetch_lines {
         // ResNet-101's 3x3 512->512 in f16: 4.5 MiB, 36864 lines.
         assert_eq!(weight_lines(9 * 512 * 512 * 2), 36864);
         assert_eq!(weight_lines(usize::MAX), i32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod dense_pairs {
+    use crate::backend::cuda::convsel::dense_pair;
+    use crate::plan::{Op, Plan};
+
+    fn pairs(plan: &Plan) -> Vec<(usize, usize)> {
+        let mut found = Vec::new();
+        for st in &plan.stages {
+            for w in st.ops.windows(2) {
+                if let [Op::Conv(a), Op::Conv(b)] = w {
+                    if dense_pair(plan, a, b) {
+                        found.push((a.in_h, a.input.channels));
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    /// DenseNet-201 as the loader lowers it: conv_dense takes the 48 layers at 8x8 and
+    /// the 32 at 4x4 (80 of 98), none at 16x16 or 32x32; ResNet-101 has none.
+    #[test]
+    fn densenet_201_layers_at_8x8_and_4x4_are_pairs() {
+        let w = crate::zoo::random("densenet201", 0).unwrap();
+        let m = crate::model::Model::from_weights(&w).unwrap();
+        let found = pairs(&m.plan);
+        let at = |hw: usize| found.iter().filter(|p| p.0 == hw).count();
+        assert_eq!((at(8), at(4), at(16), at(32)), (48, 32, 0, 0), "{found:?}");
+        // The largest input is within a cluster's k-tiles.
+        assert!(found.iter().all(|p| p.1 % 32 == 0 && p.1 <= 8 * 16 * 32));
+        let w = crate::zoo::random("resnet101", 0).unwrap();
+        let m = crate::model::Model::from_weights(&w).unwrap();
+        assert!(pairs(&m.plan).is_empty());
+    }
+
+    /// What breaks a pair: a pre-activated 3x3, a growth other than 32, a map of more
+    /// than 64 pixels, an input window off the 8-channel grid.
+    #[test]
+    fn pairs_need_the_kernel_shape() {
+        let plan = crate::backend::cuda::synthetic::dense_layers_plan(1, 8);
+        let ops = &plan.stages[0].ops;
+        let (Op::Conv(a), Op::Conv(b)) = (&ops[2], &ops[3]) else {
+            panic!("the plan's first dense layer is ops 2 and 3");
+        };
+        assert!(dense_pair(&plan, a, b));
+        let mut b2 = b.clone();
+        b2.pre = a.pre.clone().map(|mut p| {
+            p.scale.truncate(128);
+            p.shift.truncate(128);
+            p
+        });
+        assert!(!dense_pair(&plan, a, &b2));
+        let mut b3 = b.clone();
+        b3.output.channels = 16;
+        assert!(!dense_pair(&plan, a, &b3));
+        let (mut a4, mut b4) = (a.clone(), b.clone());
+        for c in [&mut a4, &mut b4] {
+            (c.in_h, c.in_w, c.out_h, c.out_w) = (16, 16, 16, 16);
+        }
+        assert!(!dense_pair(&plan, &a4, &b4));
+        let mut a5 = a.clone();
+        a5.input.offset += 4;
+        a5.input.channels -= 32;
+        assert!(!dense_pair(&plan, &a5, b));
     }
 }

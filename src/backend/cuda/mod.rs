@@ -29,7 +29,9 @@
 //! (convolutions ask their weights into L2 before waiting for the previous kernel; off
 //! until measured, see [`Backend::set_weight_prefetch`]), `DGATE_WGMMA=0` (on
 //! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CLUSTER=0` (leave
-//! out the cluster-split tiles `conv_tc*cl*`), `DGATE_CARVEOUT=<0-100|max>`
+//! out the cluster-split tiles `conv_tc*cl*` and `conv_dense_cl8_f16`), `DGATE_FUSE=0|1`
+//! (a DenseNet layer's 1x1 and 3x3 at 8x8 and 4x4 in one `conv_dense_cl8_f16` launch:
+//! never, or wherever it applies; unset, where tuning checked it and found it faster), `DGATE_CARVEOUT=<0-100|max>`
 //! (one shared-memory share of L1 for every kernel; off until measured), `DGATE_DEBUG` (print
 //! NVRTC compile times, tuning and its whole-pass check), `DGATE_PTXAS_VERBOSE` (print
 //! registers, spills and shared memory per kernel).
@@ -95,6 +97,8 @@ pub struct CudaBackend {
     /// Measure the convolution kernels per batch size before capturing (GPU only).
     autotune: bool,
     prepared: Option<Prepared>,
+    /// Tests only: the `DGATE_FUSE` setting plans get (see `op_test_set_fuse`).
+    fuse_override: Option<Option<bool>>,
 }
 
 /// One pass at batch `n` captured into a CUDA graph with the kernels chosen now.
@@ -207,6 +211,7 @@ impl CudaBackend {
             use_graphs,
             autotune,
             prepared: None,
+            fuse_override: None,
         })
     }
 
@@ -221,6 +226,7 @@ impl CudaBackend {
             use_graphs: false,
             autotune: false,
             prepared: None,
+            fuse_override: None,
         })
     }
 
@@ -258,7 +264,7 @@ impl CudaBackend {
         if !convsel::policy_known(name, self.dev.dtype()) {
             let mut names: Vec<&str> = convsel::CONV_KERNELS
                 .iter()
-                .filter(|k| k.dtype == self.dev.dtype())
+                .filter(|k| k.dtype == self.dev.dtype() && k.needs != convsel::Needs::Pair)
                 .map(|k| k.name)
                 .collect();
             names.insert(0, "auto");
@@ -311,12 +317,11 @@ impl CudaBackend {
     /// or after changing weights in place.
     pub fn prepare(&mut self, plan: &Plan, max_batch: usize) -> Result<()> {
         self.prepared = None;
-        self.prepared = Some(Prepared::new(
-            &self.dev,
-            plan,
-            max_batch.max(1),
-            &self.conv_kernel,
-        )?);
+        let mut prep = Prepared::new(&self.dev, plan, max_batch.max(1), &self.conv_kernel)?;
+        if let Some(f) = self.fuse_override {
+            prep.fuse = f;
+        }
+        self.prepared = Some(prep);
         Ok(())
     }
 
@@ -649,6 +654,28 @@ impl CudaBackend {
     /// How many kernel choices the resident plan has measured.
     pub(crate) fn op_test_measured_choices(&self) -> usize {
         self.prepared.as_ref().map_or(0, |p| p.measured_choices())
+    }
+
+    /// Tests only: the `DGATE_FUSE` setting of the resident plan and of those prepared
+    /// later, in place of the variable's (`Some(true)`: every DenseNet layer conv_dense
+    /// can run fused; see exec.rs). Drops the resident plan's graphs.
+    pub(crate) fn op_test_set_fuse(&mut self, fuse: Option<bool>) {
+        self.fuse_override = Some(fuse);
+        if let Some(p) = self.prepared.as_mut() {
+            p.fuse = fuse;
+            p.graphs.clear();
+        }
+    }
+
+    /// Whether the device has kernel `name` (loaded for its architecture).
+    pub(crate) fn op_test_has_function(&self, name: &str) -> Result<()> {
+        self.dev.has_function(name)
+    }
+
+    /// The resident plan's DenseNet layers conv_dense could run, and those it runs at
+    /// batch `n`.
+    pub(crate) fn op_test_fused_pairs(&self, n: usize) -> (usize, usize) {
+        self.prepared.as_ref().map_or((0, 0), |p| p.fused_pairs(n))
     }
 
     /// The storage type's kernel suffix: `f32` or `f16`.

@@ -180,6 +180,15 @@ pub struct CheckParams {
     pub pad0: i32,
 }
 
+/// conv_dense (conv.cu): a DenseNet layer's 1x1 and 3x3 in one launch, each half as its
+/// own launch would pass it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DenseParams {
+    pub one: ConvParams,
+    pub three: ConvParams,
+}
+
 /// How long `hold_stream_i64` (batch.cu) keeps its stream busy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -190,6 +199,7 @@ pub struct HoldParams {
 // SAFETY: plain `#[repr(C)]` data (integers, floats, device addresses), laid out as
 // the CUDA structs of the same name; the sizes are checked at kernel compile time.
 unsafe impl DeviceRepr for ConvParams {}
+unsafe impl DeviceRepr for DenseParams {}
 unsafe impl DeviceRepr for ShortcutParams {}
 unsafe impl DeviceRepr for PoolParams {}
 unsafe impl DeviceRepr for GapLinearParams {}
@@ -199,10 +209,11 @@ unsafe impl DeviceRepr for CheckParams {}
 unsafe impl DeviceRepr for HoldParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 22] {
+pub fn sizes() -> [(&'static str, usize); 24] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
+        ("DGATE_SIZEOF_DENSE", size_of::<DenseParams>()),
         ("DGATE_SIZEOF_SHORTCUT", size_of::<ShortcutParams>()),
         ("DGATE_SIZEOF_POOL", size_of::<PoolParams>()),
         ("DGATE_SIZEOF_GAP_LINEAR", size_of::<GapLinearParams>()),
@@ -217,6 +228,7 @@ pub fn sizes() -> [(&'static str, usize); 22] {
         ("DGATE_HALO_MAXP128", super::convsel::HALO_MAXP128),
         ("DGATE_HALO_MAXP64", super::convsel::HALO_MAXP64),
         ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
+        ("DGATE_DENSE_SMEM", super::convsel::DENSE_SMEM as usize),
         // conv_tma's ring, and its shared memory as the host sizes it.
         ("DGATE_TMA_STAGES32", super::convsel::TMA_STAGES32),
         (

@@ -21,7 +21,8 @@ use std::io::Write;
 
 use super::reference::{norm_max_err, ref_alloc, ref_op, ref_run, Rng};
 use super::synthetic::{
-    bottleneck_plan, buf, resnet_bottleneck_plan, single_op_plan, tiny_densenet, tiny_resnet, view,
+    bottleneck_plan, buf, dense_layers_plan, resnet_bottleneck_plan, single_op_plan, tiny_densenet,
+    tiny_resnet, view,
 };
 use super::CudaBackend;
 use crate::backend::{Backend, Precision};
@@ -1042,6 +1043,81 @@ fn check_tuned_passes(
     Ok(())
 }
 
+/// conv_dense_cl8_f16 (a DenseNet layer's 1x1 and 3x3 in one launch) in whole passes
+/// against the CPU reference, f16 on a device with thread-block clusters: two layers on
+/// an 8x8 map (three clusters at 3 samples) and on a 4x4 one (four images a cluster,
+/// the last slot empty), every layer fused (`DGATE_FUSE=1`'s setting), and the same
+/// pass with none fused.
+fn check_fused_dense(
+    be: &mut CudaBackend,
+    out: &mut dyn Write,
+    tally: &mut Tally,
+    cache: &mut RefCache,
+    share: &Share,
+) -> Result<()> {
+    if be.precision() != Precision::F16
+        || be
+            .op_test_has_function(super::convsel::DENSE_KERNEL)
+            .is_err()
+    {
+        return Ok(());
+    }
+    let n = 3;
+    for hw in [8, 4] {
+        let plan = dense_layers_plan(60 + hw as u64, hw);
+        if !share.mine(&format!("f16 fused dense {}", plan.arch))? {
+            continue;
+        }
+        for fuse in [true, false] {
+            be.prepare(&plan, n)?;
+            be.op_test_set_fuse(Some(fuse));
+            let mut resident = plan.clone();
+            let (ok, desc) = compare_pass_as(be, &plan, n, 43, &[], cache, Some(&mut resident))?;
+            let (pairs, on) = be.op_test_fused_pairs(n);
+            let named = (0..plan.stages[0].ops.len())
+                .filter(|&o| {
+                    be.op_test_conv_kernel(&plan, 0, o, n).as_deref()
+                        == Some(super::convsel::DENSE_KERNEL)
+                })
+                .count();
+            let want = if fuse { 2 } else { 0 };
+            tally.verdict(
+                out,
+                ok && pairs == 2 && on == want && named == want,
+                &format!(
+                    "pass {} layers fused ({on} of {pairs} that could be; {named} ops name {}) {desc}",
+                    if fuse { "every" } else { "no" },
+                    super::convsel::DENSE_KERNEL
+                ),
+            )?;
+        }
+        // Tuned (DGATE_FUSE unset): tuning checks the fused kernel against the layers'
+        // own on noise, then keeps whichever is faster (in the emulator, by the wall clock).
+        let autotune = be.autotune();
+        be.set_autotune(true);
+        be.op_test_set_fuse(None);
+        be.prepare(&plan, n)?;
+        let mut resident = plan.clone();
+        let (ok, desc) = compare_pass_as(be, &plan, n, 43, &[], cache, Some(&mut resident))?;
+        let (agreed, rejected) = be.op_test_checked();
+        let (pairs, on) = be.op_test_fused_pairs(n);
+        be.set_autotune(autotune);
+        tally.verdict(
+            out,
+            ok && agreed > 0 && rejected.is_empty() && pairs == 2,
+            &format!(
+                "pass tuned, fused where faster ({on} of {pairs}; {agreed} runs agreed with the reference kernels, {} did not) {desc}",
+                rejected.len()
+            ),
+        )?;
+        for r in &rejected {
+            writeln!(out, "     {r}").map_err(io_err)?;
+        }
+    }
+    be.op_test_set_fuse(None);
+    Ok(())
+}
+
 /// Checks every op and whole passes of small networks against the CPU reference,
 /// in f32 and f16, one line per case. `Ok(true)` when everything passed.
 pub fn selfcheck(report: &mut dyn Write) -> Result<bool> {
@@ -1066,6 +1142,7 @@ pub fn selfcheck_with(
         check_split_guard(&mut be, report, &mut tally, &mut cache, share)?;
         check_closed_gates(&mut be, report, &mut tally, &mut cache, share)?;
         check_tuned_passes(&mut be, report, &mut tally, &mut cache, share)?;
+        check_fused_dense(&mut be, report, &mut tally, &mut cache, share)?;
         let extra: &[&str] = match p {
             Precision::F32 => &["conv_simt_f32"],
             Precision::F16 => &[

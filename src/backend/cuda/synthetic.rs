@@ -232,6 +232,80 @@ pub fn tiny_resnet(seed: u64, classes: usize) -> Plan {
 /// A small DenseNet-BC: growth `growth` (3 gives unaligned channel windows), two layers per block, new channels written in front
 /// of the block buffer (windows, no copies), transitions with pre-activated 1×1 convs
 /// and 2×2 average pools, gates after the transitions, pre-activated head.
+/// Two DenseNet-BC layers (pre-activated 1x1 from 256 and 288 channels into 128, its
+/// batch norm folded in, ReLU; 3x3 onto 32 channels) on an `hw x hw` map (8 or 4), after
+/// stride-2 3x3 convolutions down from the 32x32 image, and a head: the layers that
+/// conv_dense_cl8_f16 fuses, with one and two k-tiles a block of its cluster and empty
+/// ranges, no gates.
+pub fn dense_layers_plan(seed: u64, hw: usize) -> Plan {
+    let mut rng = Rng::new(seed);
+    let (first, k, layers) = (256, 32, 2);
+    let total = first + layers * k;
+    let mut buffers = vec![buf(3, 32, 32)];
+    let mut ops = Vec::new();
+    let (mut from, mut size) = (view(0, 0, 3), 32);
+    while size > hw {
+        let last = size / 2 == hw;
+        let to = if last {
+            buffers.push(buf(total, hw, hw));
+            view(buffers.len() - 1, total - first, first)
+        } else {
+            buffers.push(buf(32, size / 2, size / 2));
+            view(buffers.len() - 1, 0, 32)
+        };
+        ops.push(conv_op(&mut rng, from, to, size, 3, 2, None, None, true));
+        from = to;
+        size /= 2;
+    }
+    let block = buffers.len() - 1;
+    buffers.push(buf(4 * k, hw, hw));
+    let tmp = buffers.len() - 1;
+    for l in 0..layers {
+        let have = first + l * k;
+        let pre = random_pre(&mut rng, have);
+        ops.push(conv_op(
+            &mut rng,
+            view(block, total - have, have),
+            view(tmp, 0, 4 * k),
+            hw,
+            1,
+            1,
+            Some(pre),
+            None,
+            true,
+        ));
+        ops.push(conv_op(
+            &mut rng,
+            view(tmp, 0, 4 * k),
+            view(block, total - have - k, k),
+            hw,
+            3,
+            1,
+            None,
+            None,
+            false,
+        ));
+    }
+    let full = view(block, 0, total);
+    let classes = 10;
+    Plan {
+        arch: format!("dense-layers {hw}x{hw}"),
+        classes,
+        buffers,
+        input: view(0, 0, 3),
+        stages: vec![stage("dense", ops, full, hw)],
+        gates: Vec::new(),
+        head: Head {
+            input: full,
+            h: hw,
+            w: hw,
+            pre: Some(random_pre(&mut rng, total)),
+            weight: rng.vec(classes * total, 2.0 / (total as f32).sqrt()),
+            bias: rng.vec(classes, 0.1),
+        },
+    }
+}
+
 pub fn tiny_densenet(seed: u64, classes: usize, growth: usize) -> Plan {
     let mut rng = Rng::new(seed);
     let k = growth;
