@@ -1416,77 +1416,15 @@ impl Prepared {
             else {
                 continue;
             };
-            if self.check.is_none() {
-                let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
-                self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
-            }
-            let (ref_ptr, out_ptr) = match &self.check {
-                Some((r, d)) => (r.ptr, d.ptr),
-                None => unreachable!("allocated above"),
-            };
-            let params = |v: &View, rows: usize, a: u64, b: u64, out: u64, seed: u32| CheckParams {
-                a,
-                b,
-                out,
-                rows: rows as i32,
-                c: v.channels as i32,
-                stride: plan.buffers[v.buf].channels as i32,
-                off: v.offset as i32,
-                seed,
-                pad0: 0,
-            };
-            let grid = |rows: usize, v: &View| {
-                (
-                    blocks(rows * v.channels, ELEMENTWISE_THREADS as usize).min(4096),
-                    1,
-                )
-            };
+            let (ref_ptr, out_ptr) = self.check_scratch(dev)?;
             let rows = live * a.in_h * a.in_w;
-            let fill = params(
-                &a.input,
-                rows,
-                self.view_ptr(&a.input),
-                0,
-                0,
-                (s * 1000 + o) as u32,
-            );
-            dev.launch(
-                &format!("fill_noise_{dt}"),
-                grid(rows, &a.input),
-                ELEMENTWISE_THREADS,
-                0,
-                &fill,
-            )?;
+            self.fill_noise(dev, plan, &a.input, rows, (s * 1000 + o) as u32)?;
             let pos = |op: usize| (s, op, level, n);
             // The two layers' own kernels (the reference) into the scratch, then fused.
             self.launch_conv(dev, plan, a, s, o, level, n, None, None)?;
             self.launch_conv(dev, plan, b, s, o + 1, level, n, None, Some(ref_ptr))?;
             self.launch_dense(dev, plan, pos(o), None)?;
-            if let Some((_, d)) = self.check.as_mut() {
-                dev.upload_bytes(d, &[0u8; 8])?;
-            }
-            let cmp = params(
-                &b.output,
-                rows,
-                self.view_ptr(&b.output),
-                ref_ptr,
-                out_ptr,
-                0,
-            );
-            dev.launch(
-                &format!("diff_max_{dt}"),
-                grid(rows, &b.output),
-                ELEMENTWISE_THREADS,
-                0,
-                &cmp,
-            )?;
-            let bytes = match &self.check {
-                Some((_, d)) => dev.download_bytes(d, 8)?,
-                None => unreachable!("allocated above"),
-            };
-            let diff = f32::from_bits(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]));
-            let scale =
-                f32::from_bits(u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
+            let (diff, scale) = self.diff_max(dev, plan, &b.output, rows, ref_ptr, out_ptr)?;
             let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
             if diff > tol * scale {
                 let msg = format!(
@@ -1573,53 +1511,14 @@ impl Prepared {
             return Ok(Vec::new());
         }
         let dt = dev.dtype();
-        if self.check.is_none() {
-            let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
-            self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
-        }
-        let view_params =
-            |v: &View, rows: usize, a: u64, b: u64, out: u64, seed: u32| CheckParams {
-                a,
-                b,
-                out,
-                rows: rows as i32,
-                c: v.channels as i32,
-                stride: plan.buffers[v.buf].channels as i32,
-                off: v.offset as i32,
-                seed,
-                pad0: 0,
-            };
-        let grid = |rows: usize, v: &View| {
-            (
-                blocks(rows * v.channels, ELEMENTWISE_THREADS as usize).min(4096),
-                1,
-            )
-        };
+        let (ref_ptr, out_ptr) = self.check_scratch(dev)?;
         let seed = (s * 1000 + o) as u32;
         let in_rows = live * c.in_h * c.in_w;
         let out_rows = live * c.out_h * c.out_w;
-        let fill = view_params(&c.input, in_rows, self.view_ptr(&c.input), 0, 0, seed);
-        dev.launch(
-            &format!("fill_noise_{dt}"),
-            grid(in_rows, &c.input),
-            ELEMENTWISE_THREADS,
-            0,
-            &fill,
-        )?;
+        self.fill_noise(dev, plan, &c.input, in_rows, seed)?;
         if let Some(r) = &c.residual {
-            let fill = view_params(r, out_rows, self.view_ptr(r), 0, 0, seed ^ 0x5555);
-            dev.launch(
-                &format!("fill_noise_{dt}"),
-                grid(out_rows, r),
-                ELEMENTWISE_THREADS,
-                0,
-                &fill,
-            )?;
+            self.fill_noise(dev, plan, r, out_rows, seed ^ 0x5555)?;
         }
-        let (ref_ptr, out_ptr) = match &self.check {
-            Some((r, d)) => (r.ptr, d.ptr),
-            None => unreachable!("allocated above"),
-        };
         self.launch_conv(
             dev,
             plan,
@@ -1638,30 +1537,7 @@ impl Prepared {
                 continue;
             }
             self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)), None)?;
-            if let Some((_, d)) = self.check.as_mut() {
-                dev.upload_bytes(d, &[0u8; 8])?;
-            }
-            let cmp = view_params(
-                &c.output,
-                out_rows,
-                self.view_ptr(&c.output),
-                ref_ptr,
-                out_ptr,
-                0,
-            );
-            dev.launch(
-                &format!("diff_max_{dt}"),
-                grid(out_rows, &c.output),
-                ELEMENTWISE_THREADS,
-                0,
-                &cmp,
-            )?;
-            let b = match &self.check {
-                Some((_, d)) => dev.download_bytes(d, 8)?,
-                None => unreachable!("allocated above"),
-            };
-            let diff = f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-            let scale = f32::from_bits(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
+            let (diff, scale) = self.diff_max(dev, plan, &c.output, out_rows, ref_ptr, out_ptr)?;
             if diff <= tol * scale {
                 self.verified += 1;
                 continue;
@@ -1691,6 +1567,93 @@ impl Prepared {
             bad.push((i, sp));
         }
         Ok(bad)
+    }
+
+    /// The tuning checks' scratch: a buffer as large as the largest activation buffer
+    /// (the reference's output) and 8 bytes for `diff_max`'s answer, allocated on first
+    /// use. Returns their addresses.
+    fn check_scratch(&mut self, dev: &Device) -> Result<(u64, u64)> {
+        if self.check.is_none() {
+            let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
+            self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
+        }
+        match &self.check {
+            Some((r, d)) => Ok((r.ptr, d.ptr)),
+            None => unreachable!("allocated above"),
+        }
+    }
+
+    /// `fill_noise`/`diff_max` parameters over `rows` pixels of view `v`.
+    fn check_params(plan: &Plan, v: &View, rows: usize, ptrs: [u64; 3], seed: u32) -> CheckParams {
+        CheckParams {
+            a: ptrs[0],
+            b: ptrs[1],
+            out: ptrs[2],
+            rows: rows as i32,
+            c: v.channels as i32,
+            stride: plan.buffers[v.buf].channels as i32,
+            off: v.offset as i32,
+            seed,
+            pad0: 0,
+        }
+    }
+
+    fn check_grid(rows: usize, v: &View) -> (u32, u32) {
+        (
+            blocks(rows * v.channels, ELEMENTWISE_THREADS as usize).min(4096),
+            1,
+        )
+    }
+
+    /// Fills `rows` pixels of view `v` with noise from `seed`.
+    fn fill_noise(
+        &self,
+        dev: &Device,
+        plan: &Plan,
+        v: &View,
+        rows: usize,
+        seed: u32,
+    ) -> Result<()> {
+        let p = Self::check_params(plan, v, rows, [self.view_ptr(v), 0, 0], seed);
+        dev.launch(
+            &format!("fill_noise_{}", dev.dtype()),
+            Self::check_grid(rows, v),
+            ELEMENTWISE_THREADS,
+            0,
+            &p,
+        )
+    }
+
+    /// Compares `rows` pixels of view `v` with the same pixels at `reference` (laid out
+    /// as the view's buffer) on the device: (max |difference|, max |value|), read back
+    /// through the 8 bytes at `out`.
+    fn diff_max(
+        &mut self,
+        dev: &Device,
+        plan: &Plan,
+        v: &View,
+        rows: usize,
+        reference: u64,
+        out: u64,
+    ) -> Result<(f32, f32)> {
+        if let Some((_, d)) = self.check.as_mut() {
+            dev.upload_bytes(d, &[0u8; 8])?;
+        }
+        let p = Self::check_params(plan, v, rows, [self.view_ptr(v), reference, out], 0);
+        dev.launch(
+            &format!("diff_max_{}", dev.dtype()),
+            Self::check_grid(rows, v),
+            ELEMENTWISE_THREADS,
+            0,
+            &p,
+        )?;
+        let b = match &self.check {
+            Some((_, d)) => dev.download_bytes(d, 8)?,
+            None => unreachable!("diff_max runs after check_scratch"),
+        };
+        let word =
+            |i: usize| f32::from_bits(u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
+        Ok((word(0), word(4)))
     }
 
     fn count_ptr(&self, level: usize) -> u64 {
