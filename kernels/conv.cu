@@ -1552,6 +1552,13 @@ __device__ __forceinline__ void conv_tc_cluster(const ConvParams& p) {
 // 16-byte loads and 8-byte stores, and a map of h * w pixels dividing 64 (exec.rs,
 // dense_fusable). Tuning checks it against the two layers' own kernels and times it
 // against them; it runs only where it is faster.
+//
+// conv_dense_halo_cl8_f16 (HALO) takes maps whose sides are multiples of 8 and larger
+// than 8x8 (DenseNet-201's 18 layers at 32x32 and 16x16): a cluster a 8x8 tile of one
+// image. Its 3x3 needs the bottleneck one pixel around the tile, so the 1x1 runs on the
+// 10x10 pixels (128 rows, 100 used) and the halo's channels stay in shared memory; a
+// halo pixel outside the image is a zero row, the 3x3's padding. Only the tile's own 64
+// pixels are written to the bottleneck buffer (each pixel by the one tile it is in).
 #define DENSE_CL 8
 #define DENSE_ROWS 64    // output pixels a cluster
 #define DENSE_B 128      // bottleneck channels
@@ -1562,16 +1569,30 @@ __device__ __forceinline__ void conv_tc_cluster(const ConvParams& p) {
 #define DENSE_LD1 (DENSE_B + TC_EPI_PAD)  // floats per staged 1x1 partial row
 #define DENSE_LD2 (DENSE_G + TC_EPI_PAD)  // floats per staged 3x3 partial row
 #define DENSE_SLD 24     // halves per row of the bottleneck slice and of the 3x3 weights
-#define DENSE_RING_BYTES (DENSE_STAGES * (DENSE_ROWS + DENSE_B) * TC_LDS * 2)
-#define DENSE_P2_OFF DENSE_RING_BYTES
-#define DENSE_PRE_OFF (DENSE_P2_OFF + DENSE_ROWS * DENSE_LD2 * 4)
-#define DENSE_BOT_OFF (DENSE_PRE_OFF + 2 * DENSE_MAXKT * 32 * 4)
-#define DENSE_W2_OFF (DENSE_BOT_OFF + (DENSE_ROWS + 1) * DENSE_SLD * 2)
-#define DENSE_SMEM (DENSE_W2_OFF + 9 * DENSE_G * DENSE_SLD * 2)
-static_assert(DENSE_ROWS * DENSE_LD1 * 4 <= DENSE_RING_BYTES, "the 1x1's partial sums fit the ring");
-static_assert(DENSE_W2_OFF % 16 == 0 && DENSE_BOT_OFF % 16 == 0, "16-byte aligned regions");
+#define DENSE_HALO 10  // the side of a HALO tile's bottleneck (8 + 2)
+
+// conv_dense's shared memory, in bytes: the ring (where the 1x1's partial is staged
+// after it), the 3x3's partial, the pre-activation, the bottleneck slice (and a zero
+// row, or the halo) and the 3x3's weights.
+template <bool HALO>
+struct DenseLayout {
+    static constexpr int R1 = HALO ? 128 : DENSE_ROWS;  // the 1x1's rows (HALO: 100 used)
+    static constexpr int RB = HALO ? DENSE_HALO * DENSE_HALO : DENSE_ROWS + 1;  // slice rows
+    static constexpr int RING = DENSE_STAGES * (R1 + DENSE_B) * TC_LDS * 2;
+    static constexpr int ST1 = R1 * DENSE_LD1 * 4;
+    static constexpr int P2 = RING > ST1 ? RING : ST1;
+    static constexpr int PRE = P2 + DENSE_ROWS * DENSE_LD2 * 4;
+    static constexpr int BOT = PRE + 2 * DENSE_MAXKT * 32 * 4;
+    static constexpr int W2 = BOT + RB * DENSE_SLD * 2;
+    static constexpr int SMEM = W2 + 9 * DENSE_G * DENSE_SLD * 2;
+    static_assert(P2 % 16 == 0 && BOT % 16 == 0 && W2 % 16 == 0, "16-byte aligned regions");
+};
 #ifdef DGATE_DENSE_SMEM
-static_assert(DGATE_DENSE_SMEM == DENSE_SMEM, "the host sizes conv_dense's shared memory differently (convsel.rs)");
+static_assert(DGATE_DENSE_SMEM == DenseLayout<false>::SMEM, "the host sizes conv_dense's shared memory differently (convsel.rs)");
+#endif
+#ifdef DGATE_DENSE_HALO_SMEM
+static_assert(DGATE_DENSE_HALO_SMEM == DenseLayout<true>::SMEM,
+              "the host sizes conv_dense_halo's shared memory differently (convsel.rs)");
 #endif
 
 // Four f32 values as f16 bits, two to a word.
@@ -1598,13 +1619,26 @@ __device__ __forceinline__ float4 dense_cluster_sum(const float* q) {
     return s;
 }
 
+template <bool HALO>
 __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
+    using L = DenseLayout<HALO>;
     const ConvParams& p1 = dp.one;
     const ConvParams& p3 = dp.three;
     const int PQ = p1.H * p1.W;
     const int M = *p1.count * PQ;
-    const int m0 = (int)blockIdx.x * DENSE_ROWS;
+    // Not HALO: output pixels m0.. of the batch. HALO: the 8x8 tile (ty, tx) of image img.
+    const int tiles_x = HALO ? p1.W / 8 : 1;
+    const int tiles = HALO ? (p1.H / 8) * tiles_x : 1;
+    const int img = (int)blockIdx.x / tiles;
+    const int ty = (int)blockIdx.x % tiles / tiles_x;
+    const int tx = (int)blockIdx.x % tiles % tiles_x;
+    const int m0 = HALO ? img * PQ : (int)blockIdx.x * DENSE_ROWS;
     if (m0 >= M) return;  // the whole cluster (one blockIdx.x) together
+    // The batch row of the tile's output row r (0..63), or -1 past the batch.
+    auto out_row = [&](int r) {
+        if (HALO) return m0 + (8 * ty + r / 8) * p1.W + 8 * tx + r % 8;
+        return m0 + r < M ? m0 + r : -1;
+    };
     const unsigned z = blockIdx.z;  // the rank in the cluster (gridDim.z == DENSE_CL)
     const int tid = threadIdx.x;
     const int lane = tid % 32;
@@ -1614,11 +1648,12 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
     DGATE_DYNAMIC_SHARED(uint4, dense_smem);
     unsigned char* sm = reinterpret_cast<unsigned char*>(dense_smem);
     unsigned short* ring = reinterpret_cast<unsigned short*>(sm);
-    float* st2 = reinterpret_cast<float*>(sm + DENSE_P2_OFF);
-    float* pre_s = reinterpret_cast<float*>(sm + DENSE_PRE_OFF);  // scale, then shift at + MAXKT * 32
-    unsigned short* bot = reinterpret_cast<unsigned short*>(sm + DENSE_BOT_OFF);
-    unsigned short* w2s = reinterpret_cast<unsigned short*>(sm + DENSE_W2_OFF);
-    constexpr int STAGE = (DENSE_ROWS + DENSE_B) * TC_LDS;  // halves
+    float* st2 = reinterpret_cast<float*>(sm + L::P2);
+    float* pre_s = reinterpret_cast<float*>(sm + L::PRE);  // scale, then shift at + MAXKT * 32
+    unsigned short* bot = reinterpret_cast<unsigned short*>(sm + L::BOT);
+    unsigned short* w2s = reinterpret_cast<unsigned short*>(sm + L::W2);
+    constexpr int STAGE = (L::R1 + DENSE_B) * TC_LDS;  // halves
+    constexpr int AR = L::R1 / 64;                     // A rows a thread copies a k-tile
 
     // This block's k-tiles of the 1x1 (32 input channels each).
     const int ktiles = p1.C / 32;
@@ -1646,17 +1681,33 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
                    w2 + (size_t)oc * p3.ldw + tap * DENSE_B + 16 * z + 8 * h, true);
     }
 
-    // Each thread copies one 16-byte chunk of A (row ar, channels 8kc..) a k-tile, and
-    // two of B (output channels ar and ar + 64).
+    // Each thread copies AR 16-byte chunks of A (rows ar + 64i, channels 8kc..) a k-tile,
+    // and two of B (output channels ar and ar + 64). HALO: A's row r < 100 is the halo
+    // pixel (r / 10 - 1, r % 10 - 1) of the tile; outside the image, or r >= 100, zeros.
     const int ar = tid / 4;
     const int kc = tid % 4;
-    const bool a_ok = m0 + ar < M;
-    const __half* a_src = in + (size_t)(m0 + ar) * p1.in_stride + p1.in_off + 8 * kc;
+    bool a_ok[AR];
+    const __half* a_src[AR];
+#pragma unroll
+    for (int i = 0; i < AR; ++i) {
+        const int r = ar + 64 * i;
+        int m = m0 + r;
+        a_ok[i] = m < M;
+        if (HALO) {
+            const int y = 8 * ty + r / DENSE_HALO - 1;
+            const int x = 8 * tx + r % DENSE_HALO - 1;
+            a_ok[i] = r < DENSE_HALO * DENSE_HALO && (unsigned)y < (unsigned)p1.H && (unsigned)x < (unsigned)p1.W;
+            m = m0 + y * p1.W + x;
+        }
+        a_src[i] = a_ok[i] ? in + (size_t)m * p1.in_stride + p1.in_off + 8 * kc : in;
+    }
     auto issue = [&](int kt, int slot) {
         if (kt < kt1) {
             unsigned short* As = ring + slot * STAGE;
-            unsigned short* Bs = As + DENSE_ROWS * TC_LDS;
-            cp_async16(&As[ar * TC_LDS + 8 * kc], a_ok ? a_src + kt * 32 : in, a_ok);
+            unsigned short* Bs = As + L::R1 * TC_LDS;
+#pragma unroll
+            for (int i = 0; i < AR; ++i)
+                cp_async16(&As[(ar + 64 * i) * TC_LDS + 8 * kc], a_ok[i] ? a_src[i] + kt * 32 : in, a_ok[i]);
 #pragma unroll
             for (int i = 0; i < 2; ++i) {
                 const int oc = ar + 64 * i;
@@ -1666,11 +1717,13 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
         cp_async_commit();
     };
 
-    // 8 warps in 2 x 4, each 32 x 32 of the 64 x 128 partial.
-    const int wm = (warp / 4) * 32;
-    const int wn = (warp % 4) * 32;
-    float acc[2][4][4];
-    zero_acc<2, 4>(acc);
+    // 8 warps, each 32 rows: in 2 x 4 of 32 channels (64 x 128), HALO 4 x 2 of 64.
+    constexpr int WCOLS = HALO ? 2 : 4;
+    constexpr int NT = DENSE_B / WCOLS / 8;
+    const int wm = (warp / WCOLS) * 32;
+    const int wn = (warp % WCOLS) * (DENSE_B / WCOLS);
+    float acc[2][NT][4];
+    zero_acc<2, NT>(acc);
     issue(kt0, 0);
     issue(kt0 + 1, 1);
     for (int kt = kt0; kt < kt1; ++kt) {
@@ -1678,30 +1731,34 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
         const int slot = it % DENSE_STAGES;
         cp_async_wait<1>();  // this thread's copies of k-tile kt have landed
         if (it == 0) __syncthreads();  // and the scale and shift, which others copied
-        if (pre && a_ok) {
-            // Only this thread's own chunk: no barrier between its landing and this.
-            unsigned short* q = ring + slot * STAGE + ar * TC_LDS + 8 * kc;
+        if (pre) {
+            // Only this thread's own chunks: no barrier between their landing and this.
             const float* sc = pre_s + it * 32 + 8 * kc;
             const float* sh = sc + DENSE_MAXKT * 32;
-            uint4 v = ld128(q);
-            v.x = pre_act_pair_with(v.x, sc[0], sh[0], sc[1], sh[1], p1.pre_relu);
-            v.y = pre_act_pair_with(v.y, sc[2], sh[2], sc[3], sh[3], p1.pre_relu);
-            v.z = pre_act_pair_with(v.z, sc[4], sh[4], sc[5], sh[5], p1.pre_relu);
-            v.w = pre_act_pair_with(v.w, sc[6], sh[6], sc[7], sh[7], p1.pre_relu);
-            st128(q, v);
+#pragma unroll
+            for (int i = 0; i < AR; ++i) {
+                if (!a_ok[i]) continue;
+                unsigned short* q = ring + slot * STAGE + (ar + 64 * i) * TC_LDS + 8 * kc;
+                uint4 v = ld128(q);
+                v.x = pre_act_pair_with(v.x, sc[0], sh[0], sc[1], sh[1], p1.pre_relu);
+                v.y = pre_act_pair_with(v.y, sc[2], sh[2], sc[3], sh[3], p1.pre_relu);
+                v.z = pre_act_pair_with(v.z, sc[4], sh[4], sc[5], sh[5], p1.pre_relu);
+                v.w = pre_act_pair_with(v.w, sc[6], sh[6], sc[7], sh[7], p1.pre_relu);
+                st128(q, v);
+            }
         }
         __syncthreads();  // k-tile kt ready; the slot of k-tile kt - 1 free
         issue(kt + 2, (it + 2) % DENSE_STAGES);
         const unsigned short* A = ring + slot * STAGE;
-        const unsigned short* B = A + DENSE_ROWS * TC_LDS;
+        const unsigned short* B = A + L::R1 * TC_LDS;
 #pragma unroll
         for (int kk = 0; kk < TC_BK; kk += 16) {
-            unsigned a[2][4], b[4][2];
+            unsigned a[2][4], b[NT][2];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
                 ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
 #pragma unroll
-            for (int np = 0; np < 2; ++np) {
+            for (int np = 0; np < NT / 2; ++np) {
                 unsigned r[4];
                 ldmatrix_x4(r, B + (wn + np * 16 + (lane & 7) + (lane >> 4) * 8) * TC_LDS + kk + ((lane >> 3) & 1) * 8);
                 b[2 * np][0] = r[0];
@@ -1709,31 +1766,41 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
                 b[2 * np + 1][0] = r[2];
                 b[2 * np + 1][1] = r[3];
             }
-            mma_tiles<2, 4>(acc, a, b);
+            mma_tiles<2, NT>(acc, a, b);
         }
     }
     cp_async_wait<0>();
     __syncthreads();  // the ring's reads done; every copy (the 3x3's weights too) visible
     float* st1 = reinterpret_cast<float*>(ring);
-    tc_epi_stage<2, 4, DENSE_B>(st1, acc, wm, wn, g, t);
+    tc_epi_stage<2, NT, DENSE_B>(st1, acc, wm, wn, g, t);
     cluster_sync();  // 1: every block's 1x1 partial staged
 
-    // This block's 16 bottleneck channels of the 64 rows: one float4 a thread.
-    {
-        const int row = tid / 4;
-        const int ch = 16 * (int)z + 4 * (tid % 4);
-        const float* q = st1 + row * DENSE_LD1 + ch;
-        const float4 s = dense_cluster_sum(q);
-        float v[4] = {s.x + p1.bias[ch], s.y + p1.bias[ch + 1], s.z + p1.bias[ch + 2], s.w + p1.bias[ch + 3]};
-        if (p1.relu) {
-#pragma unroll
-            for (int j = 0; j < 4; ++j) v[j] = fmaxf(v[j], 0.0f);
+    // This block's 16 bottleneck channels of the slice's rows: a float4 a thread and
+    // step. HALO: a halo pixel outside the image is zeros (the 3x3's padding); only the
+    // tile's own pixels go to the bottleneck buffer.
+    for (int i = tid; i < (HALO ? L::RB : DENSE_ROWS) * 4; i += DENSE_THREADS) {
+        const int row = i / 4;
+        const int ch = 16 * (int)z + 4 * (i % 4);
+        int dst = out_row(row);
+        bool keep = true;
+        if (HALO) {
+            const int hy = row / DENSE_HALO;
+            const int hx = row % DENSE_HALO;
+            const int y = 8 * ty + hy - 1;
+            const int x = 8 * tx + hx - 1;
+            keep = (unsigned)y < (unsigned)p1.H && (unsigned)x < (unsigned)p1.W;
+            const bool own = hy >= 1 && hy <= 8 && hx >= 1 && hx <= 8;
+            dst = own ? out_row((hy - 1) * 8 + hx - 1) : -1;
         }
+        const float4 s = dense_cluster_sum(st1 + row * DENSE_LD1 + ch);
+        float v[4] = {s.x + p1.bias[ch], s.y + p1.bias[ch + 1], s.z + p1.bias[ch + 2], s.w + p1.bias[ch + 3]};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = !keep ? 0.0f : p1.relu ? fmaxf(v[j], 0.0f) : v[j];
         const uint2 h = pack_half4(v);
-        *(uint2*)(bot + row * DENSE_SLD + 4 * (tid % 4)) = h;
-        if (m0 + row < M) *(uint2*)((__half*)p1.out + (size_t)(m0 + row) * p1.out_stride + p1.out_off + ch) = h;
-        if (tid < DENSE_SLD / 2) ((unsigned*)(bot + DENSE_ROWS * DENSE_SLD))[tid] = 0u;  // the padding row
+        *(uint2*)(bot + row * DENSE_SLD + 4 * (i % 4)) = h;
+        if (dst >= 0) *(uint2*)((__half*)p1.out + (size_t)dst * p1.out_stride + p1.out_off + ch) = h;
     }
+    if (!HALO && tid < DENSE_SLD / 2) ((unsigned*)(bot + DENSE_ROWS * DENSE_SLD))[tid] = 0u;  // the padding row
     __syncthreads();  // the slice complete
 
     // The 3x3 over this block's 16 channels: warp (mt, nh) takes tile rows 16mt.. and
@@ -1742,7 +1809,7 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
         const int mt = warp % 4;
         const int nh = warp / 4;
         const int lrow = mt * 16 + (lane & 15);  // the row whose address this lane gives
-        const int img = lrow / PQ;
+        const int limg = lrow / PQ;              // (not HALO: its image and pixel in the tile)
         const int pix = lrow % PQ;
         const int y = pix / p1.W;
         const int x = pix % p1.W;
@@ -1753,10 +1820,15 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
             for (int e = 0; e < 4; ++e) acc2[j][e] = 0.0f;
 #pragma unroll
         for (int tap = 0; tap < 9; ++tap) {
-            const int yy = y + tap / 3 - 1;
-            const int xx = x + tap % 3 - 1;
-            const bool inside = (unsigned)yy < (unsigned)p1.H && (unsigned)xx < (unsigned)p1.W;
-            const int src = inside ? img * PQ + yy * p1.W + xx : DENSE_ROWS;
+            int src;
+            if (HALO) {
+                src = (lrow / 8 + tap / 3) * DENSE_HALO + lrow % 8 + tap % 3;
+            } else {
+                const int yy = y + tap / 3 - 1;
+                const int xx = x + tap % 3 - 1;
+                const bool inside = (unsigned)yy < (unsigned)p1.H && (unsigned)xx < (unsigned)p1.W;
+                src = inside ? limg * PQ + yy * p1.W + xx : DENSE_ROWS;
+            }
             unsigned a[4];
             ldmatrix_x4(a, bot + src * DENSE_SLD + (lane >> 4) * 8);
 #pragma unroll
@@ -1790,8 +1862,8 @@ __device__ __forceinline__ void conv_dense(const DenseParams& dp) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) v[j] = fmaxf(v[j], 0.0f);
         }
-        if (m0 + row < M)
-            *(uint2*)((__half*)p3.out + (size_t)(m0 + row) * p3.out_stride + p3.out_off + ch) = pack_half4(v);
+        const int dst = out_row(row);
+        if (dst >= 0) *(uint2*)((__half*)p3.out + (size_t)dst * p3.out_stride + p3.out_off + ch) = pack_half4(v);
     }
     cluster_sync();  // 3: the peers are done reading this block's shared memory
 }
@@ -2744,7 +2816,8 @@ DGATE_KERNEL_CLUSTER(conv_tc64x64cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<
 DGATE_KERNEL_CLUSTER(conv_tc128x32cl8_f16, ConvParams, 128, 8) { conv_tc_cluster<128, 32, 4, 1, 8>(p); }
 DGATE_KERNEL_CLUSTER(conv_tc128x128cl4_f16, ConvParams, 256, 4) { conv_tc_cluster<128, 128, 2, 4, 4>(p); }
 // A DenseNet layer's 1x1 and 3x3 in one launch (see conv_dense). Not yet run on a GPU.
-DGATE_KERNEL_CLUSTER(conv_dense_cl8_f16, DenseParams, DENSE_THREADS, DENSE_CL) { conv_dense(p); }
+DGATE_KERNEL_CLUSTER(conv_dense_cl8_f16, DenseParams, DENSE_THREADS, DENSE_CL) { conv_dense<false>(p); }
+DGATE_KERNEL_CLUSTER(conv_dense_halo_cl8_f16, DenseParams, DENSE_THREADS, DENSE_CL) { conv_dense<true>(p); }
 #endif
 // 3x3 layers from a shared input patch (see conv_halo). Not yet run on a GPU.
 DGATE_KERNEL(conv_halo128_f16, ConvParams, 128) { conv_halo<128>(p); }

@@ -31,6 +31,7 @@ fn every_kernel_compiles_for_sm80_and_sm90() {
         "conv_tc128x32cl8_f16",
         "conv_tc128x128cl4_f16",
         "conv_dense_cl8_f16",
+        "conv_dense_halo_cl8_f16",
     ];
     let has = |bin: &[u8], sym: &str| bin.windows(sym.len()).any(|w| w == sym.as_bytes());
     for arch in ["sm_80", "sm_90", "sm_90a"] {

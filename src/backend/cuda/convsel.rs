@@ -86,14 +86,40 @@ pub(crate) const DENSE_ROWS: usize = 64;
 pub(crate) const DENSE_B: usize = 128;
 pub(crate) const DENSE_G: usize = 32;
 pub(crate) const DENSE_MAXKT: usize = 16;
-pub(crate) const DENSE_SMEM: u32 = {
-    let ring = 3 * (DENSE_ROWS + DENSE_B) * TC_LDS * 2;
+pub(crate) const DENSE_SMEM: u32 = dense_smem(DENSE_ROWS, DENSE_ROWS + 1);
+/// conv_dense_halo_cl8_f16: the same layer on maps with sides a multiple of 8, larger
+/// than 8x8, a cluster an 8x8 tile; its 1x1 runs on the tile's 10x10 halo (`DENSE_HALO`
+/// pixels of 128 rows) so that the 3x3 reads the bottleneck around the tile.
+pub(crate) const DENSE_HALO_KERNEL: &str = "conv_dense_halo_cl8_f16";
+pub(crate) const DENSE_HALO: usize = 100;
+pub(crate) const DENSE_HALO_SMEM: u32 = dense_smem(128, DENSE_HALO);
+
+/// conv_dense's shared memory (conv.cu's DenseLayout) for `rows` rows of the 1x1 and a
+/// bottleneck slice of `slice` rows: the ring, or the 1x1's staged partial if larger,
+/// then the 3x3's partial, the pre-activation, the slice and the 3x3's weights.
+const fn dense_smem(rows: usize, slice: usize) -> u32 {
+    let ring = 3 * (rows + DENSE_B) * TC_LDS * 2;
+    let partial1 = rows * (DENSE_B + TC_EPI_PAD) * 4;
     let partial3 = DENSE_ROWS * (DENSE_G + TC_EPI_PAD) * 4;
     let pre = 2 * DENSE_MAXKT * 32 * 4;
-    let slice = (DENSE_ROWS + 1) * 24 * 2;
     let weights3 = 9 * DENSE_G * 24 * 2;
-    (ring + partial3 + pre + slice + weights3) as u32
-};
+    let first = if ring > partial1 { ring } else { partial1 };
+    (first + partial3 + pre + slice * 24 * 2 + weights3) as u32
+}
+
+/// The fused kernel for a DenseNet layer on an `h x w` map, with its shared memory and
+/// output pixels a cluster: conv_dense_cl8_f16 where `h * w` divides DENSE_ROWS,
+/// conv_dense_halo_cl8_f16 where both sides are multiples of 8 (an 8x8 tile a cluster).
+pub(crate) fn dense_kernel(h: usize, w: usize) -> Option<(&'static str, u32)> {
+    let hw = h * w;
+    if hw > 0 && DENSE_ROWS.is_multiple_of(hw) {
+        Some((DENSE_KERNEL, DENSE_SMEM))
+    } else if hw > 0 && h.is_multiple_of(8) && w.is_multiple_of(8) {
+        Some((DENSE_HALO_KERNEL, DENSE_HALO_SMEM))
+    } else {
+        None
+    }
+}
 
 /// Which layers a convolution kernel can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,22 +473,8 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tc_cluster("conv_tc128x128cl4_f16", 128, 128, 256, 4, 1.0),
     // A DenseNet layer's 1x1 and 3x3 in one launch (sm_90). Not yet run on a GPU; never
     // a candidate for one layer.
-    ConvKernel {
-        name: DENSE_KERNEL,
-        dtype: "f16",
-        tile: (DENSE_ROWS, DENSE_B, 32),
-        threads: 256,
-        smem: DENSE_SMEM,
-        k_major: true,
-        split: false,
-        needs: Needs::Pair,
-        m_loop: false,
-        efficiency: 0.5,
-        wgmma: false,
-        resident: 0,
-        modelled: false,
-        cluster: DENSE_CL,
-    },
+    dense(DENSE_KERNEL, DENSE_SMEM),
+    dense(DENSE_HALO_KERNEL, DENSE_HALO_SMEM),
     // 3x3 layers from a shared input patch. Not yet run on a GPU.
     halo("conv_halo128_f16", 128, 0.5),
     halo("conv_halo64_f16", 64, 0.45),
@@ -543,12 +555,32 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
     }
 }
 
+/// A conv_dense kernel's entry: 64 output pixels by the 128 bottleneck channels a cluster.
+const fn dense(name: &'static str, smem: u32) -> ConvKernel {
+    ConvKernel {
+        name,
+        dtype: "f16",
+        tile: (DENSE_ROWS, DENSE_B, 32),
+        threads: 256,
+        smem,
+        k_major: true,
+        split: false,
+        needs: Needs::Pair,
+        m_loop: false,
+        efficiency: 0.5,
+        wgmma: false,
+        resident: 0,
+        modelled: false,
+        cluster: DENSE_CL,
+    }
+}
+
 /// Whether convolutions `a` then `b` form a DenseNet layer that conv_dense_cl8_f16 runs
 /// in one launch: `a` a 1x1 of stride 1 without padding or residual (pre-activation
 /// allowed) from C channels (a multiple of 32, at most DENSE_CL * DENSE_MAXKT * 32) into
 /// exactly the DENSE_B channels `b` reads, `b` a 3x3 of stride 1 and padding 1 onto
-/// DENSE_G channels without pre-activation or residual, on a map of `h * w` pixels
-/// dividing DENSE_ROWS, with views aligned for the kernel's 16-byte loads and 8-byte
+/// DENSE_G channels without pre-activation or residual, on a map [`dense_kernel`]
+/// takes, with views aligned for the kernel's 16-byte loads and 8-byte
 /// stores, and neither output overlapping `a`'s input (other clusters read it while
 /// this one writes).
 pub(crate) fn dense_pair(plan: &Plan, a: &Conv, b: &Conv) -> bool {
@@ -556,14 +588,12 @@ pub(crate) fn dense_pair(plan: &Plan, a: &Conv, b: &Conv) -> bool {
     let disjoint = |x: &View, y: &View| {
         x.buf != y.buf || x.offset + x.channels <= y.offset || y.offset + y.channels <= x.offset
     };
-    let hw = a.in_h * a.in_w;
     let same = |c: &Conv| (c.in_h, c.in_w, c.out_h, c.out_w) == (a.in_h, a.in_w, a.in_h, a.in_w);
     (a.kernel, a.stride, a.pad) == (1, 1, 0)
         && (b.kernel, b.stride, b.pad) == (3, 1, 1)
         && same(a)
         && same(b)
-        && hw > 0
-        && DENSE_ROWS.is_multiple_of(hw)
+        && dense_kernel(a.in_h, a.in_w).is_some()
         && a.residual.is_none()
         && b.residual.is_none()
         && b.pre.is_none()

@@ -686,6 +686,7 @@ pub fn symbols(file: KernelFile) -> &'static [&'static str] {
             "conv_tc128x32cl8_f16",
             "conv_tc128x128cl4_f16",
             "conv_dense_cl8_f16",
+            "conv_dense_halo_cl8_f16",
             "conv_wg128x256_f16",
             "conv_wg128x128_f16",
             "conv_wg128x64_f16",

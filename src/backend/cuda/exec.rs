@@ -864,14 +864,20 @@ impl Prepared {
             pre: upload_pre(dev, &plan.head.pre)?,
         };
         let mut pairs = std::collections::HashSet::new();
-        if policy == "auto" && dev.dtype() == "f16" && dev.has_function(DENSE_KERNEL).is_ok() {
+        if policy == "auto" && dev.dtype() == "f16" {
             for (s, st) in plan.stages.iter().enumerate() {
                 for o in 0..st.ops.len().saturating_sub(1) {
                     let (Op::Conv(a), Op::Conv(b)) = (&st.ops[o], &st.ops[o + 1]) else {
                         continue;
                     };
                     let k_major = |d: &DevOp| matches!(d, DevOp::Conv { cands, .. } if cands.iter().all(|k| k.k_major));
-                    if dense_pair(plan, a, b) && k_major(&ops[s][o]) && k_major(&ops[s][o + 1]) {
+                    let built = dense_kernel(a.in_h, a.in_w)
+                        .is_some_and(|(k, _)| dev.has_function(k).is_ok());
+                    if dense_pair(plan, a, b)
+                        && built
+                        && k_major(&ops[s][o])
+                        && k_major(&ops[s][o + 1])
+                    {
                         pairs.insert((s, o));
                     }
                 }
@@ -982,11 +988,12 @@ impl Prepared {
         ) else {
             return None;
         };
+        let fused = dense_kernel(c.in_h, c.in_w).map_or("", |(k, _)| k);
         if self.fuse_on(stage, op, n) {
-            return Some(DENSE_KERNEL.to_string());
+            return Some(fused.to_string());
         }
         if op > 0 && self.fuse_on(stage, op - 1, n) {
-            return Some(format!("(in {DENSE_KERNEL})"));
+            return Some(format!("(in {fused})"));
         }
         let level = plan.level_of(stage);
         let (i, splits) = self.choice(stage, op, level, c, cands, n);
@@ -1427,8 +1434,9 @@ impl Prepared {
             let (diff, scale) = self.diff_max(dev, plan, &b.output, rows, ref_ptr, out_ptr)?;
             let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
             if diff > tol * scale {
+                let kernel = dense_kernel(a.in_h, a.in_w).map_or("", |(k, _)| k);
                 let msg = format!(
-                    "{DENSE_KERNEL} disagrees with the two layers' own kernels on a {}->{}->{} DenseNet layer at {}x{}, \
+                    "{kernel} disagrees with the two layers' own kernels on a {}->{}->{} DenseNet layer at {}x{}, \
                      {live} samples (max |diff| {diff:.3e}, max |value| {scale:.3e}): not fused",
                     a.input.channels, a.output.channels, b.output.channels, a.in_h, a.in_w,
                 );
@@ -1785,9 +1793,10 @@ impl Prepared {
         })
     }
 
-    /// Launches ops `o` and `o + 1` of stage `s` (a [`dense_pair`]) as one
-    /// conv_dense_cl8_f16: a cluster of DENSE_CL blocks per DENSE_ROWS output pixels of
-    /// the batch (those past the live samples return at once). The 3x3's output goes to
+    /// Launches ops `o` and `o + 1` of stage `s` (a [`dense_pair`]) as one conv_dense
+    /// launch ([`dense_kernel`]): a cluster of DENSE_CL blocks per DENSE_ROWS output
+    /// pixels of the batch, or per 8x8 tile (halo), those past the live samples returning
+    /// at once. The 3x3's output goes to
     /// its view or the same view of buffer `out`.
     fn launch_dense(
         &self,
@@ -1807,8 +1816,19 @@ impl Prepared {
             one: self.conv_params(dev, plan, a, (s, o, level, n), true, None)?,
             three: self.conv_params(dev, plan, b, (s, o + 1, level, n), true, out)?,
         };
-        let grid = (blocks(n * a.in_h * a.in_w, DENSE_ROWS), 1, DENSE_CL as u32);
-        dev.launch3(DENSE_KERNEL, grid, 256, DENSE_SMEM, &p)
+        let Some((kernel, smem)) = dense_kernel(a.in_h, a.in_w) else {
+            return Err(Error::Cuda(format!(
+                "no fused kernel for a DenseNet layer at {}x{}",
+                a.in_h, a.in_w
+            )));
+        };
+        // A cluster per DENSE_ROWS pixels of the batch, or (halo) per 8x8 tile.
+        let clusters = if kernel == DENSE_KERNEL {
+            blocks(n * a.in_h * a.in_w, DENSE_ROWS)
+        } else {
+            (n * (a.in_h / 8) * (a.in_w / 8)) as u32
+        };
+        dev.launch3(kernel, (clusters, 1, DENSE_CL as u32), 256, smem, &p)
     }
 
     /// Launches convolution `o` of stage `s` (live samples counted at `level`), with
@@ -2392,14 +2412,15 @@ mod dense_pairs {
     }
 
     /// DenseNet-201 as the loader lowers it: conv_dense takes the 48 layers at 8x8 and
-    /// the 32 at 4x4 (80 of 98), none at 16x16 or 32x32; ResNet-101 has none.
+    /// the 32 at 4x4, its halo kernel the 12 at 16x16 and the 6 at 32x32 (all 98);
+    /// ResNet-101 has none.
     #[test]
-    fn densenet_201_layers_at_8x8_and_4x4_are_pairs() {
+    fn every_densenet_201_layer_is_a_pair() {
         let w = crate::zoo::random("densenet201", 0).unwrap();
         let m = crate::model::Model::from_weights(&w).unwrap();
         let found = pairs(&m.plan);
         let at = |hw: usize| found.iter().filter(|p| p.0 == hw).count();
-        assert_eq!((at(8), at(4), at(16), at(32)), (48, 32, 0, 0), "{found:?}");
+        assert_eq!((at(8), at(4), at(16), at(32)), (48, 32, 12, 6), "{found:?}");
         // The largest input is within a cluster's k-tiles.
         assert!(found.iter().all(|p| p.1 % 32 == 0 && p.1 <= 8 * 16 * 32));
         let w = crate::zoo::random("resnet101", 0).unwrap();
@@ -2407,8 +2428,9 @@ mod dense_pairs {
         assert!(pairs(&m.plan).is_empty());
     }
 
-    /// What breaks a pair: a pre-activated 3x3, a growth other than 32, a map of more
-    /// than 64 pixels, an input window off the 8-channel grid.
+    /// What breaks a pair: a pre-activated 3x3, a growth other than 32, a map neither
+    /// dividing 64 pixels nor of sides multiples of 8, an input window off the 8-channel
+    /// grid. A 16x16 map is the halo kernel's.
     #[test]
     fn pairs_need_the_kernel_shape() {
         let plan = crate::backend::cuda::synthetic::dense_layers_plan(1, 8);
@@ -2429,12 +2451,42 @@ mod dense_pairs {
         assert!(!dense_pair(&plan, a, &b3));
         let (mut a4, mut b4) = (a.clone(), b.clone());
         for c in [&mut a4, &mut b4] {
-            (c.in_h, c.in_w, c.out_h, c.out_w) = (16, 16, 16, 16);
+            (c.in_h, c.in_w, c.out_h, c.out_w) = (12, 12, 12, 12);
         }
         assert!(!dense_pair(&plan, &a4, &b4));
+        for c in [&mut a4, &mut b4] {
+            (c.in_h, c.in_w, c.out_h, c.out_w) = (16, 16, 16, 16);
+        }
+        assert!(dense_pair(&plan, &a4, &b4));
         let mut a5 = a.clone();
         a5.input.offset += 4;
         a5.input.channels -= 32;
         assert!(!dense_pair(&plan, &a5, b));
+    }
+
+    /// Which fused kernel a map gets: the one without a halo where the map divides 64
+    /// pixels (several images a cluster), the halo one for sides multiples of 8.
+    #[test]
+    fn the_map_picks_the_fused_kernel() {
+        use crate::backend::cuda::convsel::*;
+        for (h, w) in [(8, 8), (4, 4), (2, 2), (1, 1), (8, 4), (4, 8)] {
+            assert_eq!(
+                dense_kernel(h, w),
+                Some((DENSE_KERNEL, DENSE_SMEM)),
+                "{h}x{w}"
+            );
+        }
+        for (h, w) in [(16, 16), (32, 32), (16, 8), (8, 24)] {
+            assert_eq!(
+                dense_kernel(h, w),
+                Some((DENSE_HALO_KERNEL, DENSE_HALO_SMEM)),
+                "{h}x{w}"
+            );
+        }
+        for (h, w) in [(12, 12), (16, 12), (0, 8), (3, 3)] {
+            assert_eq!(dense_kernel(h, w), None, "{h}x{w}");
+        }
+        // Both fit an SM with another block (2 x 113.5 KB of the 227).
+        assert!(DENSE_SMEM < DENSE_HALO_SMEM && DENSE_HALO_SMEM as usize <= 227 * 1024 / 2);
     }
 }

@@ -209,7 +209,7 @@ unsafe impl DeviceRepr for CheckParams {}
 unsafe impl DeviceRepr for HoldParams {}
 
 /// `(macro name, Rust size)` of every mirrored struct, for the NVRTC defines.
-pub fn sizes() -> [(&'static str, usize); 24] {
+pub fn sizes() -> [(&'static str, usize); 25] {
     use std::mem::size_of;
     [
         ("DGATE_SIZEOF_CONV", size_of::<ConvParams>()),
@@ -229,6 +229,10 @@ pub fn sizes() -> [(&'static str, usize); 24] {
         ("DGATE_HALO_MAXP64", super::convsel::HALO_MAXP64),
         ("DGATE_TC_EPI_PAD", super::convsel::TC_EPI_PAD),
         ("DGATE_DENSE_SMEM", super::convsel::DENSE_SMEM as usize),
+        (
+            "DGATE_DENSE_HALO_SMEM",
+            super::convsel::DENSE_HALO_SMEM as usize,
+        ),
         // conv_tma's ring, and its shared memory as the host sizes it.
         ("DGATE_TMA_STAGES32", super::convsel::TMA_STAGES32),
         (

@@ -1043,11 +1043,13 @@ fn check_tuned_passes(
     Ok(())
 }
 
-/// conv_dense_cl8_f16 (a DenseNet layer's 1x1 and 3x3 in one launch) in whole passes
-/// against the CPU reference, f16 on a device with thread-block clusters: two layers on
-/// an 8x8 map (three clusters at 3 samples) and on a 4x4 one (four images a cluster,
-/// the last slot empty), every layer fused (`DGATE_FUSE=1`'s setting), and the same
-/// pass with none fused.
+/// conv_dense_cl8_f16 and conv_dense_halo_cl8_f16 (a DenseNet layer's 1x1 and 3x3 in
+/// one launch) in whole passes against the CPU reference, f16 on a device with
+/// thread-block clusters: two layers on an 8x8 map (three clusters at 3 samples), on a
+/// 4x4 one (four images a cluster, the last slot empty) and on a 16x16 one (the halo
+/// kernel: four 8x8 tiles an image, each reading its neighbours' pixels and the
+/// image's padding), every layer fused (`DGATE_FUSE=1`'s setting), and the same pass
+/// with none fused.
 fn check_fused_dense(
     be: &mut CudaBackend,
     out: &mut dyn Write,
@@ -1055,30 +1057,64 @@ fn check_fused_dense(
     cache: &mut RefCache,
     share: &Share,
 ) -> Result<()> {
-    if be.precision() != Precision::F16
-        || be
-            .op_test_has_function(super::convsel::DENSE_KERNEL)
-            .is_err()
-    {
+    if be.precision() != Precision::F16 {
         return Ok(());
     }
     let n = 3;
-    for hw in [8, 4] {
+    for hw in [8, 4, 16] {
+        let Some((kernel, _)) = super::convsel::dense_kernel(hw, hw) else {
+            continue;
+        };
+        if be.op_test_has_function(kernel).is_err() {
+            continue;
+        }
         let plan = dense_layers_plan(60 + hw as u64, hw);
         if !share.mine(&format!("f16 fused dense {}", plan.arch))? {
             continue;
         }
+        // The last layer's bottleneck and block buffers after each pass: the logits
+        // average the map away, so a wrong border pixel shows there more than in them.
+        let Some(Op::Conv(last)) = plan.stages[0].ops.last() else {
+            continue;
+        };
+        let mut kept: Vec<Vec<f32>> = Vec::new();
         for fuse in [true, false] {
             be.prepare(&plan, n)?;
             be.op_test_set_fuse(Some(fuse));
             let mut resident = plan.clone();
             let (ok, desc) = compare_pass_as(be, &plan, n, 43, &[], cache, Some(&mut resident))?;
+            let bufs = [last.input.buf, last.output.buf]
+                .iter()
+                .map(|&b| be.op_test_read(&resident, b, n))
+                .collect::<Result<Vec<_>>>()?;
+            if fuse {
+                kept = bufs;
+            } else {
+                let diff = kept
+                    .iter()
+                    .flatten()
+                    .zip(bufs.iter().flatten())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                let scale = bufs
+                    .iter()
+                    .flatten()
+                    .map(|v| v.abs())
+                    .fold(0.0f32, f32::max);
+                let tol = 1e-2 * scale;
+                tally.verdict(
+                    out,
+                    diff <= tol && scale > 0.0,
+                    &format!(
+                        "{kernel}'s bottleneck and block buffers against the two layers' own kernels: max |diff| {diff:.3e} \
+                         (tol {tol:.3e}, max |value| {scale:.3e}) {} n={n}",
+                        plan.arch
+                    ),
+                )?;
+            }
             let (pairs, on) = be.op_test_fused_pairs(n);
             let named = (0..plan.stages[0].ops.len())
-                .filter(|&o| {
-                    be.op_test_conv_kernel(&plan, 0, o, n).as_deref()
-                        == Some(super::convsel::DENSE_KERNEL)
-                })
+                .filter(|&o| be.op_test_conv_kernel(&plan, 0, o, n).as_deref() == Some(kernel))
                 .count();
             let want = if fuse { 2 } else { 0 };
             tally.verdict(
@@ -1087,7 +1123,7 @@ fn check_fused_dense(
                 &format!(
                     "pass {} layers fused ({on} of {pairs} that could be; {named} ops name {}) {desc}",
                     if fuse { "every" } else { "no" },
-                    super::convsel::DENSE_KERNEL
+                    kernel
                 ),
             )?;
         }

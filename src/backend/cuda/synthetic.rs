@@ -233,11 +233,15 @@ pub fn tiny_resnet(seed: u64, classes: usize) -> Plan {
 /// of the block buffer (windows, no copies), transitions with pre-activated 1×1 convs
 /// and 2×2 average pools, gates after the transitions, pre-activated head.
 /// Two DenseNet-BC layers (pre-activated 1x1 from 256 and 288 channels into 128, its
-/// batch norm folded in, ReLU; 3x3 onto 32 channels) on an `hw x hw` map (8 or 4), after
-/// stride-2 3x3 convolutions down from the 32x32 image, and a head: the layers that
-/// conv_dense_cl8_f16 fuses, with one and two k-tiles a block of its cluster and empty
+/// batch norm folded in, ReLU; 3x3 onto 32 channels) on an `hw x hw` map (16, 8 or 4),
+/// after stride-2 3x3 convolutions down from the 32x32 image, and a head: the layers that
+/// conv_dense_cl8_f16 (conv_dense_halo_cl8_f16 at 16x16) fuses, with one and two k-tiles a block of its cluster and empty
 /// ranges, no gates.
 pub fn dense_layers_plan(seed: u64, hw: usize) -> Plan {
+    assert!(
+        hw < 32,
+        "dense_layers_plan reaches its map by stride-2 convolutions from 32x32"
+    );
     let mut rng = Rng::new(seed);
     let (first, k, layers) = (256, 32, 2);
     let total = first + layers * k;
