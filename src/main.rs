@@ -29,7 +29,7 @@ CUDA settings (environment; see the README):
   DGATE_WGMMA=0         on H100/H200, leave out the Hopper wgmma tiles
   DGATE_TMA=0           on H100/H200, leave out the TMA tiles (conv_tma*) alone
   DGATE_CLUSTER=0       on sm_90+, leave out the cluster-split tiles (conv_tc*cl*) and conv_dense
-  DGATE_FUSE=0|1        DenseNet layers at 8x8 and 4x4 in one conv_dense launch (sm_90+, f16):
+  DGATE_FUSE=0|1        a DenseNet layer's 1x1 and 3x3 in one conv_dense launch (sm_90+, f16):
                         0 never, 1 always, unset where tuning finds it faster
   DGATE_PDL=1           programmatic dependent launch (sm_90+)
   DGATE_PREFETCH=1      convolutions ask their weights into L2 before waiting for the previous kernel

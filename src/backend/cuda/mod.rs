@@ -29,8 +29,9 @@
 //! (convolutions ask their weights into L2 before waiting for the previous kernel; off
 //! until measured, see [`Backend::set_weight_prefetch`]), `DGATE_WGMMA=0` (on
 //! sm_90, build plain sm_90 without the Hopper wgmma tiles `conv_wg*`), `DGATE_CLUSTER=0` (leave
-//! out the cluster-split tiles `conv_tc*cl*` and `conv_dense_cl8_f16`), `DGATE_FUSE=0|1`
-//! (a DenseNet layer's 1x1 and 3x3 at 8x8 and 4x4 in one `conv_dense_cl8_f16` launch:
+//! out the cluster-split tiles `conv_tc*cl*` and `conv_dense*_cl8_f16`), `DGATE_FUSE=0|1`
+//! (a DenseNet layer's 1x1 and 3x3 in one launch, `conv_dense_cl8_f16` at 8x8 and 4x4,
+//! `conv_dense_halo_cl8_f16` at 16x16 and 32x32:
 //! never, or wherever it applies; unset, where tuning checked it and found it faster), `DGATE_CARVEOUT=<0-100|max>`
 //! (one shared-memory share of L1 for every kernel; off until measured), `DGATE_DEBUG` (print
 //! NVRTC compile times, tuning and its whole-pass check), `DGATE_PTXAS_VERBOSE` (print

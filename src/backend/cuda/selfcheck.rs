@@ -1101,7 +1101,7 @@ fn check_fused_dense(
                     .flatten()
                     .map(|v| v.abs())
                     .fold(0.0f32, f32::max);
-                let tol = 1e-2 * scale;
+                let tol = 5e-3 * scale;
                 tally.verdict(
                     out,
                     diff <= tol && scale > 0.0,
