@@ -1423,7 +1423,7 @@ impl Prepared {
             else {
                 continue;
             };
-            let (ref_ptr, out_ptr) = self.check_scratch(dev)?;
+            let (ref_ptr, _) = self.check_scratch(dev)?;
             let rows = live * a.in_h * a.in_w;
             self.fill_noise(dev, plan, &a.input, rows, (s * 1000 + o) as u32)?;
             let pos = |op: usize| (s, op, level, n);
@@ -1431,7 +1431,7 @@ impl Prepared {
             self.launch_conv(dev, plan, a, s, o, level, n, None, None)?;
             self.launch_conv(dev, plan, b, s, o + 1, level, n, None, Some(ref_ptr))?;
             self.launch_dense(dev, plan, pos(o), None)?;
-            let (diff, scale) = self.diff_max(dev, plan, &b.output, rows, ref_ptr, out_ptr)?;
+            let (diff, scale) = self.diff_max(dev, plan, &b.output, rows, ref_ptr)?;
             let tol = self.test_tolerance.unwrap_or_else(|| check_tolerance(dt));
             if diff > tol * scale {
                 let kernel = dense_kernel(a.in_h, a.in_w).map_or("", |(k, _)| k);
@@ -1519,7 +1519,7 @@ impl Prepared {
             return Ok(Vec::new());
         }
         let dt = dev.dtype();
-        let (ref_ptr, out_ptr) = self.check_scratch(dev)?;
+        let (ref_ptr, _) = self.check_scratch(dev)?;
         let seed = (s * 1000 + o) as u32;
         let in_rows = live * c.in_h * c.in_w;
         let out_rows = live * c.out_h * c.out_w;
@@ -1545,7 +1545,7 @@ impl Prepared {
                 continue;
             }
             self.launch_conv(dev, plan, c, s, o, level, n, Some((i, sp)), None)?;
-            let (diff, scale) = self.diff_max(dev, plan, &c.output, out_rows, ref_ptr, out_ptr)?;
+            let (diff, scale) = self.diff_max(dev, plan, &c.output, out_rows, ref_ptr)?;
             if diff <= tol * scale {
                 self.verified += 1;
                 continue;
@@ -1581,14 +1581,16 @@ impl Prepared {
     /// (the reference's output) and 8 bytes for `diff_max`'s answer, allocated on first
     /// use. Returns their addresses.
     fn check_scratch(&mut self, dev: &Device) -> Result<(u64, u64)> {
-        if self.check.is_none() {
-            let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
-            self.check = Some((dev.alloc(largest)?, dev.alloc(8)?));
-        }
-        match &self.check {
-            Some((r, d)) => Ok((r.ptr, d.ptr)),
-            None => unreachable!("allocated above"),
-        }
+        let (r, d) = match self.check.take() {
+            Some(c) => c,
+            None => {
+                let largest = self.buffers.iter().map(|b| b.bytes).max().unwrap_or(0);
+                (dev.alloc(largest)?, dev.alloc(8)?)
+            }
+        };
+        let ptrs = (r.ptr, d.ptr);
+        self.check = Some((r, d));
+        Ok(ptrs)
     }
 
     /// `fill_noise`/`diff_max` parameters over `rows` pixels of view `v`.
@@ -1634,7 +1636,7 @@ impl Prepared {
 
     /// Compares `rows` pixels of view `v` with the same pixels at `reference` (laid out
     /// as the view's buffer) on the device: (max |difference|, max |value|), read back
-    /// through the 8 bytes at `out`.
+    /// through the scratch's 8 bytes.
     fn diff_max(
         &mut self,
         dev: &Device,
@@ -1642,12 +1644,13 @@ impl Prepared {
         v: &View,
         rows: usize,
         reference: u64,
-        out: u64,
     ) -> Result<(f32, f32)> {
-        if let Some((_, d)) = self.check.as_mut() {
-            dev.upload_bytes(d, &[0u8; 8])?;
-        }
+        let (_, out) = self.check_scratch(dev)?;
         let p = Self::check_params(plan, v, rows, [self.view_ptr(v), reference, out], 0);
+        let Some((_, d)) = self.check.as_mut() else {
+            return Err(Error::Cuda("tuning's check has no scratch".into()));
+        };
+        dev.upload_bytes(d, &[0u8; 8])?;
         dev.launch(
             &format!("diff_max_{}", dev.dtype()),
             Self::check_grid(rows, v),
@@ -1655,10 +1658,7 @@ impl Prepared {
             0,
             &p,
         )?;
-        let b = match &self.check {
-            Some((_, d)) => dev.download_bytes(d, 8)?,
-            None => unreachable!("diff_max runs after check_scratch"),
-        };
+        let b = dev.download_bytes(d, 8)?;
         let word =
             |i: usize| f32::from_bits(u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]));
         Ok((word(0), word(4)))
