@@ -40,6 +40,9 @@
 //       conv_mmaasync for every aligned layer, pre-activation included: a 4-deep
 //       cp.async ring in dynamic shared memory, ldmatrix fragment loads, one barrier per
 //       k-tile; tile sizes for wide and narrow layers and small batches (see below).
+//   conv_tc128x128pr_f16, conv_tcc128x128pr_f16, conv_tc64x64pr_f16: conv_tc (chained
+//       for tcc) with a pre-activated 1x1's BN and ReLU applied to the A fragments in
+//       registers, so that its k-tiles keep one barrier each (see tc_pre_fragments).
 //   conv_tc<BM>x<BN>cl<CL>_f16 (64x64 cl4/cl8, 128x32 cl8, 128x128 cl4; sm_90): conv_tc
 //       split CL ways over a thread-block cluster, the parts summed through distributed
 //       shared memory instead of the workspace (see cluster_reduce_store).
@@ -933,7 +936,8 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 // rows padded to 80 bytes, so the eight row addresses of each 8x8 matrix fall in
 // distinct banks). Pre-activation is applied in shared memory by the thread that
 // copied the chunk, after its copy landed and before the barrier: padding stays zero,
-// as in PyTorch. Split-K is conv_mmavec's; the epilogue goes through shared memory
+// as in PyTorch. That costs a second barrier a k-tile; the `pr` kernels (RP) apply it
+// to the fragments instead, where no tap is padding. Split-K is conv_mmavec's; the epilogue goes through shared memory
 // where the output is 8-channel aligned (tc_epi_*, below), else it is conv_mmavec's.
 #define TC_BK 32
 #define TC_LDS (TC_BK + 8)
@@ -1234,7 +1238,30 @@ __device__ void cluster_reduce_store(const ConvParams& p, float* st, int m0, int
 // CL > 1 (a cluster of CL blocks along z, sm_90; see conv_tc_cluster): block z of the
 // cluster takes the z-th of CL contiguous ranges of k-tiles, and the parts are summed
 // through distributed shared memory instead of the workspace.
-template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false, int CL = 1>
+// relu?(x * scale + shift) on a warp's A fragments of one k16 step whose first reduction
+// column is `col` (a 1x1 layer: the channel), with the k-tile's scale and shift from
+// shared memory (`ps`: 8 scales then 8 shifts per 8-channel chunk, conv_tc's layout).
+// A thread holds columns 2t, 2t + 1 (registers 0 and 1: rows g and g + 8) and
+// 8 + 2t, 9 + 2t (registers 2 and 3) of the step. A chunk past Kd keeps the copy's
+// zeros (its scale and shift were never copied; its weights are zero too).
+template <int MT>
+__device__ __forceinline__ void tc_pre_fragments(unsigned (*a)[4], const float* ps, int col, int Kd, int t,
+                                                 int relu) {
+    const int chunk = col % TC_BK / 8;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (col + 8 * h >= Kd) continue;
+        const float* q = ps + (chunk + h) * 16 + 2 * t;
+        const float s0 = q[0], s1 = q[1], h0 = q[8], h1 = q[9];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            a[mt][2 * h] = pre_act_pair_with(a[mt][2 * h], s0, h0, s1, h1, relu);
+            a[mt][2 * h + 1] = pre_act_pair_with(a[mt][2 * h + 1], s0, h0, s1, h1, relu);
+        }
+    }
+}
+
+template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false, int CL = 1, bool RP = false>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_next = 0, int rb = 0,
                                              bool prefetched = false) {
     constexpr int THREADS = WM * WN * 32;
@@ -1260,6 +1287,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
     constexpr int PRE_FLOATS = CHUNKS * 16;
     static_assert(MT >= 1 && NT % 2 == 0, "warp tile must be 16 x 16k");
     static_assert(!CHAIN || !WG, "chained tiles: the mma.sync pipeline");
+    static_assert(!RP || !WG, "pre-activation in registers: the mma.sync fragments");
     static_assert(!WG || (WN == 1 && WM % 4 == 0 && WTM == 16 && (BN == 64 || BN == 128 || BN == 256)),
                   "wgmma: warpgroups stacked in m, each 64 x BN");
     static_assert(A_ITERS >= 1 && B_ITERS >= 1 && A_ITERS * ROWS_PER_PASS == BM && B_ITERS * ROWS_PER_PASS == BN,
@@ -1301,6 +1329,12 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
     const __half* in = (const __half*)p.in;
     const __half* w = (const __half*)p.weight;
     const bool pre = p.pre_scale != nullptr;
+    // RP: the pre-activation goes onto the A fragments in registers, after ldmatrix and
+    // before the MMAs, rather than onto the landed chunks in shared memory between two
+    // barriers. Exact only where no tap is padding (a 1x1 without it), which must stay
+    // zero: elsewhere these kernels take the shared-memory pass. Rows past M become
+    // relu(shift) rather than zero, but no epilogue writes a row past M.
+    const bool reg_pre = RP && pre && p.R == 1 && p.pad == 0;
 
     auto row_table = [&](int mb, int (*tab)[BM]) {
         for (int i = tid; i < BM; i += THREADS) conv_row_info(p, mb + i, M, &tab[0][i], &tab[1][i], &tab[2][i]);
@@ -1406,7 +1440,7 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
         const int it = kt - kt0;
         const int slot = it % STAGES;
         cp_async_wait<PF - 1>();  // this thread's copies of tile kt have landed
-        if (pre) {
+        if (pre && !reg_pre) {
             __syncthreads();  // and the chunks' scale and shift, which other threads copied
             pre_activate(slot);
         }
@@ -1440,6 +1474,9 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt)
                     ldmatrix_x4(a[mt], A + (wm + mt * 16 + (lane & 15)) * TC_LDS + kk + (lane >> 4) * 8);
+                if constexpr (RP) {
+                    if (reg_pre) tc_pre_fragments<MT>(a, pre_smem + slot * PRE_FLOATS, kt * BK + kk, Kd, t, p.pre_relu);
+                }
                 // (ldmatrix_b's addressing, written out: through the helper, ptxas spills
                 // 16 bytes of the 128x128 tile on sm_90.)
 #pragma unroll
@@ -1497,14 +1534,14 @@ __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_
 // the samples it expects live (after a gate: what recent passes left), so a smaller
 // survivor count launches no idle blocks, and a larger one is still covered.
 // Chained (CHAIN), the host launches a few blocks an SM and each loops over many tiles.
-template <int BM, int BN, int WM, int WN, bool WG = false, int BK = TC_BK, bool CHAIN = false>
+template <int BM, int BN, int WM, int WN, bool WG = false, int BK = TC_BK, bool CHAIN = false, bool RP = false>
 __device__ __forceinline__ void conv_tc(const ConvParams& p) {
     const int M = *p.count * p.P * p.Q;
     int rb = 0;
     bool prefetched = false;
     for (int m0 = (int)blockIdx.x * BM; m0 < M; m0 += (int)gridDim.x * BM) {
         const int m_next = m0 + (int)gridDim.x * BM;
-        conv_tc_tile<BM, BN, WM, WN, WG, BK, CHAIN>(p, m0, m_next, rb, prefetched);
+        conv_tc_tile<BM, BN, WM, WN, WG, BK, CHAIN, 1, RP>(p, m0, m_next, rb, prefetched);
         if (CHAIN) {
             rb ^= 1;
             prefetched = m_next < M;
@@ -2808,6 +2845,12 @@ DGATE_KERNEL(conv_tc64x32_f16, ConvParams, 64) { conv_tc<64, 32, 2, 1>(p); }
 // short reductions. Not yet run on a GPU.
 DGATE_KERNEL_OCC(conv_tcc128x128_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4, false, TC_BK, true>(p); }
 DGATE_KERNEL(conv_tcc128x64_f16, ConvParams, 128) { conv_tc<128, 64, 2, 2, false, TC_BK, true>(p); }
+// The pre-activation in registers (RP, above), for pre-activated 1x1 layers (DenseNet's):
+// one barrier a k-tile, as without pre-activation, for four times the conversions
+// (each A element is transformed by the WN warps that read it).
+DGATE_KERNEL_OCC(conv_tc128x128pr_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4, false, TC_BK, false, true>(p); }
+DGATE_KERNEL_OCC(conv_tcc128x128pr_f16, ConvParams, 256, 2) { conv_tc<128, 128, 2, 4, false, TC_BK, true, true>(p); }
+DGATE_KERNEL(conv_tc64x64pr_f16, ConvParams, 128) { conv_tc<64, 64, 2, 2, false, TC_BK, false, true>(p); }
 // Split-K over a thread-block cluster of 2-8 blocks (sm_90; see cluster_reduce_store).
 // Not yet run on a GPU.
 #ifdef DGATE_HAS_CLUSTER

@@ -141,6 +141,9 @@ pub(crate) enum Needs {
     /// No single layer: a kernel for two layers at once (conv_dense; exec.rs decides
     /// where it applies).
     Pair,
+    /// Aligned, pre-activated, and 1x1 without padding: no tap is padding, so the
+    /// pre-activation may go onto the MMA fragments (conv_tc's `pr` kernels).
+    Pre1x1,
 }
 
 /// One convolution kernel of conv.cu and how to launch it.
@@ -346,6 +349,14 @@ const fn tcc(
     k
 }
 
+/// A conv_tc or conv_tcc tile `k` whose kernel applies the pre-activation to the A
+/// fragments in registers: only for pre-activated 1x1 layers; only tuning picks it.
+const fn pre_in_registers(mut k: ConvKernel) -> ConvKernel {
+    k.needs = Needs::Pre1x1;
+    k.modelled = false;
+    k
+}
+
 /// conv_tc with split-K over a cluster of `cluster` blocks (sm_90): the parts summed in
 /// distributed shared memory rather than by atomics into the workspace and a ticket, so
 /// no dependent round trip to L2 follows the reduction. One tile a cluster (no m loop);
@@ -483,6 +494,11 @@ pub(crate) const CONV_KERNELS: &[ConvKernel] = &[
     tma("conv_tma128x128_f16", 128, TMA_STAGES128, 1, 1.3),
     tma("conv_tma128x64_f16", 64, TMA_STAGES64, 1, 1.1),
     tma("conv_tma128x32_f16", 32, TMA_STAGES32, 2, 0.9),
+    // conv_tc's tiles that DenseNet-201's pre-activated 1x1 layers run on (the
+    // 2026-11-28 profiles), the pre-activation in registers. Not yet run on a GPU.
+    pre_in_registers(tc("conv_tc128x128pr_f16", 128, 128, 256, 1.0)),
+    pre_in_registers(tcc("conv_tcc128x128pr_f16", 128, 128, 256, 2, 0.9)),
+    pre_in_registers(tc("conv_tc64x64pr_f16", 64, 64, 128, 0.7)),
 ];
 
 pub(crate) fn conv_kernel_info(name: &str) -> Option<&'static ConvKernel> {
@@ -542,6 +558,7 @@ fn applies(k: &ConvKernel, plan: &Plan, c: &Conv) -> bool {
                 && (k.dtype != "f32" || c.in_w.is_multiple_of(4))
         }
         Needs::Pair => false,
+        Needs::Pre1x1 => vec_aligned(plan, c) && c.pre.is_some() && (c.kernel, c.pad) == (1, 0),
         Needs::Tma => {
             let same = (c.out_h, c.out_w) == (c.in_h, c.in_w) && c.stride == 1;
             vec_aligned(plan, c)
@@ -862,6 +879,7 @@ mod kernel_choice {
                 || n.starts_with("conv_tcc")
                 || n.starts_with("conv_halo")
                 || n.starts_with("conv_tma")
+                || n.ends_with("pr_f16")
         };
         let mut rng = Rng::new(3);
         // (C, K, map, kernel, pre): ResNet-101's and DenseNet-201's layer shapes.
@@ -1152,6 +1170,38 @@ mod kernel_choice {
     }
 
     #[test]
+    fn register_pre_activation_only_where_no_tap_is_padding() {
+        let pr = |p: &Plan| {
+            names("auto", "f16", p)
+                .into_iter()
+                .filter(|n| n.ends_with("pr_f16"))
+                .collect::<Vec<_>>()
+        };
+        let dense = plan_rs(136, 128, 8, (1, 1), true, (152, 16));
+        assert_eq!(
+            pr(&dense),
+            [
+                "conv_tc128x128pr_f16",
+                "conv_tcc128x128pr_f16",
+                "conv_tc64x64pr_f16"
+            ]
+        );
+        // Every other kernel is still offered (the pre-activated 3x3's 20 and conv_tma's
+        // four), and conv_tc's family has them.
+        assert_eq!(names("auto", "f16", &dense).len(), 20 + 4 + 3);
+        assert_eq!(names("conv_tc_f16", "f16", &dense).len(), 11 + 3);
+        // A pre-activated 3x3 (its padding must stay zero), a 1x1 without
+        // pre-activation, and an unaligned window: none.
+        assert!(pr(&plan(136, 128, 8, true, (152, 16))).is_empty());
+        assert!(pr(&plan_rs(136, 128, 8, (1, 1), false, (152, 16))).is_empty());
+        assert!(pr(&plan_rs(136, 128, 8, (1, 1), true, (150, 14))).is_empty());
+        // Only tuning picks them.
+        assert!(pr(&dense)
+            .iter()
+            .all(|n| conv_kernel_info(n).is_some_and(|k| !k.modelled && k.dtype == "f16")));
+    }
+
+    #[test]
     fn tensor_core_tiles_have_room_to_stage_their_epilogue() {
         // conv_tma writes from registers (no staged epilogue); it fits a block too.
         for k in CONV_KERNELS.iter().filter(|k| k.needs == Needs::Tma) {
@@ -1163,7 +1213,7 @@ mod kernel_choice {
                 k.smem > 0 && !matches!(k.needs, Needs::Tma | Needs::Pair) && k.dtype == "f16"
             })
             .collect();
-        assert_eq!(tiles.len(), 21);
+        assert_eq!(tiles.len(), 24);
         // conv_dense stages its 64 x 128 partial in its ring, within one block's share.
         let dense = conv_kernel_info(DENSE_KERNEL).unwrap();
         assert!(dense.smem as usize >= 3 * (DENSE_ROWS + DENSE_B) * TC_LDS * 2);

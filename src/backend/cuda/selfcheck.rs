@@ -55,6 +55,8 @@ struct ConvCase {
     in_win: (usize, usize),
     out_win: (usize, usize),
     pre: bool,
+    /// The pre-activation's ReLU (off only through [`linear_pre`]).
+    pre_relu: bool,
     residual: bool,
     relu: bool,
 }
@@ -76,9 +78,17 @@ const fn cc(
         in_win,
         out_win,
         pre,
+        pre_relu: true,
         residual,
         relu,
     }
+}
+
+/// A case whose pre-activation has no ReLU (a scale and shift alone), which lets a NaN
+/// or an infinity through where a ReLU would turn it into zero.
+const fn linear_pre(mut c: ConvCase) -> ConvCase {
+    c.pre_relu = false;
+    c
 }
 
 // (C, K, H=W, R, stride), input (buffer channels, offset), output (buffer channels,
@@ -117,13 +127,21 @@ const CONV_CASES: &[ConvCase] = &[
     // DenseNet's pre-activated 1x1 layer from a window of its concatenation buffer, whose
     // channels end inside a k-tile (conv_tma: the copy's zeros past C must stay zero).
     cc("136->64 1x1 pre, windows 8x8", (136, 64, 8, 1, 1), (152, 16), (72, 8), (true, false, false)),
+    // A DenseNet block-4 1x1 (a 4x4 map, a long pre-activated reduction ending 8 channels
+    // into its last k-tile): the `pr` kernels' fragments past C must keep the copy's zeros.
+    cc("1000->48 1x1 pre 4x4, windows", (1000, 48, 4, 1, 1), (1016, 8), (56, 8), (true, false, false)),
+    // Two k-tiles, the second 8 channels deep: its other chunks' scale and shift were
+    // never copied (the emulator's shared memory starts as NaN), so they must not be
+    // read. Without the ReLU, which would turn a NaN read into zero.
+    linear_pre(cc("40->24 1x1 linear pre 5x5, windows", (40, 24, 5, 1, 1), (48, 8), (32, 8), (true, false, false))),
 ];
 
-/// The cases of [`CONV_CASES`] whose reduction is long (27, 16 and 39 k-tiles of 32).
-const LONG_CASES: [&str; 3] = [
+/// The cases of [`CONV_CASES`] whose reduction is long (27, 16, 39 and 32 k-tiles of 32).
+const LONG_CASES: [&str; 4] = [
     "96->40 3x3 pre, window at 8, 6x6",
     "512->256 1x1 2x2 +res",
     "136->200 3x3 10x10 +res",
+    "1000->48 1x1 pre 4x4, windows",
 ];
 
 /// For a chained kernel (a few blocks an SM, each looping over tiles): pretends one SM,
@@ -170,13 +188,13 @@ fn conv_case_plan(cc: &ConvCase, rng: &mut Rng, exact: bool) -> Plan {
             PreAct {
                 scale: rng.ints(cc.c, 1, 2),
                 shift: rng.ints(cc.c, -1, 1),
-                relu: true,
+                relu: cc.pre_relu,
             }
         } else {
             PreAct {
                 scale: rng.vec(cc.c, 1.0).iter().map(|v| 1.0 + 0.5 * v).collect(),
                 shift: rng.vec(cc.c, 0.5),
-                relu: true,
+                relu: cc.pre_relu,
             }
         }
     });
@@ -472,6 +490,9 @@ fn check_ops(
             "conv_tc64x32_f16",
             "conv_tcc128x128_f16",
             "conv_tcc128x64_f16",
+            "conv_tc128x128pr_f16",
+            "conv_tcc128x128pr_f16",
+            "conv_tc64x64pr_f16",
             "conv_tc64x64cl4_f16",
             "conv_tc64x64cl8_f16",
             "conv_tc128x32cl8_f16",
