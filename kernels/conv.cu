@@ -937,8 +937,9 @@ __device__ __forceinline__ void wgmma_f16(float* d, unsigned long long da, unsig
 // distinct banks). Pre-activation is applied in shared memory by the thread that
 // copied the chunk, after its copy landed and before the barrier: padding stays zero,
 // as in PyTorch. That costs a second barrier a k-tile; the `pr` kernels (RP) apply it
-// to the fragments instead, where no tap is padding. Split-K is conv_mmavec's; the epilogue goes through shared memory
-// where the output is 8-channel aligned (tc_epi_*, below), else it is conv_mmavec's.
+// to the fragments instead, where no tap is padding. Split-K is conv_mmavec's; the
+// epilogue goes through shared memory where the output is 8-channel aligned (tc_epi_*,
+// below), else it is conv_mmavec's.
 #define TC_BK 32
 #define TC_LDS (TC_BK + 8)
 #define TC_STAGES 4
@@ -1227,17 +1228,6 @@ template <int BM, int BN, int THREADS, int CL>
 __device__ void cluster_reduce_store(const ConvParams& p, float* st, int m0, int n0, int M);
 #endif
 
-// CHAIN (mma.sync, unsplit): the caller loops over this block's tiles, and each tile
-// starts the next one's copies (its row table, in the other half of `rows`, and its
-// first PF k-tiles into ring slots 0..PF-1) before its own epilogue, whose stores then
-// overlap them; `prefetched` says this tile's were started so. Without it, a layer with
-// a short reduction (2-8 k-tiles: ResNet's 1x1 layers) spends each tile waiting on its
-// first copies, then on its stores, with at most two tiles an SM in flight. The
-// epilogue writes from registers (the ring is busy with the next tile by then).
-//
-// CL > 1 (a cluster of CL blocks along z, sm_90; see conv_tc_cluster): block z of the
-// cluster takes the z-th of CL contiguous ranges of k-tiles, and the parts are summed
-// through distributed shared memory instead of the workspace.
 // relu?(x * scale + shift) on a warp's A fragments of one k16 step whose first reduction
 // column is `col` (a 1x1 layer: the channel), with the k-tile's scale and shift from
 // shared memory (`ps`: 8 scales then 8 shifts per 8-channel chunk, conv_tc's layout).
@@ -1261,6 +1251,17 @@ __device__ __forceinline__ void tc_pre_fragments(unsigned (*a)[4], const float* 
     }
 }
 
+// CHAIN (mma.sync, unsplit): the caller loops over this block's tiles, and each tile
+// starts the next one's copies (its row table, in the other half of `rows`, and its
+// first PF k-tiles into ring slots 0..PF-1) before its own epilogue, whose stores then
+// overlap them; `prefetched` says this tile's were started so. Without it, a layer with
+// a short reduction (2-8 k-tiles: ResNet's 1x1 layers) spends each tile waiting on its
+// first copies, then on its stores, with at most two tiles an SM in flight. The
+// epilogue writes from registers (the ring is busy with the next tile by then).
+//
+// CL > 1 (a cluster of CL blocks along z, sm_90; see conv_tc_cluster): block z of the
+// cluster takes the z-th of CL contiguous ranges of k-tiles, and the parts are summed
+// through distributed shared memory instead of the workspace.
 template <int BM, int BN, int WM, int WN, bool WG, int BK, bool CHAIN = false, int CL = 1, bool RP = false>
 __device__ __forceinline__ void conv_tc_tile(const ConvParams& p, int m0, int m_next = 0, int rb = 0,
                                              bool prefetched = false) {
